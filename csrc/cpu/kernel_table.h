@@ -1,0 +1,47 @@
+// Entry points of the CPU kernels, one table per instruction set. The kernels see raw pointers,
+// element counts and loss parameters only; tensors, dtypes and checks stay in losses_cpu.cpp.
+// loss_kernels.cpp is compiled once per instruction set (DEFAULT, AVX2, AVX512 on x86-64), each
+// copy in its own namespace, and the glue picks one table at run time.
+#pragma once
+#include <cstdint>
+
+namespace l1ext {
+namespace cpu {
+
+enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2 };
+// Element types the kernels are compiled for (torch dtypes half, bfloat16, float32, float64).
+enum class Elem : int { Half = 0, BFloat16 = 1, Float = 2, Double = 3 };
+constexpr int kNumLosses = 3;
+constexpr int kNumElems = 4;
+
+// Forward over n elements of x and y (same memory order). With out != nullptr it writes the
+// per-element loss ('none') and returns 0; otherwise it returns the sum of the losses, summed in a
+// fixed order (lanes, then chunks, pairwise) so the bits depend on neither the thread count nor the
+// instruction set. sign != nullptr (L1 only) also stores sgn(x - y) as int8 for the backward.
+using ForwardFn = double (*)(const void* x, const void* y, int64_t n, double param, void* out,
+                             int8_t* sign);
+// Backward from x and y: g = grad(x - y) * scale * (go ? go[i] : 1); gi = g, gt = -g, either
+// pointer may be null.
+using BackwardFn = void (*)(const void* x, const void* y, const void* go, double scale, int64_t n,
+                            double param, void* gi, void* gt);
+// L1 backward from the saved int8 sign: g = sign[i] * scale * (go ? go[i] : 1).
+using BackwardFromSignFn = void (*)(const int8_t* sign, const void* go, double scale, int64_t n,
+                                    void* gi, void* gt);
+
+struct KernelTable {
+  const char* isa;
+  ForwardFn forward[kNumLosses][kNumElems];
+  BackwardFn backward[kNumLosses][kNumElems];
+  BackwardFromSignFn backward_from_sign[kNumElems];
+};
+
+namespace DEFAULT { const KernelTable& kernel_table(); }
+#if defined(L1EXT_HAVE_AVX2)
+namespace AVX2 { const KernelTable& kernel_table(); }
+#endif
+#if defined(L1EXT_HAVE_AVX512)
+namespace AVX512 { const KernelTable& kernel_table(); }
+#endif
+
+}  // namespace cpu
+}  // namespace l1ext

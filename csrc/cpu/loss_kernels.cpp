@@ -1,0 +1,307 @@
+// CPU kernels of every l1ext loss, compiled once per instruction set: the build defines
+// CPU_CAPABILITY (DEFAULT, AVX2 or AVX512) and the matching -m flags, and each copy lands in its
+// own namespace l1ext::cpu::<CPU_CAPABILITY>, as ATen's own kernels do.
+//
+// Work is split into fixed chunks of kChunk elements; at::parallel_for hands chunks to threads,
+// and every chunk's partial sum is a pure function of its elements. Within a chunk the sum is kept
+// in K lanes (lane = element index mod K, K fixed per accumulation type, not per vector width),
+// lanes are combined pairwise, then chunk partials pairwise in double. So a loss has the same bits
+// for any thread count and on any instruction set.
+#ifndef CPU_CAPABILITY
+#define CPU_CAPABILITY DEFAULT
+#define CPU_CAPABILITY_DEFAULT
+#endif
+
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/kernel_table.h"
+#include "loss_math.h"
+
+namespace l1ext {
+namespace math {
+// Vector primitives for the formulas of loss_math.h.
+template <class T>
+struct Prim<at::vec::Vectorized<T>> {
+  using V = at::vec::Vectorized<T>;
+  static V abs(const V& x) { return x.abs(); }
+  static V select(const V& mask, const V& a, const V& b) { return V::blendv(b, a, mask); }
+  static V sign(const V& x) {
+    const V zero(T(0));
+    return x.gt(zero) - x.lt(zero);  // gt/lt give 1 or 0 per lane; NaN gives 0 - 0
+  }
+};
+}  // namespace math
+
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using at::vec::Vectorized;
+
+// Accumulation type: float for half, bfloat16 and float; double for double.
+template <class T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Loads and stores one Vectorized<acc_t<T>> worth of T elements.
+template <class T>
+struct Io {
+  using Vec = Vectorized<acc_t<T>>;
+  static Vec load(const T* p) {
+    if constexpr (std::is_same_v<T, acc_t<T>>) {
+      return Vec::loadu(p);
+    } else {
+      Vec v;
+      at::vec::load_to_float(p, v);
+      return v;
+    }
+  }
+  static void store(T* p, const Vec& v) {
+    if constexpr (std::is_same_v<T, acc_t<T>>) {
+      v.store(p);
+    } else {
+      at::vec::convert_from_float<T>(v, v).store(p, Vec::size());
+    }
+  }
+};
+
+template <LossKind K, class A>
+auto make_loss(double param) {
+  if constexpr (K == LossKind::L1) {
+    return math::L1Loss{};
+  } else if constexpr (K == LossKind::SmoothL1) {
+    return math::SmoothL1Loss<A>{A(param)};
+  } else {
+    return math::HuberLoss<A>{A(param)};
+  }
+}
+
+constexpr int64_t kChunk = int64_t(1) << 15;
+
+// Runs chunk(begin, end) over fixed chunks of [0, n), in parallel, and returns the pairwise sum
+// of the chunk results.
+template <class F>
+double sum_over_chunks(int64_t n, const F& chunk) {
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  if (nchunks <= 1) return n > 0 ? chunk(0, n) : 0.0;
+  std::vector<double> partial(nchunks);
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) partial[c] = chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
+  });
+  for (int64_t m = nchunks; m > 1; m = (m + 1) / 2) {
+    for (int64_t j = 0; j < m / 2; ++j) partial[j] = partial[2 * j] + partial[2 * j + 1];
+    if (m % 2) partial[m / 2] = partial[m - 1];
+  }
+  return partial[0];
+}
+
+template <class F>
+void for_each_chunk(int64_t n, const F& chunk) {
+  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  if (nchunks <= 1) {
+    if (n > 0) chunk(0, n);
+    return;
+  }
+  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
+  });
+}
+
+template <class A>
+void store_sign(int8_t* p, const Vectorized<A>& s) {
+  A tmp[Vectorized<A>::size()];
+  s.store(tmp);
+  for (int k = 0; k < Vectorized<A>::size(); ++k) p[k] = int8_t(tmp[k]);
+}
+
+// One chunk of the forward. kOut: write the per-element loss instead of summing it.
+// kSign: also store sgn(d) (L1 only).
+template <class T, class Loss, bool kOut, bool kSign>
+double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out, int8_t* sign) {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  constexpr int VS = Vec::size();
+  constexpr int K = 256 / sizeof(A);  // accumulation lanes: 64 floats or 32 doubles
+  constexpr int NV = K / VS;
+  static_assert(K % VS == 0 && kChunk % K == 0, "lanes must tile vectors and chunks");
+  Vec sums[NV];
+  for (int v = 0; v < NV; ++v) sums[v] = Vec(A(0));
+  int64_t i = 0;
+  for (; i + K <= n; i += K) {
+    for (int v = 0; v < NV; ++v) {
+      const int64_t j = i + v * VS;
+      const Vec d = Io<T>::load(x + j) - Io<T>::load(y + j);
+      const Vec l = loss.value(d);
+      if constexpr (kOut) {
+        Io<T>::store(out + j, l);
+      } else {
+        sums[v] = sums[v] + l;
+      }
+      if constexpr (kSign) store_sign(sign + j, math::L1Loss{}.grad(d));
+    }
+  }
+  A lanes[K];
+  for (int v = 0; v < NV; ++v) sums[v].store(lanes + v * VS);
+  for (int k = 0; i < n; ++i, ++k) {
+    const A d = A(x[i]) - A(y[i]);
+    const A l = loss.value(d);
+    if constexpr (kOut) {
+      out[i] = T(l);
+    } else {
+      lanes[k] += l;
+    }
+    if constexpr (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+  }
+  if constexpr (kOut) return 0.0;
+  for (int w = K / 2; w >= 1; w /= 2)
+    for (int k = 0; k < w; ++k) lanes[k] += lanes[k + w];
+  return double(lanes[0]);
+}
+
+template <class T, LossKind K>
+double forward(const void* xv, const void* yv, int64_t n, double param, void* outv, int8_t* sign) {
+  const auto loss = make_loss<K, acc_t<T>>(param);
+  using Loss = decltype(loss);
+  const T* x = static_cast<const T*>(xv);
+  const T* y = static_cast<const T*>(yv);
+  T* out = static_cast<T*>(outv);
+  constexpr bool kCanSign = K == LossKind::L1;
+  if (out != nullptr) {
+    for_each_chunk(n, [&](int64_t b, int64_t e) {
+      if (kCanSign && sign != nullptr) {
+        forward_chunk<T, Loss, true, kCanSign>(x + b, y + b, e - b, loss, out + b, sign + b);
+      } else {
+        forward_chunk<T, Loss, true, false>(x + b, y + b, e - b, loss, out + b, nullptr);
+      }
+    });
+    return 0.0;
+  }
+  return sum_over_chunks(n, [&](int64_t b, int64_t e) {
+    if (kCanSign && sign != nullptr) {
+      return forward_chunk<T, Loss, false, kCanSign>(x + b, y + b, e - b, loss, nullptr, sign + b);
+    }
+    return forward_chunk<T, Loss, false, false>(x + b, y + b, e - b, loss, nullptr, nullptr);
+  });
+}
+
+// g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = -g.
+template <class T, class Loss, bool kGo>
+void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t n,
+                    const Loss& loss, T* gi, T* gt) {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  constexpr int VS = Vec::size();
+  const Vec s(scale);
+  int64_t i = 0;
+  for (; i + VS <= n; i += VS) {
+    Vec g = loss.grad(Io<T>::load(x + i) - Io<T>::load(y + i));
+    if constexpr (kGo) g = g * Io<T>::load(go + i);
+    g = g * s;
+    if (gi) Io<T>::store(gi + i, g);
+    if (gt) Io<T>::store(gt + i, g.neg());
+  }
+  for (; i < n; ++i) {
+    A g = loss.grad(A(x[i]) - A(y[i]));
+    if constexpr (kGo) g = g * A(go[i]);
+    g = g * scale;
+    if (gi) gi[i] = T(g);
+    if (gt) gt[i] = T(-g);
+  }
+}
+
+template <class T, LossKind K>
+void backward(const void* xv, const void* yv, const void* gov, double scale, int64_t n,
+              double param, void* giv, void* gtv) {
+  const auto loss = make_loss<K, acc_t<T>>(param);
+  using Loss = decltype(loss);
+  const T* x = static_cast<const T*>(xv);
+  const T* y = static_cast<const T*>(yv);
+  const T* go = static_cast<const T*>(gov);
+  T* gi = static_cast<T*>(giv);
+  T* gt = static_cast<T*>(gtv);
+  const acc_t<T> s(scale);
+  for_each_chunk(n, [&](int64_t b, int64_t e) {
+    T* gib = gi ? gi + b : nullptr;
+    T* gtb = gt ? gt + b : nullptr;
+    if (go) {
+      backward_chunk<T, Loss, true>(x + b, y + b, go + b, s, e - b, loss, gib, gtb);
+    } else {
+      backward_chunk<T, Loss, false>(x + b, y + b, nullptr, s, e - b, loss, gib, gtb);
+    }
+  });
+}
+
+template <class T, bool kGo>
+void backward_from_sign_chunk(const int8_t* sign, const T* go, acc_t<T> scale, int64_t n, T* gi,
+                              T* gt) {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  constexpr int VS = Vec::size();
+  const Vec s(scale);
+  int64_t i = 0;
+  for (; i + VS <= n; i += VS) {
+    A tmp[VS];
+    for (int k = 0; k < VS; ++k) tmp[k] = A(sign[i + k]);
+    Vec g = Vec::loadu(tmp);
+    if constexpr (kGo) g = g * Io<T>::load(go + i);
+    g = g * s;
+    if (gi) Io<T>::store(gi + i, g);
+    if (gt) Io<T>::store(gt + i, g.neg());
+  }
+  for (; i < n; ++i) {
+    A g = A(sign[i]);
+    if constexpr (kGo) g = g * A(go[i]);
+    g = g * scale;
+    if (gi) gi[i] = T(g);
+    if (gt) gt[i] = T(-g);
+  }
+}
+
+template <class T>
+void backward_from_sign(const int8_t* sign, const void* gov, double scale, int64_t n, void* giv,
+                        void* gtv) {
+  const T* go = static_cast<const T*>(gov);
+  T* gi = static_cast<T*>(giv);
+  T* gt = static_cast<T*>(gtv);
+  const acc_t<T> s(scale);
+  for_each_chunk(n, [&](int64_t b, int64_t e) {
+    T* gib = gi ? gi + b : nullptr;
+    T* gtb = gt ? gt + b : nullptr;
+    if (go) {
+      backward_from_sign_chunk<T, true>(sign + b, go + b, s, e - b, gib, gtb);
+    } else {
+      backward_from_sign_chunk<T, false>(sign + b, nullptr, s, e - b, gib, gtb);
+    }
+  });
+}
+
+#define L1EXT_STR2(x) #x
+#define L1EXT_STR(x) L1EXT_STR2(x)
+#define L1EXT_ROW(fn, K) \
+  { fn<c10::Half, K>, fn<c10::BFloat16, K>, fn<float, K>, fn<double, K> }
+
+}  // namespace
+
+const KernelTable& kernel_table() {
+  static const KernelTable table = {
+      L1EXT_STR(CPU_CAPABILITY),
+      {L1EXT_ROW(forward, LossKind::L1), L1EXT_ROW(forward, LossKind::SmoothL1),
+       L1EXT_ROW(forward, LossKind::Huber)},
+      {L1EXT_ROW(backward, LossKind::L1), L1EXT_ROW(backward, LossKind::SmoothL1),
+       L1EXT_ROW(backward, LossKind::Huber)},
+      {backward_from_sign<c10::Half>, backward_from_sign<c10::BFloat16>, backward_from_sign<float>,
+       backward_from_sign<double>},
+  };
+  return table;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace l1ext

@@ -1,0 +1,75 @@
+// Per-element math of every l1ext loss: the loss value of a residual d = input - target and its
+// subgradient with respect to input (the target's is the negation). This header is the only place
+// the formulas live; the CPU kernels (scalars and at::vec::Vectorized) and the CUDA kernels
+// (scalars) instantiate the same templates. It includes nothing from torch.
+//
+// V is either a scalar (float, double) or a vector type for which the CPU code specialises
+// math::Prim (abs, select, sign). Comparisons give bool for scalars and a lane mask for vectors.
+#pragma once
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define L1EXT_HD __host__ __device__ __forceinline__
+#else
+#define L1EXT_HD inline
+#endif
+
+namespace l1ext {
+namespace math {
+
+// Scalar primitives. abs maps -0 to +0 and keeps NaN (as std::abs); sign is torch.sgn for reals:
+// 0 at 0 and at NaN, which is why torch's L1 gradient at a NaN residual is 0.
+template <class V>
+struct Prim {
+  static L1EXT_HD V abs(V x) { return x < V(0) ? -x : (x == V(0) ? V(0) : x); }
+  template <class M>
+  static L1EXT_HD V select(M mask, V a, V b) { return mask ? a : b; }
+  static L1EXT_HD V sign(V x) { return V(int(x > V(0)) - int(x < V(0))); }
+};
+
+// |d|. Subgradient sgn(d): 0 at d == 0.
+struct L1Loss {
+  template <class V>
+  L1EXT_HD V value(V d) const { return Prim<V>::abs(d); }
+  template <class V>
+  L1EXT_HD V grad(V d) const { return Prim<V>::sign(d); }
+};
+
+// 0.5 d^2 / beta for |d| < beta, else |d| - 0.5 beta (beta > 0; beta == 0 is routed to L1Loss,
+// as torch does). Gradient d / beta inside, +-1 outside; the comparisons are written as torch's
+// smooth_l1_backward writes them so that NaN residuals give NaN gradients.
+template <class T>
+struct SmoothL1Loss {
+  T beta;
+  template <class V>
+  L1EXT_HD V value(V d) const {
+    const V z = Prim<V>::abs(d);
+    const V b(beta);
+    return Prim<V>::select(z < b, V(T(0.5)) * z * z / b, z - V(T(0.5)) * b);
+  }
+  template <class V>
+  L1EXT_HD V grad(V d) const {
+    const V b(beta);
+    return Prim<V>::select(d <= V(-beta), V(T(-1)), Prim<V>::select(d >= b, V(T(1)), d / b));
+  }
+};
+
+// 0.5 d^2 for |d| < delta, else delta (|d| - 0.5 delta) (delta > 0). Gradient d inside,
+// +-delta outside (torch's huber_backward comparisons).
+template <class T>
+struct HuberLoss {
+  T delta;
+  template <class V>
+  L1EXT_HD V value(V d) const {
+    const V z = Prim<V>::abs(d);
+    const V dl(delta);
+    return Prim<V>::select(z < dl, V(T(0.5)) * z * z, dl * (z - V(T(0.5)) * dl));
+  }
+  template <class V>
+  L1EXT_HD V grad(V d) const {
+    const V dl(delta);
+    return Prim<V>::select(d <= V(-delta), V(-delta), Prim<V>::select(d >= dl, dl, d));
+  }
+};
+
+}  // namespace math
+}  // namespace l1ext

@@ -1,0 +1,46 @@
+// Operator schemas of l1ext, declared once. Kernels are registered per dispatch key beside
+// their code: cpu/losses_cpu.cpp (CPU), autograd/losses_autograd.cpp (Autograd); the fake
+// (meta) implementations used by torch.compile and opcheck live in l1ext/_meta.py.
+//
+// reduction is torch's enum: 0 = 'none', 1 = 'mean', 2 = 'sum'.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/kernel_table.h"
+
+namespace l1ext {
+namespace cpu {
+const KernelTable& kernels();
+}
+}  // namespace l1ext
+
+extern "C" {
+// `import l1ext._C` loads this library, whose static initialisers register the operators.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(l1ext, m) {
+  // The losses, as torch.ops.l1ext.*; differentiable in input and target.
+  m.def("l1_loss(Tensor input, Tensor target, int reduction=1) -> Tensor");
+  m.def("smooth_l1_loss(Tensor input, Tensor target, int reduction=1, float beta=1.0) -> Tensor");
+  m.def("huber_loss(Tensor input, Tensor target, int reduction=1, float delta=1.0) -> Tensor");
+
+  // L1 forward that also returns sgn(input - target) as int8, the only thing its backward reads.
+  m.def("l1_loss_forward(Tensor input, Tensor target, int reduction) -> (Tensor, Tensor)");
+  // Gradients (input, target); an output whose output_mask entry is false is an empty tensor.
+  m.def(
+      "l1_loss_backward(Tensor grad_output, Tensor sign, int reduction, ScalarType dtype, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "smooth_l1_loss_backward(Tensor grad_output, Tensor input, Tensor target, int reduction, "
+      "float beta, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "huber_loss_backward(Tensor grad_output, Tensor input, Tensor target, int reduction, "
+      "float delta, bool[2] output_mask) -> (Tensor, Tensor)");
+
+  // Instruction set the CPU kernels run with: DEFAULT, AVX2 or AVX512.
+  m.def("cpu_capability() -> str", []() -> std::string { return l1ext::cpu::kernels().isa; });
+}

@@ -1,0 +1,63 @@
+"""Fake (meta) implementations of the l1ext operators, for torch.compile, torch.export and
+torch.library.opcheck. They mirror the output metadata of the C++ kernels exactly: see
+kernel_layout() in csrc/cpu/losses_cpu.cpp for the layout rule."""
+import torch
+from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
+
+_NONE = 0
+
+
+def _like_operands(input, target, dtype=None):
+    # Operands with equal strides that cover their storage densely keep their layout; any
+    # other pair is processed (and answered) contiguous.
+    dtype = input.dtype if dtype is None else dtype
+    if input.stride() == target.stride() and is_non_overlapping_and_dense(input):
+        return torch.empty_like(input, dtype=dtype)
+    return input.new_empty(input.shape, dtype=dtype)
+
+
+def _loss(input, target, reduction):
+    if reduction == _NONE:
+        return _like_operands(input, target)
+    return input.new_empty(())
+
+
+def _grads(like, output_mask, dtype):
+    return tuple(
+        torch.empty_like(like, dtype=dtype) if need else like.new_empty((0,), dtype=dtype)
+        for need in output_mask
+    )
+
+
+@torch.library.register_fake("l1ext::l1_loss")
+def _l1_loss(input, target, reduction=1):
+    return _loss(input, target, reduction)
+
+
+@torch.library.register_fake("l1ext::l1_loss_forward")
+def _l1_loss_forward(input, target, reduction):
+    return _loss(input, target, reduction), _like_operands(input, target, torch.int8)
+
+
+@torch.library.register_fake("l1ext::l1_loss_backward")
+def _l1_loss_backward(grad_output, sign, reduction, dtype, output_mask):
+    like = sign if is_non_overlapping_and_dense(sign) else sign.new_empty(sign.shape)
+    return _grads(like, output_mask, dtype)
+
+
+@torch.library.register_fake("l1ext::smooth_l1_loss")
+def _smooth_l1_loss(input, target, reduction=1, beta=1.0):
+    return _loss(input, target, reduction)
+
+
+@torch.library.register_fake("l1ext::huber_loss")
+def _huber_loss(input, target, reduction=1, delta=1.0):
+    return _loss(input, target, reduction)
+
+
+def _pointwise_backward(grad_output, input, target, reduction, param, output_mask):
+    return _grads(_like_operands(input, target), output_mask, input.dtype)
+
+
+torch.library.register_fake("l1ext::smooth_l1_loss_backward")(_pointwise_backward)
+torch.library.register_fake("l1ext::huber_loss_backward")(_pointwise_backward)

@@ -1,0 +1,112 @@
+"""Build of l1ext's C++ (and, where torch has CUDA, CUDA) extension `l1ext._C`.
+
+Environment switches:
+  L1EXT_CUDA=1 / 0    force the CUDA sources on or off (default: on when the installed torch
+                      has CUDA and nvcc is found)
+  L1EXT_CPU_ISA=0     build only the portable CPU kernels (no AVX2 / AVX-512 copies)
+  MAX_JOBS            parallel compile jobs (torch's ninja build)
+
+The CPU kernels (csrc/cpu/loss_kernels.cpp) are compiled once per x86-64 instruction set with its
+own -m flags, as ATen does; the extension picks the widest one the CPU supports at run time.
+"""
+import glob
+import os
+import platform
+import subprocess
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(ROOT, "csrc")
+KERNELS = os.path.join("csrc", "cpu", "loss_kernels.cpp")
+
+CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off"]
+ISA_FLAGS = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+}
+
+
+def _env_flag(name):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return None
+    return value.lower() not in ("0", "false", "no", "off")
+
+
+def _with_cuda():
+    forced = _env_flag("L1EXT_CUDA")
+    if forced is not None:
+        return forced
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def _isas():
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if not x86 or _env_flag("L1EXT_CPU_ISA") is False:
+        return ["DEFAULT"]
+    return ["DEFAULT", "AVX2", "AVX512"]
+
+
+class BuildExt(cpp_extension.BuildExtension):
+    """torch's BuildExtension, plus one object of the CPU kernels per instruction set."""
+
+    def build_extensions(self):
+        for ext in self.extensions:
+            ext.extra_objects = list(ext.extra_objects or []) + self._kernel_objects(ext)
+        super().build_extensions()
+
+    def _kernel_objects(self, ext):
+        import torch
+
+        cxx = os.environ.get("CXX", "c++")
+        includes = [CSRC] + cpp_extension.include_paths()
+        abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+        out_dir = os.path.join(self.build_temp, "isa")
+        os.makedirs(out_dir, exist_ok=True)
+        procs, objects = [], []
+        for isa in _isas():
+            obj = os.path.join(out_dir, f"loss_kernels_{isa.lower()}.o")
+            cmd = [cxx, "-c", os.path.join(ROOT, KERNELS), "-o", obj, "-fPIC", "-fopenmp",
+                   f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-DCPU_CAPABILITY={isa}",
+                   f"-DCPU_CAPABILITY_{isa}", *CXX_FLAGS, *ISA_FLAGS[isa]]
+            cmd += [f"-I{d}" for d in includes]
+            print(" ".join(cmd), flush=True)
+            procs.append(subprocess.Popen(cmd))
+            objects.append(obj)
+        failed = [p.args for p in procs if p.wait() != 0]
+        if failed:
+            raise RuntimeError(f"compiling the CPU kernels failed: {failed[0]}")
+        return objects
+
+
+def extension():
+    isas = _isas()
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
+    sources = [s for s in sources if os.path.normpath(s) != os.path.normpath(KERNELS)]
+    macros = [(f"L1EXT_HAVE_{isa}", "1") for isa in isas if isa != "DEFAULT"]
+    kwargs = dict(
+        name="l1ext._C",
+        include_dirs=[CSRC],
+        define_macros=macros,
+        extra_link_args=["-fopenmp"],
+    )
+    if _with_cuda():
+        sources += sorted(glob.glob("csrc/*/*.cu"))
+        macros.append(("L1EXT_WITH_CUDA", "1"))
+        return cpp_extension.CUDAExtension(
+            sources=sources,
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            **kwargs,
+        )
+    return cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": CXX_FLAGS}, **kwargs)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExt},
+)
