@@ -72,10 +72,10 @@ Tensor combine(const Tensor& gg_input, const Tensor& gg_target, const Mask& mask
 
 // Applies the forward's reduction to a per-element tensor (the grad_output of a reduced loss
 // is a scalar that multiplies every element).
-Tensor reduce(const Tensor& t, int64_t reduction, int64_t n) {
+Tensor reduce(const Tensor& t, int64_t reduction, const c10::SymInt& n) {
   if (reduction == kNone) return t;
   Tensor s = t.sum();
-  return reduction == kMean ? s / n : s;
+  return reduction == kMean ? s / c10::Scalar(n) : s;
 }
 
 void mark_masked(AutogradContext* ctx, const Mask& mask, const Tensor& gi, const Tensor& gt) {
@@ -114,7 +114,7 @@ class L1LossBackwardFunction : public torch::autograd::Function<L1LossBackwardFu
     const Tensor d = combine(grads[0], grads[1], mask);
     Tensor grad_go;
     if (d.defined() && ctx->needs_input_grad(0)) {
-      grad_go = reduce(d * sign.to(d.scalar_type()), reduction, sign.numel());
+      grad_go = reduce(d * sign.to(d.scalar_type()), reduction, sign.sym_numel());
     }
     return {grad_go, Tensor(), Tensor(), Tensor(), Tensor()};
   }
@@ -244,13 +244,13 @@ class PointwiseLossBackwardFunction
     const Tensor d = combine(grads[0], grads[1], mask);
     Tensor grad_go, grad_input, grad_target;
     if (d.defined()) {
-      const int64_t n = input.numel();
+      const c10::SymInt n = input.sym_numel();
       if (ctx->needs_input_grad(0)) {
         auto g = std::get<0>(backward_op<Loss>().call(d, input, target, kNone, param, {true, false}));
         grad_go = reduce(g, reduction, n);
       }
       if (ctx->needs_input_grad(1) || ctx->needs_input_grad(2)) {
-        const Tensor go = reduction == kMean ? grad_output / n : grad_output;
+        const Tensor go = reduction == kMean ? grad_output / c10::Scalar(n) : grad_output;
         const Tensor gx = d * Loss::curvature(input - target, param) * go;
         if (ctx->needs_input_grad(1)) grad_input = gx;
         if (ctx->needs_input_grad(2)) grad_target = -gx;
