@@ -19,6 +19,8 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -114,11 +116,32 @@ void for_each_chunk(int64_t n, const F& chunk) {
   });
 }
 
+// kSignBytes[b]: the 8 bits of b spread into 8 bytes (byte k = bit k), for writing 8 int8 signs
+// from two lane masks at once.
+constexpr std::array<uint64_t, 256> make_sign_bytes() {
+  std::array<uint64_t, 256> t{};
+  for (int b = 0; b < 256; ++b)
+    for (int k = 0; k < 8; ++k) t[b] |= uint64_t((b >> k) & 1) << (8 * k);
+  return t;
+}
+constexpr std::array<uint64_t, 256> kSignBytes = make_sign_bytes();
+
+// Stores sgn(d) as int8 (1, -1 or 0; 0 also for NaN) for the lanes of d.
 template <class A>
-void store_sign(int8_t* p, const Vectorized<A>& s) {
-  A tmp[Vectorized<A>::size()];
-  s.store(tmp);
-  for (int k = 0; k < Vectorized<A>::size(); ++k) p[k] = int8_t(tmp[k]);
+void store_sign(int8_t* p, const Vectorized<A>& d) {
+  constexpr int VS = Vectorized<A>::size();
+  static_assert(VS <= 32, "lane masks are 32-bit");
+  const Vectorized<A> zero(A(0));
+  const uint32_t lanes = VS == 32 ? ~0u : (1u << VS) - 1;
+  // gt/lt give 1 or 0 per lane; zero_mask sets the bit of every lane that is 0.
+  const uint32_t pos = ~uint32_t(d.gt(zero).zero_mask()) & lanes;
+  const uint32_t neg = ~uint32_t(d.lt(zero).zero_mask()) & lanes;
+  for (int k = 0; k < VS; k += 8) {
+    // Bytes 0x01 where positive, 0xff (-1) where negative: the two masks never share a bit,
+    // and 0xff * (bytes of 0 or 1) carries into no neighbouring byte.
+    const uint64_t v = kSignBytes[(pos >> k) & 0xff] | (kSignBytes[(neg >> k) & 0xff] * 0xff);
+    std::memcpy(p + k, &v, std::min(8, VS - k));
+  }
 }
 
 // One chunk of the forward. kOut: write the per-element loss instead of summing it.
@@ -144,7 +167,7 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
       } else {
         sums[v] = sums[v] + l;
       }
-      if constexpr (kSign) store_sign(sign + j, math::L1Loss{}.grad(d));
+      if constexpr (kSign) store_sign(sign + j, d);
     }
   }
   A lanes[K];
@@ -244,23 +267,28 @@ void backward_from_sign_chunk(const int8_t* sign, const T* go, acc_t<T> scale, i
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
   constexpr int VS = Vec::size();
+  constexpr int kBlock = 256;
   const Vec s(scale);
-  int64_t i = 0;
-  for (; i + VS <= n; i += VS) {
-    A tmp[VS];
-    for (int k = 0; k < VS; ++k) tmp[k] = A(sign[i + k]);
-    Vec g = Vec::loadu(tmp);
-    if constexpr (kGo) g = g * Io<T>::load(go + i);
-    g = g * s;
-    if (gi) Io<T>::store(gi + i, g);
-    if (gt) Io<T>::store(gt + i, g.neg());
-  }
-  for (; i < n; ++i) {
-    A g = A(sign[i]);
-    if constexpr (kGo) g = g * A(go[i]);
-    g = g * scale;
-    if (gi) gi[i] = T(g);
-    if (gt) gt[i] = T(-g);
+  A g[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int m = int(std::min<int64_t>(kBlock, n - b));
+    // int8 -> acc in a plain loop: compilers vectorise it (sign-extend + convert) on every ISA.
+    for (int k = 0; k < m; ++k) g[k] = A(sign[b + k]);
+    int k = 0;
+    for (; k + VS <= m; k += VS) {
+      Vec v = Vec::loadu(g + k);
+      if constexpr (kGo) v = v * Io<T>::load(go + b + k);
+      v = v * s;
+      if (gi) Io<T>::store(gi + b + k, v);
+      if (gt) Io<T>::store(gt + b + k, v.neg());
+    }
+    for (; k < m; ++k) {
+      A v = g[k];
+      if constexpr (kGo) v = v * A(go[b + k]);
+      v = v * scale;
+      if (gi) gi[b + k] = T(v);
+      if (gt) gt[b + k] = T(-v);
+    }
   }
 }
 

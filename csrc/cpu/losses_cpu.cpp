@@ -4,6 +4,10 @@
 #include <c10/util/irange.h>
 #include <torch/library.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -149,6 +153,29 @@ Tensor scalar_tensor(double v, const at::TensorOptions& options) {
 
 Tensor empty_output(const Tensor& like) { return at::empty({0}, like.options()); }
 
+// A large output the kernels are about to write whole: ask Linux to back it with transparent
+// huge pages. Fresh allocations of this size come straight from mmap, and on this path their
+// first-touch page faults (one per 4 KiB, each zeroing the page) cost more than the kernel
+// itself: about 15 ms for a 64 MiB gradient on a 2-core machine, against 5 ms with 2 MiB pages.
+// The memory stays torch's allocation; only the kernel's paging of it changes.
+// L1EXT_HUGEPAGES=0 turns this off.
+Tensor& advise_huge_pages(Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = [] {
+    const char* env = std::getenv("L1EXT_HUGEPAGES");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t nbytes = t.nbytes();
+  if (!enabled || nbytes < 4 * kHuge) return t;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + nbytes) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
+}
+
 std::tuple<Tensor, Tensor> forward_impl(LossKind kind, const char* name, const Tensor& input,
                                         const Tensor& target, int64_t reduction, double param,
                                         bool save_sign) {
@@ -167,6 +194,7 @@ std::tuple<Tensor, Tensor> forward_impl(LossKind kind, const char* name, const T
   const ForwardFn fn = kernels().forward[int(kind)][int(e)];
   if (reduction == kNone) {
     Tensor out = ops.new_like();
+    advise_huge_pages(out);
     fn(x.const_data_ptr(), y.const_data_ptr(), n, param, out.mutable_data_ptr(), sign_ptr);
     return {out, sign};
   }
@@ -191,6 +219,8 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
   Tensor gi = mask[0] ? ops.new_like() : empty_output(x);
   Tensor gt = mask[1] ? ops.new_like() : empty_output(x);
   if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  advise_huge_pages(gi);
+  advise_huge_pages(gt);
   Tensor go;
   double scale = 1.0;
   if (reduction == kNone) {
@@ -228,6 +258,8 @@ std::tuple<Tensor, Tensor> l1_loss_backward_cpu(const Tensor& grad_output, const
   Tensor gi = mask[0] ? at::empty_like(s, options) : at::empty({0}, options);
   Tensor gt = mask[1] ? at::empty_like(s, options) : at::empty({0}, options);
   if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  advise_huge_pages(gi);
+  advise_huge_pages(gt);
   Tensor go;
   double scale = 1.0;
   if (reduction == kNone) {
