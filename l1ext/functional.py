@@ -48,29 +48,33 @@ def _broadcast(input: Tensor, target: Tensor):
 
 def _kernel_dtype(input: Tensor, target: Tensor):
     """The dtype l1ext computes in, or None where torch's own operator must serve the call."""
-    if (
-        input.device != target.device
-        or input.device.type not in _KERNEL_DEVICES
-        or input.layout != torch.strided
-        or target.layout != torch.strided
-    ):
+    if not (input.is_cpu and target.is_cpu):  # the common case skips building device objects
+        if input.device != target.device or input.device.type not in _KERNEL_DEVICES:
+            return None
+    if input.layout is not torch.strided or target.layout is not torch.strided:
         return None
-    dtype = input.dtype if input.dtype == target.dtype else torch.promote_types(input.dtype, target.dtype)
+    dtype = input.dtype
+    if dtype is not target.dtype:
+        dtype = torch.promote_types(dtype, target.dtype)
     return dtype if dtype in _KERNEL_DTYPES else None
+
+
+def _cast(t: Tensor, dtype) -> Tensor:
+    return t if t.dtype is dtype else t.to(dtype)
 
 
 def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
     dtype = _kernel_dtype(input, target)
     if dtype is None:
         return torch._C._nn.l1_loss(input, target, reduction)
-    return _l1_op(input.to(dtype), target.to(dtype), reduction)
+    return _l1_op(_cast(input, dtype), _cast(target, dtype), reduction)
 
 
 def _smooth_l1(input: Tensor, target: Tensor, reduction: int, beta) -> Tensor:
     dtype = _kernel_dtype(input, target)
     if dtype is None or not isinstance(beta, (int, float)):
         return torch._C._nn.smooth_l1_loss(input, target, reduction, beta)
-    return _smooth_l1_op(input.to(dtype), target.to(dtype), reduction, float(beta))
+    return _smooth_l1_op(_cast(input, dtype), _cast(target, dtype), reduction, float(beta))
 
 
 def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
@@ -78,8 +82,8 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
     if dtype is None or input.dtype not in _KERNEL_DTYPES or not isinstance(delta, (int, float)):
         return torch._C._nn.huber_loss(input, target, reduction, delta)
     # torch's huber_loss answers in the input's dtype, computed in the promoted one.
-    loss = _huber_op(input.to(dtype), target.to(dtype), reduction, float(delta))
-    return loss.to(input.dtype)
+    loss = _huber_op(_cast(input, dtype), _cast(target, dtype), reduction, float(delta))
+    return _cast(loss, input.dtype)
 
 
 def _invalid_reduction(reduction):
