@@ -55,6 +55,8 @@ def _kernel_dtype(input: Tensor, target: Tensor):
         return None
     dtype = input.dtype
     if dtype is not target.dtype:
+        if target.dtype is torch.bool:  # torch refuses to subtract bool tensors
+            return None
         dtype = torch.promote_types(dtype, target.dtype)
     return dtype if dtype in _KERNEL_DTYPES else None
 

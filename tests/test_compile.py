@@ -1,0 +1,85 @@
+"""torch.compile (fullgraph) and torch.library.opcheck over every registered operator."""
+import pytest
+import torch
+import torch.nn.functional as TF
+from torch.library import opcheck
+
+import l1ext
+import l1ext.functional as LF
+
+from conftest import LOSS_IDS, LOSSES
+
+ops = torch.ops.l1ext
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_compile_fullgraph_function(loss):
+    _, ours, theirs, param = loss
+    kw = {param: 0.5} if param else {}
+
+    def step(w, x, y):
+        return ours(x @ w, y, **kw)
+
+    compiled = torch.compile(step, fullgraph=True)
+    w0, x, y = torch.randn(8, 4), torch.randn(16, 8), torch.randn(16, 4)
+    w1, w2 = w0.clone().requires_grad_(), w0.clone().requires_grad_()
+    a = compiled(w1, x, y)
+    b = theirs(x @ w2, y, **kw)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(w1.grad, w2.grad)
+
+
+@pytest.mark.parametrize("module", [l1ext.L1Loss(reduction="sum"), l1ext.SmoothL1Loss(beta=0.2),
+                                    l1ext.HuberLoss(reduction="none", delta=0.3)], ids=LOSS_IDS)
+def test_compile_fullgraph_module(module):
+    compiled = torch.compile(module, fullgraph=True)
+    x, y = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5, requires_grad=True)
+    out = compiled(x, y)
+    ref_module = type(module).__mro__[1](reduction=module.reduction,
+                                         **{k: getattr(module, k) for k in ("beta", "delta") if hasattr(module, k)})
+    x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    ref = ref_module(x2, y2)
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(y.grad, y2.grad)
+
+
+def _opcheck_cases(requires_grad):
+    x = torch.randn(5, 3, requires_grad=requires_grad)
+    y = torch.randn(5, 3, requires_grad=requires_grad)
+    xt = torch.randn(3, 5).t().requires_grad_(requires_grad)  # non-contiguous operand
+    for red in (0, 1, 2):
+        go = torch.randn(5, 3) if red == 0 else torch.tensor(1.5)
+        go = go.requires_grad_(requires_grad)
+        sign = ops.l1_loss_forward(x.detach(), y.detach(), red)[1]
+        for a in (x, xt):
+            yield ops.l1_loss.default, (a, y, red)
+            yield ops.l1_loss_forward.default, (a, y, red)
+            yield ops.smooth_l1_loss.default, (a, y, red, 0.5)
+            yield ops.smooth_l1_loss.default, (a, y, red, 0.0)
+            yield ops.huber_loss.default, (a, y, red, 0.5)
+            for mask in ([True, True], [True, False], [False, True]):
+                yield ops.smooth_l1_loss_backward.default, (go, a, y, red, 0.5, mask)
+                yield ops.huber_loss_backward.default, (go, a, y, red, 2.0, mask)
+        for mask in ([True, True], [False, True]):
+            yield ops.l1_loss_backward.default, (go, sign, red, torch.float32, mask)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck_every_operator(requires_grad):
+    count = 0
+    for op, args in _opcheck_cases(requires_grad):
+        opcheck(op, args)
+        count += 1
+    assert count == 3 * (2 * (5 + 6) + 2)

@@ -1,0 +1,252 @@
+"""Values and gradients of l1ext against torch's built-ins over dtypes, shapes, strides,
+reductions, parameters and special values."""
+import warnings
+
+import pytest
+import torch
+
+from conftest import DEVICES, FLOAT_DTYPES, LOSS_IDS, LOSSES, REDUCTIONS, assert_close, run_both
+
+
+def _randn(shape, dtype, device):
+    return torch.randn(shape, dtype=torch.float64, device=device).to(dtype)
+
+
+def _grad_output(loss_shape, reduction, dtype, device):
+    if reduction == "none":
+        return _randn(loss_shape, dtype, device)
+    return torch.tensor(2.5, dtype=dtype, device=device)
+
+
+def _check(ours, theirs, x, y, reduction, grads=(True, True), **kw):
+    expected = theirs(x, y, reduction=reduction, **kw)
+    go = _grad_output(expected.shape, reduction, expected.dtype, x.device)
+    a, b, ga, gb = run_both(ours, theirs, x, y, *grads, grad_output=go, reduction=reduction, **kw)
+    assert_close(a, b)
+    for g_ours, g_torch in zip(ga, gb):
+        if g_torch is None:
+            assert g_ours is None
+        else:
+            assert_close(g_ours, g_torch)
+    return a, b
+
+
+SHAPES = [(), (0,), (3, 0, 2), (1,), (7,), (1000,), (70001,), (2, 3, 5, 7)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_shapes_dtypes(loss, reduction, dtype, shape, device):
+    _, ours, theirs, param = loss
+    x, y = _randn(shape, dtype, device), _randn(shape, dtype, device)
+    kw = {param: 0.7} if param else {}
+    _check(ours, theirs, x, y, reduction, **kw)
+
+
+@pytest.mark.parametrize("grads", [(True, False), (False, True), (True, True)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_requires_grad_either_side(loss, reduction, grads):
+    _, ours, theirs, _ = loss
+    x, y = torch.randn(5, 6), torch.randn(5, 6)
+    _check(ours, theirs, x, y, reduction, grads=grads)
+
+
+def _layouts(device):
+    """(name, input, target) pairs of the same logical size and various memory layouts."""
+    base = torch.randn(4, 6, 5, 3, device=device)
+    other = torch.randn(4, 6, 5, 3, device=device)
+    cl = base.contiguous(memory_format=torch.channels_last)
+    cl_other = other.contiguous(memory_format=torch.channels_last)
+    big = torch.randn(9, 13, device=device)
+    return [
+        ("transposed", base.transpose(1, 3), other.transpose(1, 3)),
+        ("transposed_input_only", base.transpose(1, 3), other.transpose(1, 3).contiguous()),
+        ("channels_last", cl, cl_other),
+        ("channels_last_input_only", cl, other),
+        ("sliced_step", big[::2, 1::3], torch.randn(5, 4, device=device)),
+        ("misaligned_offset", big.flatten()[1:], torch.randn(119, device=device)[3:]),
+        ("expanded_input", torch.randn(1, 5, device=device).expand(7, 5), torch.randn(7, 5, device=device)),
+        ("expanded_both", torch.randn(7, 1, device=device).expand(7, 5), torch.randn(1, 5, device=device).expand(7, 5)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_strides(loss, reduction, case, device):
+    _, ours, theirs, _ = loss
+    name, x, y = _layouts(device)[case]
+    a, b = _check(ours, theirs, x, y, reduction)
+    if reduction == "none" and name in ("channels_last", "transposed"):
+        # Dense operands of one layout give an output of that layout, as torch's.
+        assert a.stride() == b.stride()
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_broadcast(loss, reduction):
+    _, ours, theirs, _ = loss
+    x, y = torch.randn(4, 1, 5), torch.randn(3, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _check(ours, theirs, x, y, reduction)
+        _check(ours, theirs, torch.randn(6, 4), torch.tensor(0.25), reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_grad_output_layouts(loss, reduction):
+    # 'none' with a non-contiguous or stride-0 incoming gradient (loss.sum().backward()).
+    _, ours, theirs, _ = loss
+    x, y = torch.randn(6, 8), torch.randn(6, 8)
+    if reduction == "none":
+        go = torch.randn(8, 6).t()
+        a, b, ga, gb = run_both(ours, theirs, x, y, grad_output=go, reduction=reduction)
+        assert_close(ga[0], gb[0])
+        assert_close(ga[1], gb[1])
+    for fn in (ours, theirs):
+        xx = x.clone().requires_grad_()
+        fn(xx, y, reduction=reduction).sum().backward()
+        if fn is ours:
+            g_ours = xx.grad
+    assert_close(g_ours, xx.grad)
+
+
+def _special(dtype, param):
+    p = param
+    x = torch.tensor([0.0, 1.0, -1.0, p, -p, p, 3.0, float("inf"), float("-inf"), float("inf"),
+                      float("nan"), 0.0, 1e-30, -5e-39, 65000.0, 2.0], dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0, 2 * p, float("inf"), 0.0, 0.0, float("inf"),
+                      0.0, float("nan"), 0.0, 0.0, -65000.0, 2.0 - 1e-7], dtype=torch.float64)
+    return x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_special_values(loss, reduction, dtype):
+    # Residuals of exactly 0, exactly +-beta/delta, infinities, NaN, subnormals.
+    _, ours, theirs, param = loss
+    p = 0.5
+    x, y = _special(dtype, p)
+    kw = {param: p} if param else {}
+    _check(ours, theirs, x, y, reduction, **kw)
+
+
+@pytest.mark.parametrize("value", [0.0, 1e-6, 1e-3, 0.5, 1.0, 3.0, 1e4])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES[1:], ids=LOSS_IDS[1:])
+def test_parameters(loss, reduction, value):
+    _, ours, theirs, param = loss
+    if param == "delta" and value == 0.0:
+        pytest.skip("delta must be positive")
+    x, y = torch.randn(300, dtype=torch.float64), torch.randn(300, dtype=torch.float64)
+    x[:10] = y[:10]  # zero residuals: beta = 0 must give gradient 0 there (exactly L1), not NaN
+    _check(ours, theirs, x, y, reduction, **{param: value})
+
+
+def test_smooth_l1_beta_zero_is_l1():
+    import l1ext.functional as LF
+
+    x = torch.tensor([0.0, 1.0, -2.0, 0.0], requires_grad=True)
+    y = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    LF.smooth_l1_loss(x, y, beta=0.0, reduction="sum").backward()
+    assert torch.equal(x.grad, torch.tensor([0.0, 1.0, -1.0, -1.0]))
+
+
+@pytest.mark.parametrize("pair", [(torch.float32, torch.float64), (torch.float16, torch.float32),
+                                  (torch.bfloat16, torch.float16), (torch.float64, torch.float32),
+                                  (torch.float32, torch.int64), (torch.float32, torch.bool)], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_type_promotion(loss, reduction, pair):
+    # L1 and Smooth L1 promote as binary ops; Huber answers in the input's dtype.
+    _, ours, theirs, _ = loss
+    x = torch.randn(10, dtype=torch.float64).to(pair[0])
+    y = (torch.randn(10, dtype=torch.float64) * 3).to(pair[1])
+    try:
+        expected = theirs(x, y, reduction=reduction)
+    except RuntimeError as e:
+        with pytest.raises(type(e), match=str(e)[:40]):
+            ours(x, y, reduction=reduction)
+        return
+    actual = ours(x, y, reduction=reduction)
+    assert actual.dtype == expected.dtype
+    assert_close(actual, expected, dtype=pair[0])
+    if y.dtype.is_floating_point and not (loss[0] == "huber" and x.dtype != y.dtype):
+        # (torch's Huber backward fails on mixed dtypes; l1ext's works, see below.)
+        _check(ours, theirs, x, y, reduction, grads=(True, y.dtype.is_floating_point))
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)], ids=str)
+def test_huber_mixed_dtype_backward(dtypes):
+    # torch's Huber backward raises "Found dtype Double but expected Float" on mixed dtypes;
+    # l1ext gives the gradient of the loss it returns (computed in the promoted dtype).
+    import l1ext.functional as LF
+
+    x = torch.randn(8, dtype=dtypes[0], requires_grad=True)
+    y = torch.randn(8, dtype=dtypes[1], requires_grad=True)
+    loss = LF.huber_loss(x, y)
+    loss.backward()
+    assert loss.dtype == dtypes[0]
+    d = (x.detach().double() - y.detach().double()).clamp(-1, 1) / 8
+    assert x.grad.dtype == dtypes[0] and y.grad.dtype == dtypes[1]
+    torch.testing.assert_close(x.grad, d.to(dtypes[0]))
+    torch.testing.assert_close(y.grad, -d.to(dtypes[1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_complex_l1(reduction, dtype):
+    # Real loss, complex gradient (sgn), as torch.
+    _, ours, theirs, _ = LOSSES[0]
+    x, y = torch.randn(20, dtype=dtype), torch.randn(20, dtype=dtype)
+    x[3] = y[3]
+    _check(ours, theirs, x, y, reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_integer_l1(reduction, dtype):
+    import l1ext.functional as LF
+
+    x = torch.randint(0, 100, (30,), dtype=dtype)
+    y = torch.randint(0, 100, (30,), dtype=dtype)
+    expected = torch.nn.functional.l1_loss(x, y, reduction=reduction)
+    actual = LF.l1_loss(x, y, reduction=reduction)
+    assert actual.dtype == expected.dtype and torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", [LOSSES[0], LOSSES[2]], ids=["l1", "huber"])
+def test_weight(loss, reduction):
+    # torch's weight= semantics: L1 'mean' is sum(w |d|) / sum(w); Huber's is mean(w huber).
+    _, ours, theirs, _ = loss
+    x, y = torch.randn(6, 4), torch.randn(6, 4)
+    w = torch.rand(6, 4)
+    for fn in (ours, theirs):
+        xx = x.clone().requires_grad_()
+        ww = w.clone().requires_grad_()
+        out = fn(xx, y, reduction=reduction, weight=ww)
+        out.sum().backward()
+        if fn is ours:
+            res = (out.detach(), xx.grad, ww.grad)
+    assert_close(res[0], out.detach())
+    assert_close(res[1], xx.grad)
+    assert_close(res[2], ww.grad)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_no_grad_and_inference_mode(loss):
+    _, ours, theirs, _ = loss
+    x, y = torch.randn(100), torch.randn(100)
+    with torch.no_grad():
+        assert_close(ours(x.requires_grad_(), y), theirs(x, y))
+    with torch.inference_mode():
+        xi, yi = torch.randn(100), torch.randn(100)
+        assert_close(ours(xi, yi, reduction="none"), theirs(xi, yi, reduction="none"))
