@@ -1,0 +1,86 @@
+"""The benchmark CLI: argument handling and its JSON schema, on a tiny CPU run (no timings)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from l1ext import bench
+
+
+def test_parse_size():
+    assert bench.parse_size("4096") == 4096
+    assert bench.parse_size("2^20") == 2**20
+    assert bench.parse_size("2**12") == 4096
+    assert bench.parse_size("1e6") == 1_000_000
+    assert bench.parse_size("16M") == 16 * 2**20
+    for bad in ("abc", "0", "-3", "1.5"):
+        with pytest.raises(Exception):
+            bench.parse_size(bad)
+
+
+def test_defaults_on_cpu():
+    args = bench.resolve(bench.build_parser().parse_args(["--device", "cpu"]))
+    assert args.quick and args.sizes == bench.QUICK_CPU_SIZES
+    assert args.dtypes == ["float32", "bfloat16"] and args.reduction == "mean"
+    full = bench.resolve(bench.build_parser().parse_args(["--device", "cpu", "--full"]))
+    assert not full.quick and full.sizes == bench.CPU_SIZES and max(full.sizes) == 2**24
+    assert full.dtypes == ["float32", "bfloat16", "float16"]
+
+
+@pytest.mark.parametrize("argv", [["--losses", "l2"], ["--dtypes", "int8"], ["--passes", "back"],
+                                  ["--reduction", "avg"], ["--sizes", "x"], ["--losses", ""]])
+def test_bad_arguments_exit_with_usage(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.build_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert "usage: l1ext-bench" in capsys.readouterr().err
+
+
+def test_design_bytes():
+    n = 1000
+    # L1 fwd: x, y read + int8 sign; bwd: sign read + grad written.
+    assert bench.design_bytes("l1", n, 4, "mean", "fwd") == 8 * n + n
+    assert bench.design_bytes("l1", n, 4, "mean", "bwd") == n + 4 * n
+    assert bench.design_bytes("smooth_l1", n, 2, "mean", "fwdbwd") == 4 * n + 6 * n
+    assert bench.design_bytes("huber", n, 4, "none", "fwd") == 12 * n
+
+
+def test_cli_json_schema(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "l1ext.bench", "--device", "cpu", "--losses", "l1,huber",
+         "--dtypes", "float32", "--sizes", "256,2^10", "--passes", "fwd,fwdbwd", "--no-compile",
+         "--min-time", "0.001", "--no-progress", "--json", str(out)],
+        capture_output=True, text=True, check=True)
+    assert "x eager" in proc.stdout and "l1ext" in proc.stdout
+    data = json.loads(out.read_text())
+    meta = data["meta"]
+    for key in ("date", "device", "device_name", "torch", "cuda", "l1ext", "commit", "threads",
+                "cpu_capability", "copy_bandwidth_Bps", "reduction"):
+        assert key in meta
+    assert meta["device"] == "cpu" and meta["copy_bandwidth_Bps"] > 0
+    rows = data["rows"]
+    assert len(rows) == 2 * 1 * 2 * 2 * 2  # losses x dtypes x sizes x passes x impls
+    for r in rows:
+        assert set(r) >= {"loss", "dtype", "n", "pass", "impl", "time_s", "reps", "design_bytes",
+                          "bandwidth_Bps", "fraction_of_copy", "speedup_vs_eager",
+                          "speedup_vs_compiled", "peak_memory_bytes"}
+        assert r["time_s"] > 0 and r["reps"] >= 5
+        assert r["impl"] in ("eager", "l1ext") and r["speedup_vs_compiled"] is None
+        assert (r["peak_memory_bytes"] is not None) == (r["pass"] == "fwdbwd")
+    eager = {(r["loss"], r["n"], r["pass"]): r["time_s"] for r in rows if r["impl"] == "eager"}
+    for r in rows:
+        assert r["speedup_vs_eager"] == pytest.approx(eager[(r["loss"], r["n"], r["pass"])] / r["time_s"])
+
+
+def test_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    args = bench.resolve(bench.build_parser().parse_args(
+        ["--device", "cpu", "--losses", "smooth_l1", "--dtypes", "float32", "--sizes", "128,256",
+         "--passes", "fwdbwd", "--no-compile", "--min-time", "0.001", "--no-progress"]))
+    result = bench.run(args)
+    path = tmp_path / "p.png"
+    bench.write_plot(result, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "smooth_l1" in bench.format_table(result)
