@@ -185,12 +185,16 @@ class Clock:
         return time.perf_counter() - t0
 
     def median(self, setup, timed, min_time, flush=False, warmup=3, min_reps=5, max_reps=10000):
-        # Warm-up: at least `warmup` calls and a third of the timing budget (first calls pay for
-        # allocator growth, page-table setup and, on a GPU, lazy module loading).
-        spent = 0.0
+        # Warm-up: at least `warmup` calls and a third of the timing budget, then until three
+        # calls in a row agree within 15% (capped at 3 s). First calls pay for allocator growth,
+        # first-touch page faults (on a virtual machine, the host's too) and lazy loading.
+        spent, recent = 0.0, []
         for i in range(max_reps):
-            spent += self.once(setup, timed, flush)
-            if i + 1 >= warmup and spent >= min_time / 3:
+            t = self.once(setup, timed, flush)
+            spent += t
+            recent = (recent + [t])[-3:]
+            settled = len(recent) == 3 and max(recent) <= 1.15 * min(recent)
+            if i + 1 >= warmup and spent >= min_time / 3 and (settled or spent > 3.0):
                 break
         times, spent = [], 0.0
         while len(times) < min_reps or (spent < min_time and len(times) < max_reps):
