@@ -7,6 +7,8 @@
 // math::Prim (abs, select, sign). Comparisons give bool for scalars and a lane mask for vectors.
 #pragma once
 
+#include "loss_kind.h"
+
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define L1EXT_HD __host__ __device__ __forceinline__
 #else
@@ -70,6 +72,18 @@ struct HuberLoss {
     return Prim<V>::select(d <= V(-delta), V(-delta), Prim<V>::select(d >= dl, dl, d));
   }
 };
+
+// The functor of a loss kind, with its parameter (beta, delta; unused for L1) in type A.
+template <LossKind K, class A>
+L1EXT_HD auto make_loss(double param) {
+  if constexpr (K == LossKind::L1) {
+    return L1Loss{};
+  } else if constexpr (K == LossKind::SmoothL1) {
+    return SmoothL1Loss<A>{A(param)};
+  } else {
+    return HuberLoss<A>{A(param)};
+  }
+}
 
 }  // namespace math
 }  // namespace l1ext

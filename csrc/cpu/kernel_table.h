@@ -5,13 +5,13 @@
 #pragma once
 #include <cstdint>
 
+#include "loss_kind.h"
+
 namespace l1ext {
 namespace cpu {
 
-enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2 };
 // Element types the kernels are compiled for (torch dtypes half, bfloat16, float32, float64).
 enum class Elem : int { Half = 0, BFloat16 = 1, Float = 2, Double = 3 };
-constexpr int kNumLosses = 3;
 constexpr int kNumElems = 4;
 
 // Forward over n elements of x and y (same memory order). With out != nullptr it writes the

@@ -74,16 +74,7 @@ struct Io {
   }
 };
 
-template <LossKind K, class A>
-auto make_loss(double param) {
-  if constexpr (K == LossKind::L1) {
-    return math::L1Loss{};
-  } else if constexpr (K == LossKind::SmoothL1) {
-    return math::SmoothL1Loss<A>{A(param)};
-  } else {
-    return math::HuberLoss<A>{A(param)};
-  }
-}
+using math::make_loss;
 
 constexpr int64_t kChunk = int64_t(1) << 15;
 

@@ -1,0 +1,237 @@
+// Glue shared by the CPU and CUDA operators: argument checks and the memory-layout rule. Knows
+// tensors; the kernels behind it know pointers and sizes only.
+//
+// The operator bodies are templates over a Backend (cpu/losses_cpu.cpp, cuda/losses_cuda.cu):
+//   static void check_dtype(at::ScalarType, const char* name);
+//   static void prepare_output(Tensor&);            // before a kernel writes a fresh output
+//   static void reduce(LossKind, const Tensor& x, const Tensor& y, double param, double divisor,
+//                      Tensor& out /*0-d*/, Tensor* sign /*int8 or null*/);
+//   static void pointwise(LossKind, const Tensor& x, const Tensor& y, double param, Tensor& out,
+//                         Tensor* sign);
+//   static void backward(LossKind, const Tensor& x, const Tensor& y, const Tensor& go,
+//                        bool go_per_element, double divisor, double param, Tensor* gi, Tensor* gt);
+//   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool go_per_element,
+//                                  double divisor, Tensor* gi, Tensor* gt);
+// A one-element go is read where it lives (on the device for CUDA: no host synchronisation) and
+// divided by divisor (n for 'mean', 1 for 'sum').
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <tuple>
+
+#include "loss_kind.h"
+
+namespace l1ext {
+namespace glue {
+
+using at::Tensor;
+
+enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
+
+inline void check_reduction(int64_t reduction) {
+  TORCH_CHECK(reduction >= kNone && reduction <= kSum, "l1ext: reduction must be 0 ('none'), ",
+              "1 ('mean') or 2 ('sum'), got ", reduction);
+}
+
+// Smooth L1 with beta == 0 is exactly L1 (torch routes it to l1_loss): the beta formula would
+// give a gradient of -1 at a zero residual.
+inline LossKind effective(LossKind kind, double param) {
+  return kind == LossKind::SmoothL1 && param == 0.0 ? LossKind::L1 : kind;
+}
+
+inline void check_param(LossKind kind, double param) {
+  if (kind == LossKind::SmoothL1) {
+    TORCH_CHECK(param >= 0, "smooth_l1_loss does not support negative values for beta.");
+  } else if (kind == LossKind::Huber) {
+    TORCH_CHECK(param > 0, "huber_loss does not support non-positive values for delta.");
+  }
+}
+
+inline void check_operands(const char* name, const Tensor& input, const Tensor& target) {
+  TORCH_CHECK(input.device() == target.device(), name, ": expected input and target on the same ",
+              "device, got ", input.device(), " and ", target.device());
+  TORCH_CHECK(input.sizes() == target.sizes(), name, ": expected input and target of the same ",
+              "size (broadcast them first), got ", input.sizes(), " and ", target.sizes());
+  TORCH_CHECK(input.scalar_type() == target.scalar_type(), name, ": expected input and target of ",
+              "the same dtype (promote them first), got ", input.scalar_type(), " and ",
+              target.scalar_type());
+}
+
+// The kernels walk both operands in memory order. Operands with equal strides that cover their
+// storage densely (contiguous, channels-last, any permutation) are used as they are, and the
+// outputs take the same strides; anything else (broadcast stride-0 views, slices, mixed layouts)
+// is made contiguous (a copy only where it is not) and answered contiguous. l1ext/_meta.py
+// mirrors this rule.
+struct Operands {
+  Tensor x, y;
+  bool keep_layout;
+  // A new tensor of the operands' size in the layout the kernels write.
+  Tensor new_like(const at::TensorOptions& options) const {
+    return keep_layout ? at::empty_like(x, options) : at::empty(x.sizes(), options);
+  }
+  Tensor new_like() const { return new_like(x.options()); }
+};
+
+inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
+  if (input.strides() == target.strides() && input.is_non_overlapping_and_dense()) {
+    return {input, target, true};
+  }
+  return {input.contiguous(), target.contiguous(), false};
+}
+
+// grad_output of a 'none' loss in the memory layout of `like` and the given dtype (a copy only
+// when it differs, e.g. the stride-0 gradient of loss.sum()).
+inline Tensor grad_in_layout(const Tensor& grad_output, const Tensor& like, at::ScalarType dtype) {
+  TORCH_CHECK(grad_output.sizes() == like.sizes(), "l1ext: grad_output of size ",
+              grad_output.sizes(), " does not match the loss of size ", like.sizes());
+  if (grad_output.scalar_type() == dtype && grad_output.strides() == like.strides() &&
+      grad_output.is_non_overlapping_and_dense()) {
+    return grad_output;
+  }
+  return at::empty_like(like, like.options().dtype(dtype)).copy_(grad_output);
+}
+
+// Stands in for a gradient that output_mask did not ask for.
+inline Tensor empty_output(const at::TensorOptions& options) { return at::empty({0}, options); }
+
+inline void check_grad_output_scalar(const Tensor& grad_output, const Tensor& like) {
+  TORCH_CHECK(grad_output.numel() == 1, "l1ext: grad_output of a reduced loss must have one ",
+              "element, got ", grad_output.numel());
+  TORCH_CHECK(grad_output.device() == like.device(), "l1ext: grad_output on ",
+              grad_output.device(), " for a loss on ", like.device());
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor> forward_impl(LossKind kind, const char* name, const Tensor& input,
+                                        const Tensor& target, int64_t reduction, double param,
+                                        bool save_sign) {
+  check_reduction(reduction);
+  check_param(kind, param);
+  check_operands(name, input, target);
+  Backend::check_dtype(input.scalar_type(), name);
+  kind = effective(kind, param);
+  const Operands ops = kernel_layout(input, target);
+  const at::TensorOptions sign_options = ops.x.options().dtype(at::kChar);
+  Tensor sign = save_sign ? ops.new_like(sign_options) : empty_output(sign_options);
+  Tensor* sign_out = save_sign && sign.numel() > 0 ? &sign : nullptr;
+  if (sign_out) Backend::prepare_output(sign);
+  if (reduction == kNone) {
+    Tensor out = ops.new_like();
+    if (out.numel() > 0) {
+      Backend::prepare_output(out);
+      Backend::pointwise(kind, ops.x, ops.y, param, out, sign_out);
+    }
+    return {out, sign};
+  }
+  Tensor out = at::empty({}, ops.x.options());
+  // 'mean' of nothing is 0 / 0 = nan, as torch.
+  Backend::reduce(kind, ops.x, ops.y, param, reduction == kMean ? double(ops.x.numel()) : 1.0, out,
+                  sign_out);
+  return {out, sign};
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
+                                         const Tensor& grad_output, const Tensor& input,
+                                         const Tensor& target, int64_t reduction, double param,
+                                         std::array<bool, 2> mask) {
+  check_reduction(reduction);
+  check_param(kind, param);
+  check_operands(name, input, target);
+  Backend::check_dtype(input.scalar_type(), name);
+  kind = effective(kind, param);
+  const Operands ops = kernel_layout(input, target);
+  Tensor gi = mask[0] ? ops.new_like() : empty_output(ops.x.options());
+  Tensor gt = mask[1] ? ops.new_like() : empty_output(ops.x.options());
+  const int64_t n = ops.x.numel();
+  if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  if (mask[0]) Backend::prepare_output(gi);
+  if (mask[1]) Backend::prepare_output(gt);
+  const bool per_element = reduction == kNone;
+  if (!per_element) check_grad_output_scalar(grad_output, ops.x);
+  const Tensor go = per_element ? grad_in_layout(grad_output, ops.x, ops.x.scalar_type()) : grad_output;
+  Backend::backward(kind, ops.x, ops.y, go, per_element, reduction == kMean ? double(n) : 1.0,
+                    param, mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
+  return {gi, gt};
+}
+
+template <class Backend>
+std::tuple<Tensor, Tensor> backward_from_sign_impl(const Tensor& grad_output, const Tensor& sign,
+                                                   int64_t reduction, at::ScalarType dtype,
+                                                   std::array<bool, 2> mask) {
+  check_reduction(reduction);
+  TORCH_CHECK(sign.scalar_type() == at::kChar, "l1_loss_backward: sign must be int8, got ",
+              sign.scalar_type());
+  Backend::check_dtype(dtype, "l1_loss_backward");
+  const at::TensorOptions options = sign.options().dtype(dtype);
+  // Gradients take the sign's layout (the forward's kernel layout).
+  const Tensor s = sign.is_non_overlapping_and_dense() ? sign : sign.contiguous();
+  Tensor gi = mask[0] ? at::empty_like(s, options) : empty_output(options);
+  Tensor gt = mask[1] ? at::empty_like(s, options) : empty_output(options);
+  const int64_t n = s.numel();
+  if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  if (mask[0]) Backend::prepare_output(gi);
+  if (mask[1]) Backend::prepare_output(gt);
+  const bool per_element = reduction == kNone;
+  if (!per_element) check_grad_output_scalar(grad_output, s);
+  const Tensor go = per_element ? grad_in_layout(grad_output, s, dtype) : grad_output;
+  Backend::backward_from_sign(s, go, per_element, reduction == kMean ? double(n) : 1.0,
+                              mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
+  return {gi, gt};
+}
+
+// The operators of one backend, for TORCH_LIBRARY_IMPL.
+template <class Backend>
+struct Operators {
+  static Tensor l1_loss(const Tensor& input, const Tensor& target, int64_t reduction) {
+    return std::get<0>(forward_impl<Backend>(LossKind::L1, "l1_loss", input, target, reduction,
+                                             0.0, false));
+  }
+  static std::tuple<Tensor, Tensor> l1_loss_forward(const Tensor& input, const Tensor& target,
+                                                    int64_t reduction) {
+    return forward_impl<Backend>(LossKind::L1, "l1_loss", input, target, reduction, 0.0, true);
+  }
+  static std::tuple<Tensor, Tensor> l1_loss_backward(const Tensor& grad_output, const Tensor& sign,
+                                                     int64_t reduction, at::ScalarType dtype,
+                                                     std::array<bool, 2> mask) {
+    return backward_from_sign_impl<Backend>(grad_output, sign, reduction, dtype, mask);
+  }
+  static Tensor smooth_l1_loss(const Tensor& input, const Tensor& target, int64_t reduction,
+                               double beta) {
+    return std::get<0>(forward_impl<Backend>(LossKind::SmoothL1, "smooth_l1_loss", input, target,
+                                             reduction, beta, false));
+  }
+  static std::tuple<Tensor, Tensor> smooth_l1_loss_backward(
+      const Tensor& grad_output, const Tensor& input, const Tensor& target, int64_t reduction,
+      double beta, std::array<bool, 2> mask) {
+    return backward_impl<Backend>(LossKind::SmoothL1, "smooth_l1_loss_backward", grad_output,
+                                  input, target, reduction, beta, mask);
+  }
+  static Tensor huber_loss(const Tensor& input, const Tensor& target, int64_t reduction,
+                           double delta) {
+    return std::get<0>(forward_impl<Backend>(LossKind::Huber, "huber_loss", input, target,
+                                             reduction, delta, false));
+  }
+  static std::tuple<Tensor, Tensor> huber_loss_backward(
+      const Tensor& grad_output, const Tensor& input, const Tensor& target, int64_t reduction,
+      double delta, std::array<bool, 2> mask) {
+    return backward_impl<Backend>(LossKind::Huber, "huber_loss_backward", grad_output, input,
+                                  target, reduction, delta, mask);
+  }
+};
+
+#define L1EXT_REGISTER_OPERATORS(m, Backend)                                            \
+  do {                                                                                  \
+    using Ops_ = ::l1ext::glue::Operators<Backend>;                                     \
+    (m).impl("l1_loss", &Ops_::l1_loss);                                                \
+    (m).impl("l1_loss_forward", &Ops_::l1_loss_forward);                                \
+    (m).impl("l1_loss_backward", &Ops_::l1_loss_backward);                              \
+    (m).impl("smooth_l1_loss", &Ops_::smooth_l1_loss);                                  \
+    (m).impl("smooth_l1_loss_backward", &Ops_::smooth_l1_loss_backward);                \
+    (m).impl("huber_loss", &Ops_::huber_loss);                                          \
+    (m).impl("huber_loss_backward", &Ops_::huber_loss_backward);                        \
+  } while (0)
+
+}  // namespace glue
+}  // namespace l1ext

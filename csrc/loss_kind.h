@@ -1,0 +1,7 @@
+// The losses l1ext implements, as the kernels (CPU and CUDA) and their glue name them.
+#pragma once
+
+namespace l1ext {
+enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2 };
+constexpr int kNumLosses = 3;
+}  // namespace l1ext
