@@ -100,7 +100,10 @@ def extension():
         macros.append(("L1EXT_WITH_CUDA", "1"))
         return cpp_extension.CUDAExtension(
             sources=sources,
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr"]},
+            extra_compile_args={
+                "cxx": CXX_FLAGS,
+                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-diag-suppress", "3306"],
+            },
             **kwargs,
         )
     return cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": CXX_FLAGS}, **kwargs)

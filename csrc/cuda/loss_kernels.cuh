@@ -1,0 +1,411 @@
+// CUDA kernels of every l1ext loss. Plain CUDA: pointers, sizes and a stream, no torch; the glue
+// (losses_cuda.cu) knows tensors. The per-element math is loss_math.h, shared with the CPU.
+//
+// Memory traffic (float32, 'mean', input gradient; bytes per element):
+//   L1 forward        reads x, y (8), writes the int8 sign (1)   one launch
+//   L1 backward       reads the sign (1), writes the gradient (4) one launch
+//   Smooth L1 / Huber forward reads x, y (8); backward re-reads them and writes the gradient (12)
+//
+// Loads and stores are 16-byte packs (float4, 8 x half) between a scalar head and tail, when every
+// pointer of the launch sits at the same offset from 16-byte alignment; otherwise one element at a
+// time. Sums: each thread in a fixed order, a fixed warp-shuffle and shared-memory tree per block,
+// then the last block to finish (atomic ticket) adds the block partials in a fixed order in
+// double. The grid depends only on the element count, so a loss has the same bits on every run
+// and on every GPU. Indices are 64-bit.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+
+#include "loss_math.h"
+
+namespace l1ext {
+namespace cuda {
+
+// Accumulation type: float for half, bfloat16 and float; double for double.
+template <class T>
+struct AccOf {
+  using type = float;
+};
+template <>
+struct AccOf<double> {
+  using type = double;
+};
+template <class T>
+using acc_t = typename AccOf<T>::type;
+
+template <class T>
+__device__ __forceinline__ acc_t<T> to_acc(T v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float to_acc<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <class T>
+__device__ __forceinline__ T from_acc(acc_t<T> v) {
+  return T(v);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxReduceBlocks = 1024;
+constexpr int kMaxPointwiseBlocks = 16384;
+// Up to this many elements a reduction runs as one block: one launch, no workspace.
+constexpr int64_t kSingleBlockMax = int64_t(1) << 15;
+
+// 16 bytes of T.
+template <class T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+// The int8 signs of one pack, stored or loaded as one word when aligned.
+template <int P>
+struct SignWord;
+template <>
+struct SignWord<2> {
+  using type = uint16_t;
+};
+template <>
+struct SignWord<4> {
+  using type = uint32_t;
+};
+template <>
+struct SignWord<8> {
+  using type = uint64_t;
+};
+template <int P>
+union SignPack {
+  typename SignWord<P>::type word;
+  int8_t s[P];
+};
+
+// Elements [0, head) and [head + packs * P, n) one at a time; between them, `packs` 16-byte packs.
+// sign_words: the int8 signs of a pack can move as one word (head == 0 and an aligned sign).
+struct Span {
+  int64_t n, head, packs;
+  bool sign_words;
+};
+
+// pointers: every pointer the launch reads or writes per element (int8 signs excluded).
+template <class T>
+inline Span make_span(int64_t n, std::initializer_list<const void*> pointers) {
+  constexpr int P = Pack<T>::kSize;
+  const uintptr_t offset = reinterpret_cast<uintptr_t>(*pointers.begin()) % 16;
+  bool same = offset % sizeof(T) == 0;
+  for (const void* p : pointers) same = same && (p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == offset);
+  if (!same) return {n, n, 0, false};
+  int64_t head = int64_t((16 - offset) % 16 / sizeof(T));
+  if (head > n) head = n;
+  return {n, head, (n - head) / P, false};
+}
+
+inline Span with_sign(Span s, const int8_t* sign) {
+  s.sign_words = sign != nullptr && s.head == 0 && reinterpret_cast<uintptr_t>(sign) % 16 == 0;
+  return s;
+}
+
+inline int blocks_for(int64_t units, int max_blocks) {
+  int64_t b = (units + kThreads - 1) / kThreads;
+  if (b < 1) b = 1;
+  return int(b < max_blocks ? b : max_blocks);
+}
+
+// Runs pack(i) for the first index of each pack this thread owns, then scalar(i) for its head and
+// tail elements: a fixed order per thread.
+template <class T, class PackFn, class ScalarFn>
+__device__ __forceinline__ void for_each_owned(const Span& s, PackFn pack, ScalarFn scalar) {
+  constexpr int P = Pack<T>::kSize;
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  for (int64_t p = t; p < s.packs; p += stride) pack(s.head + p * P);
+  for (int64_t i = t; i < s.head; i += stride) scalar(i);
+  for (int64_t i = s.head + s.packs * P + t; i < s.n; i += stride) scalar(i);
+}
+
+// Sum over the block, in a fixed tree; the result is valid in thread 0.
+template <class A>
+__device__ __forceinline__ A block_sum(A v, A* scratch) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = threadIdx.x < kWarps ? scratch[threadIdx.x] : A(0);
+  if (warp == 0) {
+#pragma unroll
+    for (int o = kWarps / 2; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  }
+  return v;
+}
+
+template <class T, class Loss, bool kSign>
+__global__ void __launch_bounds__(kThreads)
+    forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
+                          int8_t* __restrict__ sign, acc_t<T>* partials, unsigned int* ticket,
+                          T* out, double divisor) {
+  using A = acc_t<T>;
+  constexpr int P = Pack<T>::kSize;
+  __shared__ A scratch[kWarps];
+  __shared__ double scratch_d[kWarps];
+  __shared__ bool last;
+  A acc = A(0);
+  for_each_owned<T>(
+      s,
+      [&](int64_t i) {
+        const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
+        const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+        SignPack<P> sp;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
+          acc += loss.value(d);
+          if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
+        }
+        if (kSign) {
+          if (s.sign_words) {
+            *reinterpret_cast<typename SignWord<P>::type*>(sign + i) = sp.word;
+          } else {
+#pragma unroll
+            for (int k = 0; k < P; ++k) sign[i + k] = sp.s[k];
+          }
+        }
+      },
+      [&](int64_t i) {
+        const A d = to_acc(x[i]) - to_acc(y[i]);
+        acc += loss.value(d);
+        if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+      });
+  const A total = block_sum(acc, scratch);
+  if (gridDim.x == 1) {
+    if (threadIdx.x == 0) *out = from_acc<T>(A(double(total) / divisor));
+    return;
+  }
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = total;
+    __threadfence();
+    last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  double v = 0.0;
+  for (int b = threadIdx.x; b < gridDim.x; b += kThreads) v += double(__ldcg(partials + b));
+  v = block_sum(v, scratch_d);
+  if (threadIdx.x == 0) {
+    *out = from_acc<T>(A(v / divisor));
+    *ticket = 0u;
+  }
+}
+
+template <class T, class Loss, bool kSign>
+__global__ void __launch_bounds__(kThreads)
+    forward_pointwise_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
+                             T* __restrict__ out, int8_t* __restrict__ sign) {
+  using A = acc_t<T>;
+  constexpr int P = Pack<T>::kSize;
+  for_each_owned<T>(
+      s,
+      [&](int64_t i) {
+        const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
+        const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+        Pack<T> o;
+        SignPack<P> sp;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
+          o.v[k] = from_acc<T>(loss.value(d));
+          if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
+        }
+        *reinterpret_cast<Pack<T>*>(out + i) = o;
+        if (kSign) {
+          if (s.sign_words) {
+            *reinterpret_cast<typename SignWord<P>::type*>(sign + i) = sp.word;
+          } else {
+#pragma unroll
+            for (int k = 0; k < P; ++k) sign[i + k] = sp.s[k];
+          }
+        }
+      },
+      [&](int64_t i) {
+        const A d = to_acc(x[i]) - to_acc(y[i]);
+        out[i] = from_acc<T>(loss.value(d));
+        if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+      });
+}
+
+// Where a backward gets the unscaled subgradient of element i from.
+template <class T, class Loss>
+struct FromResidual {
+  const T* __restrict__ x;
+  const T* __restrict__ y;
+  Loss loss;
+  template <int P>
+  __device__ __forceinline__ void pack(int64_t i, const Span&, acc_t<T> (&g)[P]) const {
+    const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
+    const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+#pragma unroll
+    for (int k = 0; k < P; ++k) g[k] = loss.grad(to_acc(a.v[k]) - to_acc(b.v[k]));
+  }
+  __device__ __forceinline__ acc_t<T> one(int64_t i) const {
+    return loss.grad(to_acc(x[i]) - to_acc(y[i]));
+  }
+};
+
+template <class T>
+struct FromSign {
+  const int8_t* __restrict__ sign;
+  template <int P>
+  __device__ __forceinline__ void pack(int64_t i, const Span& s, acc_t<T> (&g)[P]) const {
+    SignPack<P> sp;
+    if (s.sign_words) {
+      sp.word = *reinterpret_cast<const typename SignWord<P>::type*>(sign + i);
+    } else {
+#pragma unroll
+      for (int k = 0; k < P; ++k) sp.s[k] = sign[i + k];
+    }
+#pragma unroll
+    for (int k = 0; k < P; ++k) g[k] = acc_t<T>(sp.s[k]);
+  }
+  __device__ __forceinline__ acc_t<T> one(int64_t i) const { return acc_t<T>(sign[i]); }
+};
+
+// gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device.
+template <class T, class Source, bool kPerElement>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(Source src, const T* __restrict__ go, double divisor, Span s,
+                    T* __restrict__ gi, T* __restrict__ gt) {
+  using A = acc_t<T>;
+  constexpr int P = Pack<T>::kSize;
+  const A scale = kPerElement ? A(1) : A(double(to_acc(go[0])) / divisor);
+  for_each_owned<T>(
+      s,
+      [&](int64_t i) {
+        A g[P];
+        src.template pack<P>(i, s, g);
+        Pack<T> gop;
+        if (kPerElement) gop = *reinterpret_cast<const Pack<T>*>(go + i);
+        Pack<T> a, b;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          A v = g[k];
+          if (kPerElement) v = v * to_acc(gop.v[k]);
+          v = v * scale;
+          a.v[k] = from_acc<T>(v);
+          b.v[k] = from_acc<T>(-v);
+        }
+        if (gi) *reinterpret_cast<Pack<T>*>(gi + i) = a;
+        if (gt) *reinterpret_cast<Pack<T>*>(gt + i) = b;
+      },
+      [&](int64_t i) {
+        A v = src.one(i);
+        if (kPerElement) v = v * to_acc(go[i]);
+        v = v * scale;
+        if (gi) gi[i] = from_acc<T>(v);
+        if (gt) gt[i] = from_acc<T>(-v);
+      });
+}
+
+// ---- launchers ---------------------------------------------------------------------------------
+
+// Bytes of device workspace a reduction over n elements needs (0: one block, none).
+template <class T>
+inline size_t reduce_workspace_bytes(int64_t n) {
+  if (n <= kSingleBlockMax) return 0;
+  const int blocks = blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
+  return 16 + size_t(blocks) * sizeof(acc_t<T>);
+}
+
+// Loss summed (divided by divisor) into *out, on the device. workspace: reduce_workspace_bytes.
+template <class T, class Loss>
+cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, double divisor,
+                           T* out, int8_t* sign, void* workspace, cudaStream_t stream) {
+  const Span s = with_sign(make_span<T>(n, {x, y}), sign);
+  int blocks = 1;
+  unsigned int* ticket = nullptr;
+  acc_t<T>* partials = nullptr;
+  if (n > kSingleBlockMax) {
+    // Four packs per thread per pass at least; the count depends on n alone.
+    blocks = blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
+    ticket = static_cast<unsigned int*>(workspace);
+    partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
+    const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (sign) {
+    forward_reduce_kernel<T, Loss, true>
+        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, partials, ticket, out, divisor);
+  } else {
+    forward_reduce_kernel<T, Loss, false>
+        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, nullptr, partials, ticket, out, divisor);
+  }
+  return cudaGetLastError();
+}
+
+template <class T, class Loss>
+cudaError_t forward_pointwise(const T* x, const T* y, int64_t n, const Loss& loss, T* out,
+                              int8_t* sign, cudaStream_t stream) {
+  const Span s = with_sign(make_span<T>(n, {x, y, out}), sign);
+  const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
+  if (sign) {
+    forward_pointwise_kernel<T, Loss, true><<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, sign);
+  } else {
+    forward_pointwise_kernel<T, Loss, false><<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, nullptr);
+  }
+  return cudaGetLastError();
+}
+
+template <class T, class Source>
+cudaError_t launch_backward(const Source& src, std::initializer_list<const void*> pointers,
+                            const int8_t* sign, const T* go, bool per_element, double divisor,
+                            int64_t n, T* gi, T* gt, cudaStream_t stream) {
+  const Span s = with_sign(make_span<T>(n, pointers), sign);
+  const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
+  if (per_element) {
+    backward_kernel<T, Source, true><<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt);
+  } else {
+    backward_kernel<T, Source, false><<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt);
+  }
+  return cudaGetLastError();
+}
+
+// Backward recomputing the subgradient from x and y. go: n elements (per_element) or one.
+template <class T, class Loss>
+cudaError_t backward(const T* x, const T* y, const T* go, bool per_element, double divisor,
+                     int64_t n, const Loss& loss, T* gi, T* gt, cudaStream_t stream) {
+  const FromResidual<T, Loss> src{x, y, loss};
+  return launch_backward<T>(src, {x, y, per_element ? go : nullptr, gi, gt}, nullptr, go,
+                            per_element, divisor, n, gi, gt, stream);
+}
+
+// L1 backward from the int8 sign of the forward.
+template <class T>
+cudaError_t backward_from_sign(const int8_t* sign, const T* go, bool per_element, double divisor,
+                               int64_t n, T* gi, T* gt, cudaStream_t stream) {
+  const FromSign<T> src{sign};
+  const void* first = gi ? static_cast<const void*>(gi) : static_cast<const void*>(gt);
+  return launch_backward<T>(src, {first, per_element ? go : nullptr, gi, gt}, sign, go,
+                            per_element, divisor, n, gi, gt, stream);
+}
+
+}  // namespace cuda
+}  // namespace l1ext

@@ -1,0 +1,128 @@
+// CUDA glue: device guard, current stream, dtype and loss dispatch around loss_kernels.cuh.
+// Registered for the CUDA dispatch key. No host synchronisation: a reduced loss is written on the
+// device, and a reduced loss's grad_output is read there.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <type_traits>
+
+#include "cuda/loss_kernels.cuh"
+#include "glue.h"
+
+namespace l1ext {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+using namespace glue;
+
+// Calls f(T{}) with the CUDA element type of t (c10::Half and c10::BFloat16 share the bits of
+// __half and __nv_bfloat16).
+template <class F>
+void dispatch_elem(at::ScalarType t, const char* name, F&& f) {
+  switch (t) {
+    case at::kHalf: return f(__half{});
+    case at::kBFloat16: return f(__nv_bfloat16{});
+    case at::kFloat: return f(float{});
+    case at::kDouble: return f(double{});
+    default: TORCH_CHECK_NOT_IMPLEMENTED(false, "\"", name, "\" not implemented for '", t, "'");
+  }
+}
+
+template <class F>
+void dispatch_kind(LossKind kind, F&& f) {
+  switch (kind) {
+    case LossKind::L1: return f(std::integral_constant<LossKind, LossKind::L1>{});
+    case LossKind::SmoothL1: return f(std::integral_constant<LossKind, LossKind::SmoothL1>{});
+    case LossKind::Huber: return f(std::integral_constant<LossKind, LossKind::Huber>{});
+  }
+}
+
+template <class T>
+const T* in(const Tensor& t) {
+  return reinterpret_cast<const T*>(t.const_data_ptr());
+}
+template <class T>
+T* out_or_null(Tensor* t) {
+  return t ? reinterpret_cast<T*>(t->mutable_data_ptr()) : nullptr;
+}
+int8_t* sign_or_null(Tensor* t) { return t ? t->mutable_data_ptr<int8_t>() : nullptr; }
+
+struct CudaBackend {
+  static void check_dtype(at::ScalarType t, const char* name) {
+    dispatch_elem(t, name, [](auto) {});
+  }
+
+  static void prepare_output(Tensor&) {}
+
+  static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
+                     Tensor& out, Tensor* sign) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_elem(x.scalar_type(), "", [&](auto tag) {
+      using T = decltype(tag);
+      const int64_t n = x.numel();
+      const size_t bytes = reduce_workspace_bytes<T>(n);
+      Tensor workspace = bytes ? at::empty({int64_t(bytes)}, x.options().dtype(at::kByte)) : Tensor();
+      dispatch_kind(kind, [&](auto k) {
+        const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
+        C10_CUDA_CHECK(forward_reduce<T>(in<T>(x), in<T>(y), n, loss, divisor, out_or_null<T>(&out),
+                                         sign_or_null(sign), bytes ? workspace.data_ptr() : nullptr,
+                                         stream));
+      });
+    });
+  }
+
+  static void pointwise(LossKind kind, const Tensor& x, const Tensor& y, double param, Tensor& out,
+                        Tensor* sign) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_elem(x.scalar_type(), "", [&](auto tag) {
+      using T = decltype(tag);
+      dispatch_kind(kind, [&](auto k) {
+        const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
+        C10_CUDA_CHECK(forward_pointwise<T>(in<T>(x), in<T>(y), x.numel(), loss, out_or_null<T>(&out),
+                                            sign_or_null(sign), stream));
+      });
+    });
+  }
+
+  static void backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                       bool per_element, double divisor, double param, Tensor* gi, Tensor* gt) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_elem(x.scalar_type(), "", [&](auto tag) {
+      using T = decltype(tag);
+      const Tensor g = go.scalar_type() == x.scalar_type() ? go : go.to(x.scalar_type());
+      dispatch_kind(kind, [&](auto k) {
+        const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
+        C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), in<T>(g), per_element, divisor,
+                                         x.numel(), loss, out_or_null<T>(gi), out_or_null<T>(gt),
+                                         stream));
+      });
+    });
+  }
+
+  static void backward_from_sign(const Tensor& sign, const Tensor& go, bool per_element,
+                                 double divisor, Tensor* gi, Tensor* gt) {
+    const c10::cuda::CUDAGuard guard(sign.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const Tensor& like = gi ? *gi : *gt;
+    dispatch_elem(like.scalar_type(), "", [&](auto tag) {
+      using T = decltype(tag);
+      const Tensor g = go.scalar_type() == like.scalar_type() ? go : go.to(like.scalar_type());
+      C10_CUDA_CHECK(cuda::backward_from_sign<T>(sign.const_data_ptr<int8_t>(), in<T>(g), per_element,
+                                                 divisor, sign.numel(), out_or_null<T>(gi),
+                                                 out_or_null<T>(gt), stream));
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(l1ext, CUDA, m) { L1EXT_REGISTER_OPERATORS(m, CudaBackend); }
+
+}  // namespace cuda
+}  // namespace l1ext

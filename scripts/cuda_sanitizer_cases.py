@@ -1,0 +1,26 @@
+"""Runs every CUDA operator over the cases compute-sanitizer should see: aligned, misaligned,
+tiny, empty and large tensors, each dtype, each reduction, both gradients, single- and
+multi-block reductions. Used by scripts/gpu_check.sh:
+    compute-sanitizer --tool memcheck python scripts/cuda_sanitizer_cases.py
+    compute-sanitizer --tool racecheck python scripts/cuda_sanitizer_cases.py
+"""
+import torch
+
+import l1ext.functional as LF
+
+SIZES = [0, 1, 5, 8, 4096, 32768, 32769, 1 << 20, 3_000_017]
+count = 0
+for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    for n in SIZES:
+        for offset in (0, 1):
+            base_x = torch.randn(n + offset, device="cuda").to(dtype)
+            base_y = torch.randn(n + offset, device="cuda").to(dtype)
+            for fn in (LF.l1_loss, LF.smooth_l1_loss, LF.huber_loss):
+                for reduction in ("none", "mean", "sum"):
+                    x = base_x[offset:].clone().requires_grad_() if offset == 0 else base_x[offset:].detach().requires_grad_()
+                    y = base_y[offset:].detach().requires_grad_()
+                    out = fn(x, y, reduction=reduction)
+                    out.backward(torch.ones_like(out))
+                    count += 1
+torch.cuda.synchronize()
+print(f"sanitizer cases: {count} forward+backward calls")

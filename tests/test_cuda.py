@@ -1,0 +1,177 @@
+"""The GPU path: run when a CUDA device is present and l1ext was built with CUDA, skipped
+otherwise. (The parity suite also runs on CUDA through conftest.DEVICES.)"""
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import l1ext.functional as LF
+
+from conftest import LOSS_IDS, LOSSES, REDUCTIONS, assert_close
+
+HAS_CUDA_KERNELS = torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "l1ext::l1_loss", "CUDA")
+pytestmark = pytest.mark.skipif(not HAS_CUDA_KERNELS, reason="needs a GPU and l1ext built with CUDA")
+
+
+def _pair(n, dtype=torch.float32, device="cuda", offset=0):
+    x = torch.randn(n + offset, device=device, dtype=torch.float32).to(dtype)[offset:]
+    y = torch.randn(n + offset, device=device, dtype=torch.float32).to(dtype)[offset:]
+    return x, y
+
+
+def _fwd_bwd(fn, x, y, reduction="mean", **kw):
+    x = x.detach().clone().requires_grad_()
+    y = y.detach().clone().requires_grad_()
+    out = fn(x, y, reduction=reduction, **kw)
+    out.backward(torch.ones_like(out))
+    return out.detach(), x.grad, y.grad
+
+
+# Sizes around the single-block limit, pack boundaries and several blocks.
+SIZES = [0, 1, 3, 7, 8, 9, 4096, 32768, 32769, 100_003, 1 << 21]
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_cuda_matches_torch(loss, reduction, dtype, n, offset):
+    # offset shifts the storage so 16-byte vector paths meet misaligned pointers.
+    _, ours, theirs, _ = loss
+    x, y = _pair(n, dtype, offset=offset)
+    a = _fwd_bwd(ours, x, y, reduction)
+    b = _fwd_bwd(theirs, x, y, reduction)
+    for p, q in zip(a, b):
+        assert_close(p, q)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_cuda_matches_cpu(loss):
+    _, ours, _, _ = loss
+    x, y = _pair(300_001)
+    for reduction in REDUCTIONS:
+        a = _fwd_bwd(ours, x, y, reduction)
+        b = _fwd_bwd(ours, x.cpu(), y.cpu(), reduction)
+        for p, q in zip(a, b):
+            torch.testing.assert_close(p.cpu(), q)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_no_host_sync(loss):
+    _, ours, _, _ = loss
+    x, y = _pair(1 << 20)
+    x.requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for reduction in REDUCTIONS:
+            out = ours(x, y, reduction=reduction)
+            out.backward(torch.ones_like(out))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_deterministic_bits(loss):
+    _, ours, _, _ = loss
+    x, y = _pair(3_000_017)
+    ref = _fwd_bwd(ours, x, y)
+    for _ in range(100):
+        out = _fwd_bwd(ours, x, y)
+        for p, q in zip(out, ref):
+            assert torch.equal(p, q)
+
+
+def test_side_stream():
+    x, y = _pair(1 << 20)
+    ref = _fwd_bwd(LF.smooth_l1_loss, x, y)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        out = _fwd_bwd(LF.smooth_l1_loss, x, y)
+    torch.cuda.current_stream().wait_stream(s)
+    for p, q in zip(out, ref):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_second_device():
+    x, y = _pair(100_000, device="cuda:1")
+    for _, ours, theirs, _ in LOSSES:
+        a, b = _fwd_bwd(ours, x, y), _fwd_bwd(theirs, x, y)
+        for p, q in zip(a, b):
+            assert p.device == torch.device("cuda:1")
+            assert_close(p, q)
+
+
+def test_device_guard_from_other_current_device():
+    # Tensors on the current device work whatever the current device index was set to.
+    x, y = _pair(10_000)
+    with torch.cuda.device(x.device):
+        out = LF.l1_loss(x, y)
+    assert out.device == x.device
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_cuda_graph_capture_and_replay(loss):
+    _, ours, theirs, _ = loss
+    x = torch.randn(1 << 20, device="cuda", requires_grad=True)
+    y = torch.randn(1 << 20, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):  # warm-up on a side stream, as CUDA graphs require
+            x.grad = None
+            ours(x, y).backward()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    x.grad = None
+    with torch.cuda.graph(g):
+        out = ours(x, y)
+        out.backward()
+    for _ in range(3):
+        with torch.no_grad():
+            x.copy_(torch.randn_like(x))
+            y.copy_(torch.randn_like(y))
+        g.replay()
+        torch.cuda.synchronize()
+        ref = _fwd_bwd(theirs, x.detach(), y)
+        torch.testing.assert_close(out.detach(), ref[0])
+        torch.testing.assert_close(x.grad, ref[1])
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_channels_last_and_broadcast_on_cuda(loss):
+    _, ours, theirs, _ = loss
+    x = torch.randn(4, 6, 5, 3, device="cuda").contiguous(memory_format=torch.channels_last)
+    y = torch.randn(4, 6, 5, 3, device="cuda").contiguous(memory_format=torch.channels_last)
+    for reduction in REDUCTIONS:
+        for p, q in zip(_fwd_bwd(ours, x, y, reduction), _fwd_bwd(theirs, x, y, reduction)):
+            assert_close(p, q)
+    xb, yb = torch.randn(64, 4, device="cuda"), torch.randn(64, 1, device="cuda")
+    with pytest.warns(UserWarning):
+        a = _fwd_bwd(ours, xb, yb)
+    with pytest.warns(UserWarning):
+        b = _fwd_bwd(theirs, xb, yb)
+    for p, q in zip(a, b):
+        assert_close(p, q)
+
+
+@pytest.mark.slow
+def test_more_than_2_31_elements():
+    n = (1 << 31) + 4099
+    free, _ = torch.cuda.mem_get_info()
+    if free < n * 2 * 6:  # x, y, grads and torch's temporaries in bfloat16
+        pytest.skip("not enough GPU memory")
+    x = torch.ones(n, device="cuda", dtype=torch.bfloat16)
+    y = torch.zeros(n, device="cuda", dtype=torch.bfloat16)
+    x[-5:] = 3.0
+    x.requires_grad_()
+    out = LF.l1_loss(x, y, reduction="sum")
+    out.backward()
+    assert out.item() == pytest.approx(float(n - 5 + 15), rel=1e-3)
+    assert x.grad[-1].item() == 1.0 and x.grad[0].item() == 1.0
+    del x, y, out
+    x, y = torch.zeros(n, device="cuda", dtype=torch.bfloat16), torch.ones(n, device="cuda", dtype=torch.bfloat16)
+    assert LF.huber_loss(x, y, reduction="mean", delta=2.0).item() == pytest.approx(0.5)
