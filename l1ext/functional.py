@@ -83,9 +83,11 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
     dtype = _kernel_dtype(input, target)
     if dtype is None or input.dtype not in _KERNEL_DTYPES or not isinstance(delta, (int, float)):
         return torch._C._nn.huber_loss(input, target, reduction, delta)
-    # torch's huber_loss answers in the input's dtype, computed in the promoted one.
     loss = _huber_op(_cast(input, dtype), _cast(target, dtype), reduction, float(delta))
-    return _cast(loss, input.dtype)
+    if dtype is input.dtype or torch.is_autocast_enabled(input.device.type):
+        return loss  # (under autocast: float32, as torch's, which is on autocast's float32 list)
+    # torch's huber_loss answers in the input's dtype, computed in the promoted one.
+    return loss.to(input.dtype)
 
 
 def _invalid_reduction(reduction):

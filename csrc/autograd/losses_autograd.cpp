@@ -8,6 +8,7 @@
 // l1_loss itself goes through l1_loss_forward when a gradient is needed and straight to the
 // kernel (no sign written) when not.
 #include <ATen/ATen.h>
+#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -49,6 +50,25 @@ const auto& l1_loss_backward_op() {
                                                       at::ScalarType, Mask)>(
       "l1ext::l1_loss_backward");
   return h;
+}
+
+// Calls l1ext's C++ autograd cannot serve, computed by torch's own differentiable operators
+// instead (same semantics, forward-mode AD and torch.func support): a forward-mode dual input
+// (jvp, jacfwd, torch.autograd.forward_ad), or a torch.func transform that does not admit a C++
+// autograd Function (grad, vjp, jacrev). Without this they would fail, or silently give a zero
+// tangent.
+bool needs_torch_composite(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (t->defined() && t->_fw_grad(/*level=*/0).defined()) return true;
+  const auto& functorch_tls = at::functorch::functorchTLSAccessor();
+  if (functorch_tls) {
+    try {
+      functorch_tls->checkSupportsCppAutogradFunction();
+    } catch (const c10::Error&) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool needs_grad(std::initializer_list<const Tensor*> ts) {
@@ -156,6 +176,7 @@ std::tuple<Tensor, Tensor> l1_loss_forward_autograd(const Tensor& input, const T
 }
 
 Tensor l1_loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction) {
+  if (needs_torch_composite({&input, &target})) return at::l1_loss(input, target, reduction);
   if (needs_grad({&input, &target})) {
     return std::get<0>(l1_loss_forward_op().call(input, target, reduction));
   }
@@ -183,6 +204,11 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 
 struct SmoothL1 {
   static constexpr const char* kForward = "l1ext::smooth_l1_loss";
+  static Tensor torch_composite(const Tensor& input, const Tensor& target, int64_t reduction,
+                                double beta) {
+    return beta == 0.0 ? at::l1_loss(input, target, reduction)
+                       : at::smooth_l1_loss(input, target, reduction, beta);
+  }
   static constexpr const char* kBackward = "l1ext::smooth_l1_loss_backward";
   // Second derivative of the loss in d: 1/beta inside |d| < beta, else 0 (0 for beta == 0: L1).
   static Tensor curvature(const Tensor& d, double beta) {
@@ -193,6 +219,10 @@ struct SmoothL1 {
 
 struct Huber {
   static constexpr const char* kForward = "l1ext::huber_loss";
+  static Tensor torch_composite(const Tensor& input, const Tensor& target, int64_t reduction,
+                                double delta) {
+    return at::huber_loss(input, target, reduction, delta);
+  }
   static constexpr const char* kBackward = "l1ext::huber_loss_backward";
   // 1 inside |d| < delta, else 0.
   static Tensor curvature(const Tensor& d, double delta) {
@@ -287,6 +317,9 @@ class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunc
 
 template <class Loss>
 Tensor loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction, double param) {
+  if (needs_torch_composite({&input, &target})) {
+    return Loss::torch_composite(input, target, reduction, param);
+  }
   if (needs_grad({&input, &target})) {
     return PointwiseLossFunction<Loss>::apply(input, target, reduction, param);
   }
