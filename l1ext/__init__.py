@@ -10,11 +10,13 @@ The operators are also available as torch.ops.l1ext.* (reduction as torch's enum
 import torch
 
 from . import functional
+from ._patch import is_patched, patch, unpatch
 from .modules import HuberLoss, L1Loss, SmoothL1Loss
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "L1Loss", "SmoothL1Loss", "HuberLoss", "cpu_capability"]
+__all__ = ["functional", "L1Loss", "SmoothL1Loss", "HuberLoss", "cpu_capability", "patch", "unpatch",
+           "is_patched"]
 
 
 def cpu_capability() -> str:
