@@ -15,6 +15,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _C  # noqa: F401  (registers torch.ops.l1ext)
 from . import _meta  # noqa: F401  (fake implementations)
+from . import _vmap  # noqa: F401  (batching rules)
 
 __all__ = ["l1_loss", "smooth_l1_loss", "huber_loss"]
 
