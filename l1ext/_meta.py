@@ -7,6 +7,22 @@ from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_
 _NONE = 0
 
 
+def _check(name, input, target, reduction, kind=None, param=None):
+    # The checks of csrc/glue.h, so a fake or meta call fails where a real one would.
+    torch._check(reduction in (0, 1, 2),
+                 lambda: f"l1ext: reduction must be 0 ('none'), 1 ('mean') or 2 ('sum'), got {reduction}")
+    torch._check(input.device == target.device, lambda: f"{name}: expected input and target on the "
+                 f"same device, got {input.device} and {target.device}")
+    torch._check(input.shape == target.shape, lambda: f"{name}: expected input and target of the "
+                 f"same size (broadcast them first), got {list(input.shape)} and {list(target.shape)}")
+    torch._check(input.dtype == target.dtype, lambda: f"{name}: expected input and target of the "
+                 f"same dtype (promote them first), got {input.dtype} and {target.dtype}")
+    if kind == "beta":
+        torch._check(param >= 0, lambda: "smooth_l1_loss does not support negative values for beta.")
+    elif kind == "delta":
+        torch._check(param > 0, lambda: "huber_loss does not support non-positive values for delta.")
+
+
 def _like_operands(input, target, dtype=None):
     # Operands with equal strides that cover their storage densely keep their layout; any
     # other pair is processed (and answered) contiguous.
@@ -31,11 +47,13 @@ def _grads(like, output_mask, dtype):
 
 @torch.library.register_fake("l1ext::l1_loss")
 def _l1_loss(input, target, reduction=1):
+    _check("l1_loss", input, target, reduction)
     return _loss(input, target, reduction)
 
 
 @torch.library.register_fake("l1ext::l1_loss_forward")
 def _l1_loss_forward(input, target, reduction):
+    _check("l1_loss", input, target, reduction)
     return _loss(input, target, reduction), _like_operands(input, target, torch.int8)
 
 
@@ -47,15 +65,18 @@ def _l1_loss_backward(grad_output, sign, reduction, dtype, output_mask):
 
 @torch.library.register_fake("l1ext::smooth_l1_loss")
 def _smooth_l1_loss(input, target, reduction=1, beta=1.0):
+    _check("smooth_l1_loss", input, target, reduction, "beta", beta)
     return _loss(input, target, reduction)
 
 
 @torch.library.register_fake("l1ext::huber_loss")
 def _huber_loss(input, target, reduction=1, delta=1.0):
+    _check("huber_loss", input, target, reduction, "delta", delta)
     return _loss(input, target, reduction)
 
 
 def _pointwise_backward(grad_output, input, target, reduction, param, output_mask):
+    _check("loss_backward", input, target, reduction)
     return _grads(_like_operands(input, target), output_mask, input.dtype)
 
 
