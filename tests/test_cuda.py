@@ -175,3 +175,19 @@ def test_more_than_2_31_elements():
     del x, y, out
     x, y = torch.zeros(n, device="cuda", dtype=torch.bfloat16), torch.ones(n, device="cuda", dtype=torch.bfloat16)
     assert LF.huber_loss(x, y, reduction="mean", delta=2.0).item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_compile_reduce_overhead(loss):
+    # torch.compile(mode="reduce-overhead") captures the step in CUDA graphs.
+    _, ours, theirs, _ = loss
+    model = torch.nn.Linear(16, 4).cuda()
+
+    def step(x, y):
+        return ours(model(x), y)
+
+    compiled = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    for _ in range(4):
+        x, y = torch.randn(64, 16, device="cuda"), torch.randn(64, 4, device="cuda")
+        out = compiled(x, y)
+        torch.testing.assert_close(out, theirs(model(x), y))
