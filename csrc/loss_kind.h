@@ -2,6 +2,6 @@
 #pragma once
 
 namespace l1ext {
-enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2 };
-constexpr int kNumLosses = 3;
+enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2, Quantile = 3 };
+constexpr int kNumLosses = 4;
 }  // namespace l1ext

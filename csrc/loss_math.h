@@ -73,6 +73,23 @@ struct HuberLoss {
   }
 };
 
+// Quantile (pinball) loss of d = input - target at quantile tau in (0, 1): tau (target - input)
+// when the target is at or above the input, else (1 - tau) (input - target); tau = 0.5 is half the
+// L1 loss, values and subgradients (0 at d == 0 and at NaN, as L1's).
+template <class T>
+struct QuantileLoss {
+  T tau;
+  template <class V>
+  L1EXT_HD V value(V d) const {
+    return Prim<V>::select(d > V(T(0)), V(T(1) - tau) * d, V(-tau) * d);
+  }
+  template <class V>
+  L1EXT_HD V grad(V d) const {
+    return Prim<V>::select(d > V(T(0)), V(T(1) - tau),
+                           Prim<V>::select(d < V(T(0)), V(-tau), V(T(0))));
+  }
+};
+
 // The functor of a loss kind, with its parameter (beta, delta; unused for L1) in type A.
 template <LossKind K, class A>
 L1EXT_HD auto make_loss(double param) {
@@ -80,8 +97,10 @@ L1EXT_HD auto make_loss(double param) {
     return L1Loss{};
   } else if constexpr (K == LossKind::SmoothL1) {
     return SmoothL1Loss<A>{A(param)};
-  } else {
+  } else if constexpr (K == LossKind::Huber) {
     return HuberLoss<A>{A(param)};
+  } else {
+    return QuantileLoss<A>{A(param)};
   }
 }
 

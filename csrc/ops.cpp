@@ -41,6 +41,20 @@ TORCH_LIBRARY(l1ext, m) {
       "huber_loss_backward(Tensor grad_output, Tensor input, Tensor target, int reduction, "
       "float delta, bool[2] output_mask) -> (Tensor, Tensor)");
 
+  // Weighted losses (detection-style, weighted.h): kind 0 L1, 1 Smooth L1 (param = beta),
+  // 2 Huber (delta), 3 Quantile (tau). weight and param broadcast to the input (per element, per
+  // row, per column or scalar); avg_factor (tensor) or avg_value (number) divides a 'mean'
+  // instead of n; loss_weight scales the result.
+  m.def(
+      "weighted_loss(Tensor input, Tensor target, Tensor? weight, Tensor? param, "
+      "Tensor? avg_factor, int kind, float param_value, float? avg_value, float loss_weight, "
+      "int reduction) -> Tensor");
+  // Gradients (input, target, weight); the weight's in the weight's own shape.
+  m.def(
+      "weighted_loss_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, "
+      "Tensor? param, Tensor? avg_factor, int kind, float param_value, float? avg_value, "
+      "float loss_weight, int reduction, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
   // Instruction set the CPU kernels run with: DEFAULT, AVX2 or AVX512.
   m.def("cpu_capability() -> str", []() -> std::string { return l1ext::cpu::kernels().isa; });
 }

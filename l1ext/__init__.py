@@ -11,11 +11,11 @@ import torch
 
 from . import functional
 from ._patch import is_patched, patch, unpatch
-from .modules import HuberLoss, L1Loss, SmoothL1Loss
+from .modules import HuberLoss, L1Loss, QuantileLoss, SmoothL1Loss
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "L1Loss", "SmoothL1Loss", "HuberLoss", "cpu_capability", "patch", "unpatch",
+__all__ = ["functional", "L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss", "cpu_capability", "patch", "unpatch",
            "is_patched"]
 
 

@@ -82,3 +82,20 @@ def _pointwise_backward(grad_output, input, target, reduction, param, output_mas
 
 torch.library.register_fake("l1ext::smooth_l1_loss_backward")(_pointwise_backward)
 torch.library.register_fake("l1ext::huber_loss_backward")(_pointwise_backward)
+
+
+@torch.library.register_fake("l1ext::weighted_loss")
+def _weighted_loss(input, target, weight, param, avg_factor, kind, param_value, avg_value,
+                   loss_weight, reduction):
+    _check("weighted_loss", input, target, reduction)
+    return input.new_empty(input.shape) if reduction == _NONE else input.new_empty(())
+
+
+@torch.library.register_fake("l1ext::weighted_loss_backward")
+def _weighted_loss_backward(grad_output, input, target, weight, param, avg_factor, kind,
+                            param_value, avg_value, loss_weight, reduction, output_mask):
+    _check("weighted_loss_backward", input, target, reduction)
+    gi = input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,))
+    gt = input.new_empty(input.shape) if output_mask[1] else input.new_empty((0,))
+    gw = weight.new_empty(weight.shape) if (output_mask[2] and weight is not None) else input.new_empty((0,))
+    return gi, gt, gw

@@ -17,11 +17,16 @@ from . import _C  # noqa: F401  (registers torch.ops.l1ext)
 from . import _meta  # noqa: F401  (fake implementations)
 from . import _vmap  # noqa: F401  (batching rules)
 
-__all__ = ["l1_loss", "smooth_l1_loss", "huber_loss"]
+__all__ = ["l1_loss", "smooth_l1_loss", "huber_loss", "quantile_loss"]
 
 _l1_op = torch.ops.l1ext.l1_loss.default
 _smooth_l1_op = torch.ops.l1ext.smooth_l1_loss.default
 _huber_op = torch.ops.l1ext.huber_loss.default
+_weighted_op = torch.ops.l1ext.weighted_loss.default
+
+# Loss kinds of the weighted operator (csrc/loss_kind.h).
+_L1, _SMOOTH_L1, _HUBER, _QUANTILE = 0, 1, 2, 3
+_REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 _KERNEL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 _KERNEL_DEVICES = frozenset(
@@ -91,6 +96,40 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
     return loss.to(input.dtype)
 
 
+def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_weight):
+    """Detection-style weighted loss, mmdetection's weight_reduce_loss convention, in one fused
+    operator: loss * weight, then 'mean' = sum / avg_factor (+ float32 eps) when avg_factor is
+    given (else the mean), 'sum', or 'none'; times loss_weight. weight and a tensor parameter
+    broadcast to the input; a weight of the input's shape without its last dimension is one
+    weight per row (a per-box weight for boxes of shape (N, 4))."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if avg_factor is not None and reduction == "sum":
+        raise ValueError('avg_factor can not be used with reduction="sum"')
+    loss_weight = 1.0 if loss_weight is None else float(loss_weight)
+    expanded_input, expanded_target = _broadcast(input, target)
+    dtype = _kernel_dtype(expanded_input, expanded_target)
+    if dtype is None:
+        raise NotImplementedError(
+            f"l1ext weighted losses support floating dtypes on {sorted(_KERNEL_DEVICES)}, "
+            f"got {input.dtype} and {target.dtype} on {input.device} and {target.device}")
+    x, y = _cast(expanded_input, dtype), _cast(expanded_target, dtype)
+    if x.numel() == 0 and reduction != "none":
+        # No positive boxes: a zero loss that stays connected to the graph (zero gradients).
+        return x.sum() * 0
+    param_tensor = param if isinstance(param, Tensor) else None
+    param_value = 0.0 if param_tensor is not None else float(param)
+    avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
+    avg_value = None if avg_factor is None or avg_tensor is not None else float(avg_factor)
+    return _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
+                        loss_weight, _REDUCTIONS[reduction])
+
+
+def _is_tensor_param(value):
+    # A per-element beta/delta; a 0-d tensor is a number to torch and stays on torch's path.
+    return isinstance(value, Tensor) and value.dim() > 0
+
+
 def _invalid_reduction(reduction):
     return ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
 
@@ -102,11 +141,18 @@ def l1_loss(
     reduce=None,
     reduction: str = "mean",
     weight: Tensor | None = None,
+    *,
+    avg_factor=None,
+    loss_weight: float | None = None,
 ) -> Tensor:
     r"""Mean absolute error, as :func:`torch.nn.functional.l1_loss`, computed by l1ext.
 
-    With ``weight`` (the input's size), the loss is ``|input - target| * weight``; 'mean' divides
-    its sum by ``weight.sum()``, as torch does.
+    With ``weight`` alone (the input's size), the loss is ``|input - target| * weight`` and 'mean'
+    divides its sum by ``weight.sum()``, as torch does. With ``avg_factor`` or ``loss_weight``
+    (mmdetection's convention), ``weight`` broadcasts to the input (per element, per row such as
+    (N,) or (N, 1) for boxes (N, 4), per column), 'mean' is ``sum / avg_factor`` (guarded by
+    float32 eps) or the plain mean, and the result is scaled by ``loss_weight``; see
+    :func:`smooth_l1_loss`.
     """
     if has_torch_function_variadic(input, target):
         return handle_torch_function(
@@ -116,6 +162,8 @@ def l1_loss(
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
+    if avg_factor is not None or loss_weight is not None:
+        return _weighted(_L1, input, target, reduction, 0.0, weight, avg_factor, loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     if weight is None:
         return _l1(expanded_input, expanded_target, _Reduction.get_enum(reduction))
@@ -138,10 +186,25 @@ def smooth_l1_loss(
     reduce=None,
     reduction: str = "mean",
     beta: float = 1.0,
+    *,
+    weight: Tensor | None = None,
+    avg_factor=None,
+    loss_weight: float | None = None,
 ) -> Tensor:
     r"""Smooth L1 loss, as :func:`torch.nn.functional.smooth_l1_loss`, computed by l1ext.
 
     ``beta == 0`` is exactly the L1 loss (values and gradients), as in torch.
+
+    Beyond torch, fused in the same pass (mmdetection's weighted-loss convention):
+
+    - ``weight``: broadcasts to the input; a weight of the input's shape without its last
+      dimension, e.g. (N,) for boxes (N, 4), is one weight per row. The loss is ``loss * weight``.
+    - ``avg_factor`` (a number or a one-element tensor, read without host synchronisation): 'mean'
+      becomes ``sum / (avg_factor + eps)``; with 'sum' it is an error; 'none' ignores it.
+    - ``loss_weight``: scales the result.
+    - ``beta`` may be a tensor broadcastable to the input (per-coordinate beta).
+
+    A call with any of these on an empty input returns a zero that stays in the autograd graph.
     """
     if has_torch_function_variadic(input, target):
         return handle_torch_function(
@@ -151,6 +214,10 @@ def smooth_l1_loss(
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
+    if weight is not None or avg_factor is not None or loss_weight is not None or _is_tensor_param(beta):
+        if not isinstance(beta, Tensor) and beta < 0:
+            raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+        return _weighted(_SMOOTH_L1, input, target, reduction, beta, weight, avg_factor, loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     if beta == 0.0:
         return _l1(expanded_input, expanded_target, _Reduction.get_enum(reduction))
@@ -163,11 +230,15 @@ def huber_loss(
     reduction: str = "mean",
     delta: float = 1.0,
     weight: Tensor | None = None,
+    *,
+    avg_factor=None,
+    loss_weight: float | None = None,
 ) -> Tensor:
     r"""Huber loss, as :func:`torch.nn.functional.huber_loss`, computed by l1ext.
 
-    The result has the input's dtype (torch's rule). With ``weight`` (the input's size) the loss
-    is ``huber * weight`` and 'mean' is its plain mean, as torch does.
+    The result has the input's dtype (torch's rule). With ``weight`` alone (the input's size) the
+    loss is ``huber * weight`` and 'mean' is its plain mean, as torch does. With ``avg_factor`` or
+    ``loss_weight``, or a tensor ``delta``, the weighted convention of :func:`smooth_l1_loss`.
     """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
@@ -175,6 +246,10 @@ def huber_loss(
             reduction=reduction, delta=delta, weight=weight,
         )
     _warn_if_sizes_differ(input, target)
+    if avg_factor is not None or loss_weight is not None or _is_tensor_param(delta):
+        if not isinstance(delta, Tensor) and not delta > 0:
+            raise RuntimeError("huber_loss does not support non-positive values for delta.")
+        return _weighted(_HUBER, input, target, reduction, delta, weight, avg_factor, loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     if weight is None:
         return _huber(expanded_input, expanded_target, _Reduction.get_enum(reduction), delta)
@@ -188,3 +263,50 @@ def huber_loss(
     if reduction == "mean":
         return weighted.mean()
     raise _invalid_reduction(reduction)
+
+
+def quantile_loss(
+    input: Tensor,
+    target: Tensor,
+    tau=0.5,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    *,
+    avg_factor=None,
+    loss_weight: float | None = None,
+) -> Tensor:
+    r"""Quantile (pinball) loss: ``tau * (target - input)`` where ``target >= input``, else
+    ``(1 - tau) * (input - target)``; ``tau = 0.5`` is half the L1 loss.
+
+    ``tau`` is a number in (0, 1) or a tensor of quantiles along the input's last dimension
+    (multi-quantile forecasting: input (..., Q), target (...,) or (..., 1), tau (Q,)). Reductions,
+    ``weight``, ``avg_factor`` and ``loss_weight`` as in :func:`smooth_l1_loss`; the subgradient is
+    0 at a zero residual.
+    """
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            quantile_loss, (input, target, weight), input, target, tau=tau, reduction=reduction,
+            weight=weight, avg_factor=avg_factor, loss_weight=loss_weight,
+        )
+    if isinstance(tau, Tensor):
+        if tau.requires_grad:
+            raise ValueError("quantile_loss: tau must not require grad")
+        if tau.device.type == "cpu":
+            if not bool(((tau > 0) & (tau < 1)).all()):
+                raise ValueError(f"quantile_loss: every tau must be in (0, 1), got {tau.tolist()}")
+        else:
+            torch._assert_async(((tau > 0) & (tau < 1)).all(), "quantile_loss: every tau must be in (0, 1)")
+        quantiles = tau.numel()
+    elif isinstance(tau, (int, float)) and not isinstance(tau, bool):
+        if not 0.0 < tau < 1.0:
+            raise ValueError(f"quantile_loss: tau must be in (0, 1), got {tau}")
+        quantiles = 1
+    else:
+        raise TypeError(f"quantile_loss(): argument 'tau' must be a float or a Tensor, not {type(tau).__name__}")
+    multi = (quantiles > 1 and input.dim() >= 1 and input.shape[-1] == quantiles
+             and (target.shape == input.shape[:-1] or target.shape == input.shape[:-1] + (1,)))
+    if multi:
+        target = target.reshape(input.shape[:-1] + (1,))  # one target for every quantile
+    else:
+        _warn_if_sizes_differ(input, target)
+    return _weighted(_QUANTILE, input, target, reduction, tau, weight, avg_factor, loss_weight)

@@ -1,31 +1,83 @@
-"""Drop-in twins of torch.nn.L1Loss, SmoothL1Loss and HuberLoss.
+"""Drop-in twins of torch.nn.L1Loss, SmoothL1Loss and HuberLoss, and QuantileLoss.
 
-Each subclasses the torch module (isinstance holds; constructor, attributes, repr and state_dict
-are torch's) and only replaces forward with l1ext's functional."""
+Each torch twin subclasses the torch module (isinstance holds; constructor, attributes, repr and
+state_dict are torch's) and replaces forward with l1ext's functional. Beyond torch, each takes a
+``loss_weight`` and its forward a ``weight``, an ``avg_factor`` and a ``reduction_override``
+(mmdetection's loss-module convention); without them it behaves exactly as torch's. (The
+forwards also serve torch's own modules under l1ext.patch(), hence getattr for loss_weight.)"""
 import torch
 from torch import Tensor
 
 from . import functional as F
 
-__all__ = ["L1Loss", "SmoothL1Loss", "HuberLoss"]
+__all__ = ["L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss"]
+
+_OVERRIDES = (None, "none", "mean", "sum")
+
+
+def _reduction(module, reduction_override):
+    if reduction_override not in _OVERRIDES:
+        raise ValueError(f"reduction_override must be one of {_OVERRIDES}, got {reduction_override!r}")
+    return reduction_override or module.reduction
 
 
 class L1Loss(torch.nn.L1Loss):
     __doc__ = torch.nn.L1Loss.__doc__
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.l1_loss(input, target, reduction=self.reduction)
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", *, loss_weight=None):
+        super().__init__(size_average, reduce, reduction)
+        self.loss_weight = loss_weight
+
+    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+        return F.l1_loss(input, target, reduction=_reduction(self, reduction_override), weight=weight,
+                         avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
 
 class SmoothL1Loss(torch.nn.SmoothL1Loss):
     __doc__ = torch.nn.SmoothL1Loss.__doc__
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+    def __init__(self, size_average=None, reduce=None, reduction: str = "mean", beta=1.0, *, loss_weight=None):
+        super().__init__(size_average, reduce, reduction, beta)
+        self.loss_weight = loss_weight
+
+    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+        return F.smooth_l1_loss(input, target, reduction=_reduction(self, reduction_override), beta=self.beta,
+                                weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
 
 class HuberLoss(torch.nn.HuberLoss):
     __doc__ = torch.nn.HuberLoss.__doc__
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+    def __init__(self, reduction: str = "mean", delta=1.0, *, loss_weight=None):
+        if isinstance(delta, Tensor):
+            super().__init__(reduction=reduction)
+            self.delta = delta
+        else:
+            super().__init__(reduction=reduction, delta=delta)
+        self.loss_weight = loss_weight
+
+    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+        return F.huber_loss(input, target, reduction=_reduction(self, reduction_override), delta=self.delta,
+                            weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
+
+
+class QuantileLoss(torch.nn.modules.loss._Loss):
+    r"""Quantile (pinball) loss, see :func:`l1ext.functional.quantile_loss`.
+
+    ``tau`` is a number in (0, 1) or a tensor of quantiles along the input's last dimension.
+    """
+
+    def __init__(self, tau=0.5, reduction: str = "mean", *, loss_weight=None):
+        super().__init__(reduction=reduction)
+        if isinstance(tau, Tensor):
+            self.register_buffer("tau", tau)
+        else:
+            self.tau = tau
+        self.loss_weight = loss_weight
+
+    def extra_repr(self) -> str:
+        return f"tau={self.tau}"
+
+    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+        return F.quantile_loss(input, target, self.tau, reduction=_reduction(self, reduction_override),
+                               weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))

@@ -8,10 +8,11 @@
 // l1_loss itself goes through l1_loss_forward when a gradient is needed and straight to the
 // kernel (no sign written) when not.
 #include <ATen/ATen.h>
-#include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "autograd/autograd_util.h"
 
 #include <array>
 #include <tuple>
@@ -26,11 +27,6 @@ using torch::autograd::variable_list;
 using Mask = std::array<bool, 2>;
 
 enum Reduction : int64_t { kNone = 0, kMean = 1, kSum = 2 };
-
-template <class Sig>
-c10::TypedOperatorHandle<Sig> op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
 
 using LossSig = Tensor(const Tensor&, const Tensor&, int64_t, double);
 using LossBackwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
@@ -50,32 +46,6 @@ const auto& l1_loss_backward_op() {
                                                       at::ScalarType, Mask)>(
       "l1ext::l1_loss_backward");
   return h;
-}
-
-// Calls l1ext's C++ autograd cannot serve, computed by torch's own differentiable operators
-// instead (same semantics, forward-mode AD and torch.func support): a forward-mode dual input
-// (jvp, jacfwd, torch.autograd.forward_ad), or a torch.func transform that does not admit a C++
-// autograd Function (grad, vjp, jacrev). Without this they would fail, or silently give a zero
-// tangent.
-bool needs_torch_composite(std::initializer_list<const Tensor*> ts) {
-  for (const Tensor* t : ts)
-    if (t->defined() && t->_fw_grad(/*level=*/0).defined()) return true;
-  const auto& functorch_tls = at::functorch::functorchTLSAccessor();
-  if (functorch_tls) {
-    try {
-      functorch_tls->checkSupportsCppAutogradFunction();
-    } catch (const c10::Error&) {
-      return true;
-    }
-  }
-  return false;
-}
-
-bool needs_grad(std::initializer_list<const Tensor*> ts) {
-  if (!at::GradMode::is_enabled()) return false;
-  for (const Tensor* t : ts)
-    if (t->defined() && t->requires_grad()) return true;
-  return false;
 }
 
 // Gradients are not materialised (set_materialize_grads(false)): undefined means zero.

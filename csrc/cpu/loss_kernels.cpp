@@ -312,9 +312,9 @@ const KernelTable& kernel_table() {
   static const KernelTable table = {
       L1EXT_STR(CPU_CAPABILITY),
       {L1EXT_ROW(forward, LossKind::L1), L1EXT_ROW(forward, LossKind::SmoothL1),
-       L1EXT_ROW(forward, LossKind::Huber)},
+       L1EXT_ROW(forward, LossKind::Huber), L1EXT_ROW(forward, LossKind::Quantile)},
       {L1EXT_ROW(backward, LossKind::L1), L1EXT_ROW(backward, LossKind::SmoothL1),
-       L1EXT_ROW(backward, LossKind::Huber)},
+       L1EXT_ROW(backward, LossKind::Huber), L1EXT_ROW(backward, LossKind::Quantile)},
       {backward_from_sign<c10::Half>, backward_from_sign<c10::BFloat16>, backward_from_sign<float>,
        backward_from_sign<double>},
   };

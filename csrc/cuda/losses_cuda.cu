@@ -37,6 +37,7 @@ void dispatch_kind(LossKind kind, F&& f) {
     case LossKind::L1: return f(std::integral_constant<LossKind, LossKind::L1>{});
     case LossKind::SmoothL1: return f(std::integral_constant<LossKind, LossKind::SmoothL1>{});
     case LossKind::Huber: return f(std::integral_constant<LossKind, LossKind::Huber>{});
+    case LossKind::Quantile: return f(std::integral_constant<LossKind, LossKind::Quantile>{});
   }
 }
 

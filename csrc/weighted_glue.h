@@ -1,0 +1,150 @@
+// Glue of the weighted losses shared by the CPU and CUDA operators: how weight and parameter
+// tensors broadcast to the input (weighted.h's modes), checks, output allocation.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <array>
+#include <optional>
+#include <tuple>
+
+#include "glue.h"
+#include "weighted.h"
+
+namespace l1ext {
+namespace weighted {
+
+using at::Tensor;
+
+struct Operand {
+  Tensor t;  // contiguous, in the input's dtype; undefined when absent
+  Broadcast mode;
+  Aux aux() const { return {t.defined() ? t.const_data_ptr() : nullptr, mode}; }
+};
+
+// Classifies an optional weight or parameter tensor against the (contiguous) input of the loss.
+inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input, const char* what) {
+  if (!maybe.has_value() || !maybe->defined()) return {Tensor(), Broadcast::kAbsent};
+  const Tensor& a = *maybe;
+  TORCH_CHECK(a.device() == input.device(), "l1ext: ", what, " on ", a.device(),
+              " for an input on ", input.device());
+  const Tensor v = a.to(input.scalar_type());
+  const auto s = input.sizes();
+  const int64_t d = input.dim();
+  if (v.numel() == 1) return {v.reshape({1}).contiguous(), Broadcast::kScalar};
+  if (v.sizes() == s) return {v.contiguous(), Broadcast::kFull};
+  if (d >= 1) {
+    // one value per row: shape (..., 1) or the input's shape without its last dimension
+    const bool row_keepdim = v.dim() == d && v.size(-1) == 1 && v.sizes().slice(0, d - 1) == s.slice(0, d - 1);
+    const bool row_dropped = v.dim() == d - 1 && v.sizes() == s.slice(0, d - 1);
+    if (row_keepdim || row_dropped) return {v.contiguous(), Broadcast::kRow};
+    // one value per column: shape (D,) or (1, ..., 1, D)
+    bool col = v.size(-1) == s[d - 1] && v.dim() <= d;
+    for (int64_t k = 0; col && k < v.dim() - 1; ++k) col = v.size(k) == 1;
+    if (col) return {v.contiguous().reshape({-1}), Broadcast::kCol};
+  }
+  // anything else broadcasts by torch's rules (an error if it cannot)
+  return {v.expand(s).contiguous(), Broadcast::kFull};
+}
+
+inline Reduce make_reduce(int64_t reduction, double loss_weight, const Tensor& input,
+                          const std::optional<Tensor>& avg_factor, std::optional<double> avg_value,
+                          Tensor& avg_holder) {
+  glue::check_reduction(reduction);
+  Reduce r{int(reduction), loss_weight, input.numel(), false, 0.0, nullptr, nullptr};
+  if (avg_factor.has_value() && avg_factor->defined() && avg_factor->device() != input.device()) {
+    // A host tensor for a device loss: its value is on the host already (no synchronisation).
+    TORCH_CHECK(avg_factor->device().is_cpu() && avg_factor->numel() == 1, "l1ext: avg_factor on ",
+                avg_factor->device(), " for an input on ", input.device());
+    r.has_avg = true;
+    r.avg_value = avg_factor->item<double>();
+  } else if (avg_factor.has_value() && avg_factor->defined()) {
+    TORCH_CHECK(avg_factor->numel() == 1, "l1ext: avg_factor must have one element, got ",
+                avg_factor->numel());
+    avg_holder = avg_factor->scalar_type() == at::kDouble ? avg_factor->reshape({1})
+                                                          : avg_factor->to(at::kFloat).reshape({1});
+    r.has_avg = true;
+    if (avg_holder.scalar_type() == at::kDouble) {
+      r.avg_f64 = avg_holder.const_data_ptr<double>();
+    } else {
+      r.avg_f32 = avg_holder.const_data_ptr<float>();
+    }
+  } else if (avg_value.has_value()) {
+    r.has_avg = true;
+    r.avg_value = *avg_value;
+  }
+  TORCH_CHECK(!(r.has_avg && reduction == 2), "avg_factor can not be used with reduction=\"sum\"");
+  return r;
+}
+
+// Backend interface (cpu/weighted_cpu.cpp, cuda/weighted_cuda.cu):
+//   static void forward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
+//                       int64_t inner, const Reduce&, Tensor& out);
+//   static void backward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
+//                        int64_t inner, const Tensor& go, const Reduce&, Tensor* gi, Tensor* gt,
+//                        Tensor* gw);
+template <class Backend>
+Tensor forward_impl(const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
+                    const std::optional<Tensor>& param, const std::optional<Tensor>& avg_factor,
+                    int64_t kind, double param_value, std::optional<double> avg_value,
+                    double loss_weight, int64_t reduction) {
+  TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
+  glue::check_operands("weighted_loss", input, target);
+  Backend::check_dtype(input.scalar_type(), "weighted_loss");
+  const Tensor x = input.contiguous(), y = target.contiguous();
+  const Operand w = classify(weight, x, "weight"), p = classify(param, x, "parameter");
+  Tensor avg_holder;
+  const Reduce r = make_reduce(reduction, loss_weight, x, avg_factor, avg_value, avg_holder);
+  Tensor out = reduction == 0 ? at::empty(x.sizes(), x.options()) : at::empty({}, x.options());
+  const int64_t inner = x.dim() ? x.size(-1) : 1;
+  Backend::forward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, inner, r, out);
+  return out;
+}
+
+// Gradients for input, target and weight (the weight's in the weight's own shape).
+template <class Backend>
+std::tuple<Tensor, Tensor, Tensor> backward_impl(
+    const Tensor& grad_output, const Tensor& input, const Tensor& target,
+    const std::optional<Tensor>& weight, const std::optional<Tensor>& param,
+    const std::optional<Tensor>& avg_factor, int64_t kind, double param_value,
+    std::optional<double> avg_value, double loss_weight, int64_t reduction,
+    std::array<bool, 3> mask) {
+  TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
+  glue::check_operands("weighted_loss_backward", input, target);
+  Backend::check_dtype(input.scalar_type(), "weighted_loss_backward");
+  const Tensor x = input.contiguous(), y = target.contiguous();
+  const Operand w = classify(weight, x, "weight"), p = classify(param, x, "parameter");
+  Tensor avg_holder;
+  const Reduce r = make_reduce(reduction, loss_weight, x, avg_factor, avg_value, avg_holder);
+  const bool want_w = mask[2] && w.t.defined();
+  Tensor gi = mask[0] ? at::empty(x.sizes(), x.options()) : glue::empty_output(x.options());
+  Tensor gt = mask[1] ? at::empty(x.sizes(), x.options()) : glue::empty_output(x.options());
+  Tensor gw_full = want_w ? at::empty(x.sizes(), x.options()) : Tensor();
+  Tensor go;
+  if (reduction == 0) {
+    go = glue::grad_in_layout(grad_output, x, x.scalar_type());
+  } else {
+    glue::check_grad_output_scalar(grad_output, x);
+    go = grad_output.scalar_type() == x.scalar_type() ? grad_output : grad_output.to(x.scalar_type());
+  }
+  if (x.numel() > 0 && (mask[0] || mask[1] || want_w)) {
+    const int64_t inner = x.dim() ? x.size(-1) : 1;
+    Backend::backward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, inner, go, r,
+                      mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr, want_w ? &gw_full : nullptr);
+  }
+  Tensor gw = glue::empty_output(x.options());
+  if (want_w) {
+    // Sum the per-element weight gradient over the dimensions the weight was broadcast along.
+    const Tensor& wt = *weight;
+    switch (w.mode) {
+      case Broadcast::kRow: gw = gw_full.sum(-1); break;
+      case Broadcast::kCol: gw = gw_full.reshape({-1, x.size(-1)}).sum(0); break;
+      case Broadcast::kScalar: gw = gw_full.sum(); break;
+      default: gw = wt.sizes() == x.sizes() ? gw_full : gw_full.sum_to_size(wt.sizes());
+    }
+    gw = gw.reshape(wt.sizes()).to(wt.scalar_type());
+  }
+  return {gi, gt, gw};
+}
+
+}  // namespace weighted
+}  // namespace l1ext
