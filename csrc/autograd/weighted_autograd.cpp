@@ -63,8 +63,10 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
     variable_list none(10);
     if (!grads[0].defined()) return none;
     const auto s = ctx->get_saved_variables();
+    // needs_input_grad counts tensor inputs only: the weight is the third when present.
+    const bool has_weight = s[2].defined();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      ctx->needs_input_grad(2)};
+                                      has_weight && ctx->needs_input_grad(2)};
     const bool has_avg_value = ctx->saved_data["has_avg_value"].toBool();
     auto [gi, gt, gw] = backward_op().call(
         grads[0], s[0], s[1], as_optional(s[2]), as_optional(s[3]), as_optional(s[4]),

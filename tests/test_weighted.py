@@ -1,0 +1,232 @@
+"""Weighted (detection-style) losses and the quantile loss, against the eager compositions
+detection code writes and a float64 formula oracle."""
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import l1ext
+import l1ext.functional as LF
+
+from conftest import DEVICES, FLOAT_DTYPES, TOL
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def _mmdet_reference(elementwise, weight, reduction, avg_factor, loss_weight):
+    """mmdetection's weight_reduce_loss, written out."""
+    loss = elementwise if weight is None else elementwise * weight
+    if avg_factor is None:
+        loss = {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+    elif reduction == "mean":
+        loss = loss.sum() / (avg_factor + EPS)
+    return loss * (1.0 if loss_weight is None else loss_weight)
+
+
+ELEMENTWISE = {
+    "l1": (LF.l1_loss, lambda p, t, prm: (p - t).abs(), None),
+    "smooth_l1": (LF.smooth_l1_loss, lambda p, t, prm: TF.smooth_l1_loss(p, t, reduction="none", beta=prm), "beta"),
+    "huber": (LF.huber_loss, lambda p, t, prm: TF.huber_loss(p, t, reduction="none", delta=prm), "delta"),
+}
+
+
+def _weight(shape_kind, n, device):
+    return {
+        "none": None,
+        "full": torch.rand(n, 4, device=device),
+        "row": torch.rand(n, 1, device=device),
+        "row_dropped": torch.rand(n, device=device),
+        "col": torch.rand(4, device=device),
+    }[shape_kind]
+
+
+def _as_broadcast(weight, n):
+    if weight is None:
+        return None
+    if weight.shape == (n,):
+        return weight[:, None]
+    return weight
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("avg_factor", [None, 7.0, "tensor"])
+@pytest.mark.parametrize("weight_kind", ["none", "full", "row", "row_dropped", "col"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("loss", list(ELEMENTWISE))
+def test_weighted_matches_mmdet_composition(loss, reduction, weight_kind, avg_factor, device):
+    if avg_factor is not None and reduction == "sum":
+        pytest.skip("an error, tested below")
+    ours, elementwise, pname = ELEMENTWISE[loss]
+    n = 37
+    pred0, target = torch.randn(n, 4, device=device, dtype=torch.float64), torch.randn(n, 4, device=device, dtype=torch.float64)
+    w0 = _weight(weight_kind, n, device)
+    w0 = None if w0 is None else w0.double()
+    avg = torch.tensor(11.0, device=device, dtype=torch.float64) if avg_factor == "tensor" else avg_factor
+    kw = {pname: 0.3} if pname else {}
+    results = []
+    for mine in (True, False):
+        pred = pred0.clone().requires_grad_()
+        w = None if w0 is None else w0.clone().requires_grad_()
+        if mine:
+            out = ours(pred, target, reduction=reduction, weight=w, avg_factor=avg, loss_weight=2.0, **kw)
+        else:
+            out = _mmdet_reference(elementwise(pred, target, kw.get(pname)), _as_broadcast(w, n), reduction, avg, 2.0)
+        out.backward(torch.ones_like(out))
+        results.append((out.detach(), pred.grad, None if w is None else w.grad))
+    for a, b in zip(*results):
+        if b is None:
+            assert a is None
+        else:
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_weighted_dtypes(dtype):
+    pred, target = torch.randn(50, 4).to(dtype), torch.randn(50, 4).to(dtype)
+    w = torch.rand(50, 1).to(dtype)
+    out = LF.smooth_l1_loss(pred, target, beta=0.5, weight=w, avg_factor=20.0)
+    ref = _mmdet_reference(TF.smooth_l1_loss(pred.double(), target.double(), reduction="none", beta=0.5),
+                           w.double(), "mean", 20.0, None)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, **TOL[dtype])
+
+
+def test_per_coordinate_beta_and_delta():
+    pred, target = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
+    beta = torch.tensor([0.1, 0.2, 0.0, 1.0], dtype=torch.float64)
+    out = LF.smooth_l1_loss(pred, target, beta=beta, reduction="none")
+    ref = torch.stack([TF.smooth_l1_loss(pred[:, k], target[:, k], beta=float(beta[k]), reduction="none")
+                       for k in range(4)], dim=1)
+    torch.testing.assert_close(out, ref)
+    delta = torch.rand(20, 4, dtype=torch.float64) + 0.1
+    out = LF.huber_loss(pred, target, delta=delta, reduction="sum")
+    ref = sum(TF.huber_loss(pred[i, k], target[i, k], delta=float(delta[i, k]), reduction="sum")
+              for i in range(20) for k in range(4))
+    torch.testing.assert_close(out, ref)
+    # beta == 0 in a coordinate is exactly L1 there, gradient 0 at a zero residual
+    p = torch.zeros(1, 4, dtype=torch.float64, requires_grad=True)
+    LF.smooth_l1_loss(p, torch.zeros(1, 4, dtype=torch.float64), beta=beta, reduction="sum").backward()
+    assert torch.equal(p.grad, torch.zeros(1, 4, dtype=torch.float64))
+
+
+def test_empty_boxes_give_connected_zero():
+    pred = torch.randn(0, 4, requires_grad=True)
+    w = torch.rand(0, 4)
+    for fn in (LF.l1_loss, LF.smooth_l1_loss, LF.huber_loss):
+        out = fn(pred, torch.randn(0, 4), weight=w, avg_factor=1.0, loss_weight=1.0)
+        assert out.item() == 0.0 and out.requires_grad
+        out.backward()
+        assert pred.grad.shape == (0, 4)
+
+
+def test_weighted_errors():
+    p, t = torch.randn(4, 4), torch.randn(4, 4)
+    with pytest.raises(ValueError, match="avg_factor can not be used with reduction=\"sum\""):
+        LF.smooth_l1_loss(p, t, reduction="sum", avg_factor=3.0)
+    with pytest.raises(ValueError, match="not a valid value for reduction"):
+        LF.l1_loss(p, t, reduction="avg", loss_weight=2.0)
+    with pytest.raises(RuntimeError, match="negative values for beta"):
+        LF.smooth_l1_loss(p, t, beta=-1.0, weight=torch.ones(4))
+    with pytest.raises(RuntimeError):
+        LF.smooth_l1_loss(p, t, weight=torch.ones(3))  # not broadcastable
+    with pytest.raises(RuntimeError, match="no gradient with respect to beta"):
+        LF.smooth_l1_loss(p.requires_grad_(), t, beta=torch.ones(4, requires_grad=True))
+
+
+def test_torch_semantics_kept_without_new_arguments():
+    p, t, w = torch.randn(6, 4), torch.randn(6, 4), torch.rand(6, 4)
+    torch.testing.assert_close(LF.l1_loss(p, t, weight=w), TF.l1_loss(p, t, weight=w))
+    torch.testing.assert_close(LF.huber_loss(p, t, weight=w), TF.huber_loss(p, t, weight=w))
+    with pytest.raises(ValueError, match="Weights and input must have the same size"):
+        LF.l1_loss(p, t, weight=torch.rand(6, 1))
+
+
+def test_modules_with_reduction_override():
+    crit = l1ext.SmoothL1Loss(beta=1 / 9, loss_weight=2.0)
+    p, t, w = torch.randn(8, 4), torch.randn(8, 4), torch.rand(8)
+    out = crit(p, t, weight=w, avg_factor=4.0, reduction_override="sum" if False else None)
+    ref = _mmdet_reference(TF.smooth_l1_loss(p, t, reduction="none", beta=1 / 9), w[:, None], "mean", 4.0, 2.0)
+    torch.testing.assert_close(out, ref)
+    assert crit(p, t, weight=w, reduction_override="none").shape == (8, 4)
+    with pytest.raises(ValueError):
+        crit(p, t, reduction_override="avg")
+    assert repr(crit) == "SmoothL1Loss()"
+    assert isinstance(l1ext.HuberLoss(delta=torch.ones(4)), torch.nn.HuberLoss)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_weighted_compile_and_opcheck(device):
+    from torch.library import opcheck
+
+    p = torch.randn(12, 4, device=device, requires_grad=True)
+    t, w = torch.randn(12, 4, device=device), torch.rand(12, 1, device=device, requires_grad=True)
+    f = torch.compile(lambda a, b, c: LF.smooth_l1_loss(a, b, beta=0.2, weight=c, avg_factor=5.0), fullgraph=True)
+    out = f(p, t, w)
+    ref = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=5.0)
+    torch.testing.assert_close(out, ref)
+    ops = torch.ops.l1ext
+    for red in (0, 1, 2):
+        avg = None if red == 2 else torch.tensor(3.0, device=device)
+        opcheck(ops.weighted_loss.default, (p, t, w, None, avg, 1, 0.2, None, 1.5, red))
+        opcheck(ops.weighted_loss.default, (p.detach(), t, None, torch.rand(4, device=device), None, 3, 0.0, 2.0 if red != 2 else None, 1.0, red))
+
+
+# ---- quantile --------------------------------------------------------------------------------------
+
+def _pinball(pred, target, tau):
+    d = target - pred
+    return torch.where(d >= 0, tau * d, (tau - 1) * d)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("tau", [0.1, 0.5, 0.9])
+def test_quantile_against_formula(tau, reduction, device):
+    pred = torch.randn(200, dtype=torch.float64, device=device, requires_grad=True)
+    target = torch.randn(200, dtype=torch.float64, device=device)
+    pred2 = pred.detach().clone().requires_grad_()
+    out = LF.quantile_loss(pred, target, tau, reduction=reduction)
+    ref = _pinball(pred2, target, tau)
+    ref = {"none": ref, "mean": ref.mean(), "sum": ref.sum()}[reduction]
+    out.backward(torch.ones_like(out))
+    ref.backward(torch.ones_like(ref))
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(pred.grad, pred2.grad)
+
+
+def test_quantile_half_is_half_l1():
+    pred = torch.randn(300, requires_grad=True)
+    target = torch.randn(300)
+    target[:7] = pred.detach()[:7]  # zero residuals: subgradient 0, as L1's
+    pred2 = pred.detach().clone().requires_grad_()
+    q = LF.quantile_loss(pred, target, 0.5)
+    l = 0.5 * TF.l1_loss(pred2, target)
+    q.backward()
+    l.backward()
+    torch.testing.assert_close(q, l)
+    torch.testing.assert_close(pred.grad, pred2.grad)
+
+
+def test_multi_quantile_forecasting():
+    taus = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    pred = torch.randn(16, 5, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(16, 5, dtype=torch.float64)
+    out = LF.quantile_loss(pred, target, taus)
+    ref = torch.stack([_pinball(pred[..., q], target, float(taus[q])) for q in range(3)], -1).mean()
+    torch.testing.assert_close(out, ref)
+    out2 = l1ext.QuantileLoss(taus, reduction="sum")(pred, target[..., None])
+    torch.testing.assert_close(out2, ref * pred.numel())
+
+
+def test_quantile_errors_and_warnings():
+    p, t = torch.randn(5), torch.randn(5)
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="tau must be in"):
+            LF.quantile_loss(p, t, bad)
+    with pytest.raises(ValueError, match="every tau"):
+        LF.quantile_loss(torch.randn(5, 2), torch.randn(5), torch.tensor([0.2, 1.0]))
+    with pytest.raises(TypeError):
+        LF.quantile_loss(p, t, "0.5")
+    with pytest.warns(UserWarning, match="different to the input size"):
+        LF.quantile_loss(torch.randn(3, 4), torch.randn(4), 0.3)
+    q = LF.quantile_loss(p.half(), t.half(), 0.3)
+    assert q.dtype == torch.float16
