@@ -1,7 +1,20 @@
 // The losses l1ext implements, as the kernels (CPU and CUDA) and their glue name them.
 #pragma once
 
+#include <type_traits>
+
 namespace l1ext {
 enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2, Quantile = 3 };
 constexpr int kNumLosses = 4;
+
+// Calls f(std::integral_constant<LossKind, K>{}) for the run-time kind.
+template <class F>
+void dispatch_kind(LossKind kind, F&& f) {
+  switch (kind) {
+    case LossKind::L1: return f(std::integral_constant<LossKind, LossKind::L1>{});
+    case LossKind::SmoothL1: return f(std::integral_constant<LossKind, LossKind::SmoothL1>{});
+    case LossKind::Huber: return f(std::integral_constant<LossKind, LossKind::Huber>{});
+    case LossKind::Quantile: return f(std::integral_constant<LossKind, LossKind::Quantile>{});
+  }
+}
 }  // namespace l1ext

@@ -115,16 +115,6 @@ void backward(const Tensor& x, const Tensor& y, Aux w, Aux p, double param, int6
   });
 }
 
-template <class T, class F>
-void with_kind(LossKind kind, F&& f) {
-  switch (kind) {
-    case LossKind::L1: return f(std::integral_constant<LossKind, LossKind::L1>{});
-    case LossKind::SmoothL1: return f(std::integral_constant<LossKind, LossKind::SmoothL1>{});
-    case LossKind::Huber: return f(std::integral_constant<LossKind, LossKind::Huber>{});
-    case LossKind::Quantile: return f(std::integral_constant<LossKind, LossKind::Quantile>{});
-  }
-}
-
 struct CpuBackend {
   static void check_dtype(at::ScalarType t, const char* name) {
     TORCH_CHECK_NOT_IMPLEMENTED(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
@@ -133,7 +123,7 @@ struct CpuBackend {
   static void forward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
                       int64_t inner, const Reduce& r, Tensor& out) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "weighted_loss", [&] {
-      with_kind<scalar_t>(kind, [&](auto k) {
+      dispatch_kind(kind, [&](auto k) {
         weighted::forward<scalar_t, decltype(k)::value>(x, y, w, p, param, inner, r, out);
       });
     });
@@ -142,7 +132,7 @@ struct CpuBackend {
                        int64_t inner, const Tensor& go, const Reduce& r, Tensor* gi, Tensor* gt,
                        Tensor* gw) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "weighted_loss_backward", [&] {
-      with_kind<scalar_t>(kind, [&](auto k) {
+      dispatch_kind(kind, [&](auto k) {
         weighted::backward<scalar_t, decltype(k)::value>(x, y, w, p, param, inner, go, r, gi, gt, gw);
       });
     });

@@ -8,6 +8,7 @@
 
 #include <type_traits>
 
+#include "cuda/dispatch.cuh"
 #include "cuda/loss_kernels.cuh"
 #include "glue.h"
 
@@ -17,39 +18,6 @@ namespace {
 
 using at::Tensor;
 using namespace glue;
-
-// Calls f(T{}) with the CUDA element type of t (c10::Half and c10::BFloat16 share the bits of
-// __half and __nv_bfloat16).
-template <class F>
-void dispatch_elem(at::ScalarType t, const char* name, F&& f) {
-  switch (t) {
-    case at::kHalf: return f(__half{});
-    case at::kBFloat16: return f(__nv_bfloat16{});
-    case at::kFloat: return f(float{});
-    case at::kDouble: return f(double{});
-    default: TORCH_CHECK_NOT_IMPLEMENTED(false, "\"", name, "\" not implemented for '", t, "'");
-  }
-}
-
-template <class F>
-void dispatch_kind(LossKind kind, F&& f) {
-  switch (kind) {
-    case LossKind::L1: return f(std::integral_constant<LossKind, LossKind::L1>{});
-    case LossKind::SmoothL1: return f(std::integral_constant<LossKind, LossKind::SmoothL1>{});
-    case LossKind::Huber: return f(std::integral_constant<LossKind, LossKind::Huber>{});
-    case LossKind::Quantile: return f(std::integral_constant<LossKind, LossKind::Quantile>{});
-  }
-}
-
-template <class T>
-const T* in(const Tensor& t) {
-  return reinterpret_cast<const T*>(t.const_data_ptr());
-}
-template <class T>
-T* out_or_null(Tensor* t) {
-  return t ? reinterpret_cast<T*>(t->mutable_data_ptr()) : nullptr;
-}
-int8_t* sign_or_null(Tensor* t) { return t ? t->mutable_data_ptr<int8_t>() : nullptr; }
 
 struct CudaBackend {
   static void check_dtype(at::ScalarType t, const char* name) {

@@ -1,0 +1,135 @@
+// CUDA kernels of the weighted losses (weighted.h): one launch forward (loss, weight, reduction,
+// avg_factor and loss_weight fused; last-block-done sum in a fixed order), one launch backward
+// (input, target and weight gradients). Element at a time, 64-bit indices; the divisor and the
+// incoming gradient are read on the device.
+#pragma once
+
+#include "cuda/loss_kernels.cuh"
+#include "weighted.h"
+
+namespace l1ext {
+namespace cuda {
+
+template <class T, LossKind K>
+struct WeightedElement {
+  using A = acc_t<T>;
+  const T* __restrict__ x;
+  const T* __restrict__ y;
+  weighted::Aux w, p;
+  A param;
+  int64_t inner;
+
+  __device__ __forceinline__ A weight(int64_t i) const {
+    return w.data ? to_acc(static_cast<const T*>(w.data)[weighted::aux_index<T>(w.mode, i, inner)]) : A(1);
+  }
+  __device__ __forceinline__ A param_at(int64_t i) const {
+    return p.data ? to_acc(static_cast<const T*>(p.data)[weighted::aux_index<T>(p.mode, i, inner)]) : param;
+  }
+  __device__ __forceinline__ A d(int64_t i) const { return to_acc(x[i]) - to_acc(y[i]); }
+  // Smooth L1 with beta == 0 is L1, element by element.
+  __device__ __forceinline__ A value(int64_t i) const {
+    const A pv = param_at(i);
+    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.value(d(i));
+    return math::make_loss<K, A>(double(pv)).value(d(i));
+  }
+  __device__ __forceinline__ A grad(int64_t i) const {
+    const A pv = param_at(i);
+    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.grad(d(i));
+    return math::make_loss<K, A>(double(pv)).grad(d(i));
+  }
+};
+
+template <class T, LossKind K>
+__global__ void __launch_bounds__(kThreads)
+    weighted_forward_kernel(WeightedElement<T, K> e, int64_t n, weighted::Reduce r, T* out,
+                            acc_t<T>* partials, unsigned int* ticket) {
+  using A = acc_t<T>;
+  __shared__ A scratch[kWarps];
+  __shared__ double scratch_d[kWarps];
+  __shared__ bool last;
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  if (r.reduction == 0) {
+    const A lw = A(r.loss_weight);
+    for (int64_t i = t; i < n; i += stride) out[i] = from_acc<T>(lw * (e.weight(i) * e.value(i)));
+    return;
+  }
+  A acc = A(0);
+  for (int64_t i = t; i < n; i += stride) acc += e.weight(i) * e.value(i);
+  const A total = block_sum(acc, scratch);
+  if (gridDim.x == 1) {
+    if (threadIdx.x == 0) *out = from_acc<T>(A(double(total) * r.scale()));
+    return;
+  }
+  if (threadIdx.x == 0) {
+    partials[blockIdx.x] = total;
+    __threadfence();
+    last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  double v = 0.0;
+  for (int b = threadIdx.x; b < gridDim.x; b += kThreads) v += double(__ldcg(partials + b));
+  v = block_sum(v, scratch_d);
+  if (threadIdx.x == 0) {
+    *out = from_acc<T>(A(v * r.scale()));
+    *ticket = 0u;
+  }
+}
+
+template <class T, LossKind K>
+__global__ void __launch_bounds__(kThreads)
+    weighted_backward_kernel(WeightedElement<T, K> e, int64_t n, weighted::Reduce r,
+                             const T* __restrict__ go, T* __restrict__ gi, T* __restrict__ gt,
+                             T* __restrict__ gw) {
+  using A = acc_t<T>;
+  const bool per_element = r.reduction == 0;
+  const A scale = per_element ? A(r.loss_weight) : A(double(to_acc(go[0])) * r.scale());
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
+    const A s = per_element ? to_acc(go[i]) * scale : scale;
+    if (gi || gt) {
+      const A g = e.weight(i) * e.grad(i) * s;
+      if (gi) gi[i] = from_acc<T>(g);
+      if (gt) gt[i] = from_acc<T>(-g);
+    }
+    if (gw) gw[i] = from_acc<T>(e.value(i) * s);
+  }
+}
+
+template <class T>
+inline size_t weighted_workspace_bytes(int64_t n) {
+  if (n <= kSingleBlockMax) return 0;
+  return 16 + size_t(blocks_for(n / 4, kMaxReduceBlocks)) * sizeof(acc_t<T>);
+}
+
+template <class T, LossKind K>
+cudaError_t weighted_forward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
+                             T* out, void* workspace, cudaStream_t stream) {
+  int blocks = 1;
+  unsigned int* ticket = nullptr;
+  acc_t<T>* partials = nullptr;
+  if (r.reduction == 0) {
+    blocks = blocks_for(n, kMaxPointwiseBlocks);
+  } else if (n > kSingleBlockMax) {
+    blocks = blocks_for(n / 4, kMaxReduceBlocks);  // depends on n alone: same bits on every GPU
+    ticket = static_cast<unsigned int*>(workspace);
+    partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
+    const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
+    if (err != cudaSuccess) return err;
+  }
+  weighted_forward_kernel<T, K><<<blocks, kThreads, 0, stream>>>(e, n, r, out, partials, ticket);
+  return cudaGetLastError();
+}
+
+template <class T, LossKind K>
+cudaError_t weighted_backward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
+                              const T* go, T* gi, T* gt, T* gw, cudaStream_t stream) {
+  weighted_backward_kernel<T, K>
+      <<<blocks_for(n, kMaxPointwiseBlocks), kThreads, 0, stream>>>(e, n, r, go, gi, gt, gw);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace l1ext
