@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(ROOT, "csrc")
 KERNELS = os.path.join("csrc", "cpu", "loss_kernels.cpp")
 
-CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off"]
+CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-trapping-math"]
 ISA_FLAGS = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],

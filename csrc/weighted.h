@@ -61,12 +61,12 @@ struct Reduce {
   L1EXT_WHD double scale() const { return loss_weight / divisor(); }
 };
 
-template <class T>
-L1EXT_WHD int64_t aux_index(Broadcast mode, int64_t i, int64_t inner) {
+// Index of element i = row * inner + col in an auxiliary operand of the given mode.
+L1EXT_WHD int64_t aux_index(Broadcast mode, int64_t i, int64_t row, int64_t col) {
   switch (mode) {
     case Broadcast::kFull: return i;
-    case Broadcast::kRow: return i / inner;
-    case Broadcast::kCol: return i % inner;
+    case Broadcast::kRow: return row;
+    case Broadcast::kCol: return col;
     default: return 0;
   }
 }

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "loss_kind.h"
+#include "weighted.h"
 
 namespace l1ext {
 namespace cpu {
@@ -28,11 +29,23 @@ using BackwardFn = void (*)(const void* x, const void* y, const void* go, double
 using BackwardFromSignFn = void (*)(const int8_t* sign, const void* go, double scale, int64_t n,
                                     void* gi, void* gt);
 
+// Weighted losses (weighted.h): out is the 'none' loss or the one-element reduced loss.
+using WeightedForwardFn = void (*)(const void* x, const void* y, weighted::Aux w, weighted::Aux p,
+                                   double param, int64_t n, int64_t inner,
+                                   const weighted::Reduce& r, void* out);
+// go: n elements ('none') or one; gi, gt, gw (per element) may be null.
+using WeightedBackwardFn = void (*)(const void* x, const void* y, weighted::Aux w,
+                                    weighted::Aux p, double param, int64_t n, int64_t inner,
+                                    const void* go, const weighted::Reduce& r, void* gi, void* gt,
+                                    void* gw);
+
 struct KernelTable {
   const char* isa;
   ForwardFn forward[kNumLosses][kNumElems];
   BackwardFn backward[kNumLosses][kNumElems];
   BackwardFromSignFn backward_from_sign[kNumElems];
+  WeightedForwardFn weighted_forward[kNumLosses][kNumElems];
+  WeightedBackwardFn weighted_backward[kNumLosses][kNumElems];
 };
 
 namespace DEFAULT { const KernelTable& kernel_table(); }

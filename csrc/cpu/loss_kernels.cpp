@@ -301,12 +301,22 @@ void backward_from_sign(const int8_t* sign, const void* gov, double scale, int64
   });
 }
 
+}  // namespace
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace l1ext
+
+// The weighted kernels use acc_t and kChunk above, in the same per-ISA namespace.
+#include "cpu/weighted_kernels.h"
+
+namespace l1ext {
+namespace cpu {
+namespace CPU_CAPABILITY {
+
 #define L1EXT_STR2(x) #x
 #define L1EXT_STR(x) L1EXT_STR2(x)
 #define L1EXT_ROW(fn, K) \
   { fn<c10::Half, K>, fn<c10::BFloat16, K>, fn<float, K>, fn<double, K> }
-
-}  // namespace
 
 const KernelTable& kernel_table() {
   static const KernelTable table = {
@@ -317,6 +327,10 @@ const KernelTable& kernel_table() {
        L1EXT_ROW(backward, LossKind::Huber), L1EXT_ROW(backward, LossKind::Quantile)},
       {backward_from_sign<c10::Half>, backward_from_sign<c10::BFloat16>, backward_from_sign<float>,
        backward_from_sign<double>},
+      {L1EXT_ROW(weighted_forward, LossKind::L1), L1EXT_ROW(weighted_forward, LossKind::SmoothL1),
+       L1EXT_ROW(weighted_forward, LossKind::Huber), L1EXT_ROW(weighted_forward, LossKind::Quantile)},
+      {L1EXT_ROW(weighted_backward, LossKind::L1), L1EXT_ROW(weighted_backward, LossKind::SmoothL1),
+       L1EXT_ROW(weighted_backward, LossKind::Huber), L1EXT_ROW(weighted_backward, LossKind::Quantile)},
   };
   return table;
 }
