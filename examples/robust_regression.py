@@ -36,7 +36,7 @@ FITS = {
     "Huber (delta=1)": lambda p, t: LF.huber_loss(p, t, delta=1.0),
     "L2": lambda p, t: torch.nn.functional.mse_loss(p, t),
     "quantile 0.1": lambda p, t: LF.quantile_loss(p, t, 0.1),
-    "quantile 0.9": lambda p, t: LF.quantile_loss(p, t, 0.9),
+    "quantile 0.8": lambda p, t: LF.quantile_loss(p, t, 0.8),
 }
 
 
@@ -50,9 +50,9 @@ def main(argv=None):
         print(f"{name:16s} slope {slope:6.3f}  intercept {intercept:6.3f}")
     inliers = ~outliers
     below = {q: float((y[inliers] < fits[f'quantile {q}'][0] * x[inliers] + fits[f'quantile {q}'][1]).float().mean())
-             for q in (0.1, 0.9)}
-    print(f"true line: slope 2.000 intercept 1.000; share of inliers below the 0.1 / 0.9 quantile "
-          f"lines: {below[0.1]:.2f} / {below[0.9]:.2f}")
+             for q in (0.1, 0.8)}
+    print(f"true line: slope 2.000 intercept 1.000; share of inliers below the 0.1 / 0.8 quantile "
+          f"lines: {below[0.1]:.2f} / {below[0.8]:.2f}")
 
     import matplotlib
 
@@ -64,13 +64,13 @@ def main(argv=None):
     ax.scatter(x[outliers], y[outliers], s=10, color="black", marker="x", label="outliers")
     xs = torch.linspace(0, 10, 50)
     styles = {"L1 (median)": ("tab:red", "-"), "Huber (delta=1)": ("tab:orange", "--"),
-              "L2": ("tab:blue", "-"), "quantile 0.1": ("tab:green", ":"), "quantile 0.9": ("tab:green", ":")}
+              "L2": ("tab:blue", "-"), "quantile 0.1": ("tab:green", ":"), "quantile 0.8": ("tab:green", ":")}
     for name, (slope, intercept) in fits.items():
         color, ls = styles[name]
         ax.plot(xs, slope * xs + intercept, ls, color=color, lw=2, label=name)
-    lo, hi = fits["quantile 0.1"], fits["quantile 0.9"]
+    lo, hi = fits["quantile 0.1"], fits["quantile 0.8"]
     ax.fill_between(xs, lo[0] * xs + lo[1], hi[0] * xs + hi[1], color="tab:green", alpha=0.1,
-                    label="0.1-0.9 quantile band")
+                    label="0.1-0.8 quantile band")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title("Robust regression with l1ext: L1 (median) ignores the outliers that pull L2 up")
