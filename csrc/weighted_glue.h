@@ -76,6 +76,33 @@ inline Reduce make_reduce(int64_t reduction, double loss_weight, const Tensor& i
   return r;
 }
 
+// Checked, contiguous operands of a weighted-loss call and its reduction.
+struct Prepared {
+  Tensor x, y;
+  Operand w, p;
+  Tensor avg_holder;  // keeps a converted avg_factor alive
+  Reduce r;
+  int64_t inner;
+};
+
+template <class Backend>
+Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
+                 const std::optional<Tensor>& weight, const std::optional<Tensor>& param,
+                 const std::optional<Tensor>& avg_factor, int64_t kind,
+                 std::optional<double> avg_value, double loss_weight, int64_t reduction) {
+  TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
+  glue::check_operands(name, input, target);
+  Backend::check_dtype(input.scalar_type(), name);
+  Prepared s;
+  s.x = input.contiguous();
+  s.y = target.contiguous();
+  s.w = classify(weight, s.x, "weight");
+  s.p = classify(param, s.x, "parameter");
+  s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
+  s.inner = s.x.dim() ? s.x.size(-1) : 1;
+  return s;
+}
+
 // Backend interface (cpu/weighted_cpu.cpp, cuda/weighted_cuda.cu):
 //   static void forward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
 //                       int64_t inner, const Reduce&, Tensor& out);
@@ -87,16 +114,10 @@ Tensor forward_impl(const Tensor& input, const Tensor& target, const std::option
                     const std::optional<Tensor>& param, const std::optional<Tensor>& avg_factor,
                     int64_t kind, double param_value, std::optional<double> avg_value,
                     double loss_weight, int64_t reduction) {
-  TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
-  glue::check_operands("weighted_loss", input, target);
-  Backend::check_dtype(input.scalar_type(), "weighted_loss");
-  const Tensor x = input.contiguous(), y = target.contiguous();
-  const Operand w = classify(weight, x, "weight"), p = classify(param, x, "parameter");
-  Tensor avg_holder;
-  const Reduce r = make_reduce(reduction, loss_weight, x, avg_factor, avg_value, avg_holder);
-  Tensor out = reduction == 0 ? at::empty(x.sizes(), x.options()) : at::empty({}, x.options());
-  const int64_t inner = x.dim() ? x.size(-1) : 1;
-  Backend::forward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, inner, r, out);
+  const Prepared s = prepare<Backend>("weighted_loss", input, target, weight, param, avg_factor,
+                                      kind, avg_value, loss_weight, reduction);
+  Tensor out = reduction == 0 ? at::empty(s.x.sizes(), s.x.options()) : at::empty({}, s.x.options());
+  Backend::forward(LossKind(kind), s.x, s.y, s.w.aux(), s.p.aux(), param_value, s.inner, s.r, out);
   return out;
 }
 
@@ -108,13 +129,11 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
     const std::optional<Tensor>& avg_factor, int64_t kind, double param_value,
     std::optional<double> avg_value, double loss_weight, int64_t reduction,
     std::array<bool, 3> mask) {
-  TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
-  glue::check_operands("weighted_loss_backward", input, target);
-  Backend::check_dtype(input.scalar_type(), "weighted_loss_backward");
-  const Tensor x = input.contiguous(), y = target.contiguous();
-  const Operand w = classify(weight, x, "weight"), p = classify(param, x, "parameter");
-  Tensor avg_holder;
-  const Reduce r = make_reduce(reduction, loss_weight, x, avg_factor, avg_value, avg_holder);
+  const Prepared s = prepare<Backend>("weighted_loss_backward", input, target, weight, param,
+                                      avg_factor, kind, avg_value, loss_weight, reduction);
+  const Tensor &x = s.x, &y = s.y;
+  const Operand &w = s.w, &p = s.p;
+  const Reduce& r = s.r;
   const bool want_w = mask[2] && w.t.defined();
   Tensor gi = mask[0] ? at::empty(x.sizes(), x.options()) : glue::empty_output(x.options());
   Tensor gt = mask[1] ? at::empty(x.sizes(), x.options()) : glue::empty_output(x.options());
@@ -127,8 +146,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
     go = grad_output.scalar_type() == x.scalar_type() ? grad_output : grad_output.to(x.scalar_type());
   }
   if (x.numel() > 0 && (mask[0] || mask[1] || want_w)) {
-    const int64_t inner = x.dim() ? x.size(-1) : 1;
-    Backend::backward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, inner, go, r,
+    Backend::backward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, s.inner, go, r,
                       mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr, want_w ? &gw_full : nullptr);
   }
   Tensor gw = glue::empty_output(x.options());

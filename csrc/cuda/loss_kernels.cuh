@@ -158,46 +158,31 @@ __device__ __forceinline__ A block_sum(A v, A* scratch) {
   return v;
 }
 
-template <class T, class Loss, bool kSign>
-__global__ void __launch_bounds__(kThreads)
-    forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
-                          int8_t* __restrict__ sign, acc_t<T>* partials, unsigned int* ticket,
-                          T* out, double divisor) {
+// Stores the int8 signs of the pack at i: one word when aligned, else byte by byte.
+template <int P>
+__device__ __forceinline__ void store_signs(int8_t* sign, int64_t i, const SignPack<P>& sp,
+                                            const Span& s) {
+  if (s.sign_words) {
+    *reinterpret_cast<typename SignWord<P>::type*>(sign + i) = sp.word;
+  } else {
+#pragma unroll
+    for (int k = 0; k < P; ++k) sign[i + k] = sp.s[k];
+  }
+}
+
+// Ends a sum over the grid: thread 0 of a one-block grid writes finalize(block sum); otherwise
+// every block leaves its partial, and the last block to take a ticket adds the partials in block
+// order (in double), writes finalize(total) and resets the ticket. Call from every thread.
+template <class T, class Finalize>
+__device__ __forceinline__ void finish_sum(acc_t<T> acc, acc_t<T>* partials, unsigned int* ticket,
+                                           T* out, Finalize finalize) {
   using A = acc_t<T>;
-  constexpr int P = Pack<T>::kSize;
   __shared__ A scratch[kWarps];
   __shared__ double scratch_d[kWarps];
   __shared__ bool last;
-  A acc = A(0);
-  for_each_owned<T>(
-      s,
-      [&](int64_t i) {
-        const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
-        const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
-        SignPack<P> sp;
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
-          const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
-          acc += loss.value(d);
-          if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
-        }
-        if (kSign) {
-          if (s.sign_words) {
-            *reinterpret_cast<typename SignWord<P>::type*>(sign + i) = sp.word;
-          } else {
-#pragma unroll
-            for (int k = 0; k < P; ++k) sign[i + k] = sp.s[k];
-          }
-        }
-      },
-      [&](int64_t i) {
-        const A d = to_acc(x[i]) - to_acc(y[i]);
-        acc += loss.value(d);
-        if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
-      });
   const A total = block_sum(acc, scratch);
   if (gridDim.x == 1) {
-    if (threadIdx.x == 0) *out = from_acc<T>(A(double(total) / divisor));
+    if (threadIdx.x == 0) *out = from_acc<T>(finalize(double(total)));
     return;
   }
   if (threadIdx.x == 0) {
@@ -212,9 +197,39 @@ __global__ void __launch_bounds__(kThreads)
   for (int b = threadIdx.x; b < gridDim.x; b += kThreads) v += double(__ldcg(partials + b));
   v = block_sum(v, scratch_d);
   if (threadIdx.x == 0) {
-    *out = from_acc<T>(A(v / divisor));
+    *out = from_acc<T>(finalize(v));
     *ticket = 0u;
   }
+}
+
+template <class T, class Loss, bool kSign>
+__global__ void __launch_bounds__(kThreads)
+    forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
+                          int8_t* __restrict__ sign, acc_t<T>* partials, unsigned int* ticket,
+                          T* out, double divisor) {
+  using A = acc_t<T>;
+  constexpr int P = Pack<T>::kSize;
+  A acc = A(0);
+  for_each_owned<T>(
+      s,
+      [&](int64_t i) {
+        const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
+        const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+        SignPack<P> sp;
+#pragma unroll
+        for (int k = 0; k < P; ++k) {
+          const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
+          acc += loss.value(d);
+          if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
+        }
+        if (kSign) store_signs<P>(sign, i, sp, s);
+      },
+      [&](int64_t i) {
+        const A d = to_acc(x[i]) - to_acc(y[i]);
+        acc += loss.value(d);
+        if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+      });
+  finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
 }
 
 template <class T, class Loss, bool kSign>
@@ -237,14 +252,7 @@ __global__ void __launch_bounds__(kThreads)
           if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
         }
         *reinterpret_cast<Pack<T>*>(out + i) = o;
-        if (kSign) {
-          if (s.sign_words) {
-            *reinterpret_cast<typename SignWord<P>::type*>(sign + i) = sp.word;
-          } else {
-#pragma unroll
-            for (int k = 0; k < P; ++k) sign[i + k] = sp.s[k];
-          }
-        }
+        if (kSign) store_signs<P>(sign, i, sp, s);
       },
       [&](int64_t i) {
         const A d = to_acc(x[i]) - to_acc(y[i]);

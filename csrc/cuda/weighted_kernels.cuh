@@ -44,9 +44,6 @@ __global__ void __launch_bounds__(kThreads)
     weighted_forward_kernel(WeightedElement<T, K> e, int64_t n, weighted::Reduce r, T* out,
                             acc_t<T>* partials, unsigned int* ticket) {
   using A = acc_t<T>;
-  __shared__ A scratch[kWarps];
-  __shared__ double scratch_d[kWarps];
-  __shared__ bool last;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   if (r.reduction == 0) {
@@ -56,26 +53,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   A acc = A(0);
   for (int64_t i = t; i < n; i += stride) acc += e.weight(i) * e.value(i);
-  const A total = block_sum(acc, scratch);
-  if (gridDim.x == 1) {
-    if (threadIdx.x == 0) *out = from_acc<T>(A(double(total) * r.scale()));
-    return;
-  }
-  if (threadIdx.x == 0) {
-    partials[blockIdx.x] = total;
-    __threadfence();
-    last = atomicAdd(ticket, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  double v = 0.0;
-  for (int b = threadIdx.x; b < gridDim.x; b += kThreads) v += double(__ldcg(partials + b));
-  v = block_sum(v, scratch_d);
-  if (threadIdx.x == 0) {
-    *out = from_acc<T>(A(v * r.scale()));
-    *ticket = 0u;
-  }
+  finish_sum<T>(acc, partials, ticket, out, [r](double v) { return A(v * r.scale()); });
 }
 
 template <class T, LossKind K>
