@@ -14,6 +14,7 @@ from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _C  # noqa: F401  (registers torch.ops.l1ext)
+from . import _dtensor
 from . import _meta  # noqa: F401  (fake implementations)
 from . import _vmap  # noqa: F401  (batching rules)
 
@@ -71,10 +72,21 @@ def _cast(t: Tensor, dtype) -> Tensor:
     return t if t.dtype is dtype else t.to(dtype)
 
 
+def _sharded(op, input, target, reduction, *param):
+    """A DTensor call: the operators run shard by shard (l1ext/_dtensor.py); a 'mean' is the sum
+    over the global element count, which no shard knows."""
+    _dtensor.ensure_registered()
+    if reduction == 1:
+        return op(input, target, 2, *param) / input.numel()
+    return op(input, target, reduction, *param)
+
+
 def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
     dtype = _kernel_dtype(input, target)
     if dtype is None:
         return torch._C._nn.l1_loss(input, target, reduction)
+    if type(input) is not Tensor and _dtensor.is_dtensor(input):
+        return _sharded(_l1_op, _cast(input, dtype), _cast(target, dtype), reduction)
     return _l1_op(_cast(input, dtype), _cast(target, dtype), reduction)
 
 
@@ -82,6 +94,8 @@ def _smooth_l1(input: Tensor, target: Tensor, reduction: int, beta) -> Tensor:
     dtype = _kernel_dtype(input, target)
     if dtype is None or not isinstance(beta, (int, float)):
         return torch._C._nn.smooth_l1_loss(input, target, reduction, beta)
+    if type(input) is not Tensor and _dtensor.is_dtensor(input):
+        return _sharded(_smooth_l1_op, _cast(input, dtype), _cast(target, dtype), reduction, float(beta))
     return _smooth_l1_op(_cast(input, dtype), _cast(target, dtype), reduction, float(beta))
 
 
@@ -89,7 +103,10 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
     dtype = _kernel_dtype(input, target)
     if dtype is None or input.dtype not in _KERNEL_DTYPES or not isinstance(delta, (int, float)):
         return torch._C._nn.huber_loss(input, target, reduction, delta)
-    loss = _huber_op(_cast(input, dtype), _cast(target, dtype), reduction, float(delta))
+    if type(input) is not Tensor and _dtensor.is_dtensor(input):
+        loss = _sharded(_huber_op, _cast(input, dtype), _cast(target, dtype), reduction, float(delta))
+    else:
+        loss = _huber_op(_cast(input, dtype), _cast(target, dtype), reduction, float(delta))
     if dtype is input.dtype or torch.is_autocast_enabled(input.device.type):
         return loss  # (under autocast: float32, as torch's, which is on autocast's float32 list)
     # torch's huber_loss answers in the input's dtype, computed in the promoted one.
