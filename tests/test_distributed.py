@@ -17,6 +17,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
+class _ProcessGroup:
+    """gloo process group of this rank, on loopback, for the duration of a with-block."""
+
+    def __init__(self, rank, world, port):
+        self.rank, self.world, self.port = rank, world, port
+
+    def __enter__(self):
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(self.port)
+        dist.init_process_group("gloo", rank=self.rank, world_size=self.world)
+        return self
+
+    def __exit__(self, *exc):
+        dist.destroy_process_group()
+        return False
+
+
 def _train(rank, make_loss):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -40,10 +57,7 @@ def _train(rank, make_loss):
 def _worker(rank, world, port, out_dir):
     import l1ext
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _ProcessGroup(rank, world, port):
         results = {}
         pairs = {
             "l1": (lambda: l1ext.L1Loss(), lambda: torch.nn.L1Loss()),
@@ -54,8 +68,6 @@ def _worker(rank, world, port, out_dir):
         for name, (ours, theirs) in pairs.items():
             results[name] = (_train(rank, ours), _train(rank, theirs))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
@@ -80,10 +92,7 @@ def _dtensor_worker(rank, world, port, out_dir):
 
     import l1ext.functional as LF
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
+    with _ProcessGroup(rank, world, port):
         mesh = init_device_mesh("cpu", (world,))
         failures = []
         for shape in [(8, 6), (7, 5, 3)]:  # even and uneven shards
@@ -111,8 +120,6 @@ def _dtensor_worker(rank, world, port, out_dir):
         if not l1ext._dtensor._registered:
             failures.append("the DTensor calls never reached l1ext's operators")
         torch.save(failures, os.path.join(out_dir, f"dtensor{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
