@@ -109,6 +109,7 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
 //   static void backward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
 //                        int64_t inner, const Tensor& go, const Reduce&, Tensor* gi, Tensor* gt,
 //                        Tensor* gw);
+//   static void prepare_output(Tensor&);  // before a kernel writes a fresh output
 template <class Backend>
 Tensor forward_impl(const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
                     const std::optional<Tensor>& param, const std::optional<Tensor>& avg_factor,
@@ -117,6 +118,7 @@ Tensor forward_impl(const Tensor& input, const Tensor& target, const std::option
   const Prepared s = prepare<Backend>("weighted_loss", input, target, weight, param, avg_factor,
                                       kind, avg_value, loss_weight, reduction);
   Tensor out = reduction == 0 ? at::empty(s.x.sizes(), s.x.options()) : at::empty({}, s.x.options());
+  Backend::prepare_output(out);
   Backend::forward(LossKind(kind), s.x, s.y, s.w.aux(), s.p.aux(), param_value, s.inner, s.r, out);
   return out;
 }
@@ -146,6 +148,8 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
     go = grad_output.scalar_type() == x.scalar_type() ? grad_output : grad_output.to(x.scalar_type());
   }
   if (x.numel() > 0 && (mask[0] || mask[1] || want_w)) {
+    for (Tensor* t : {&gi, &gt, &gw_full})
+      if (t->numel() > 0) Backend::prepare_output(*t);
     Backend::backward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, s.inner, go, r,
                       mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr, want_w ? &gw_full : nullptr);
   }

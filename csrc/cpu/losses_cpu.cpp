@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "cpu/kernel_table.h"
+#include "cpu/memory.h"
 #include "glue.h"
 
 namespace l1ext {
@@ -47,6 +48,30 @@ const KernelTable& kernels() {
     return &DEFAULT::kernel_table();
   }();
   return *table;
+}
+
+// A large output the kernels are about to write whole: ask Linux to back it with transparent
+// huge pages. Fresh allocations of this size come straight from mmap, and on this path their
+// first-touch page faults (one per 4 KiB, each zeroing the page) cost more than the kernel
+// itself: about 15 ms for a 64 MiB gradient on a 2-core machine, against 5 ms with 2 MiB pages.
+// The memory stays torch's allocation; only the kernel's paging of it changes.
+// L1EXT_HUGEPAGES=0 turns this off.
+void advise_huge_pages(at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = [] {
+    const char* env = std::getenv("L1EXT_HUGEPAGES");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const size_t nbytes = t.nbytes();
+  if (!enabled || nbytes < 4 * kHuge) return;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + nbytes) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
 }
 
 namespace {
@@ -88,27 +113,7 @@ int8_t* sign_or_null(Tensor* t) { return t ? t->mutable_data_ptr<int8_t>() : nul
 struct CpuBackend {
   static void check_dtype(at::ScalarType t, const char* name) { elem_of(t, name); }
 
-  // A large output the kernels are about to write whole: ask Linux to back it with transparent
-  // huge pages. Fresh allocations of this size come straight from mmap, and on this path their
-  // first-touch page faults (one per 4 KiB, each zeroing the page) cost more than the kernel
-  // itself: about 15 ms for a 64 MiB gradient on a 2-core machine, against 5 ms with 2 MiB pages.
-  // The memory stays torch's allocation; only the kernel's paging of it changes.
-  // L1EXT_HUGEPAGES=0 turns this off.
-  static void prepare_output(Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-    static const bool enabled = [] {
-      const char* env = std::getenv("L1EXT_HUGEPAGES");
-      return env == nullptr || std::string(env) != "0";
-    }();
-    constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-    const size_t nbytes = t.nbytes();
-    if (!enabled || nbytes < 4 * kHuge) return;
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-    const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-    const uintptr_t last = (begin + nbytes) & ~(kHuge - 1);
-    if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#endif
-  }
+  static void prepare_output(Tensor& t) { advise_huge_pages(t); }
 
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign) {

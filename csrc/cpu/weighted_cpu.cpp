@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/kernel_table.h"
+#include "cpu/memory.h"
 #include "glue.h"
 #include "weighted.h"
 #include "weighted_glue.h"
@@ -30,6 +31,7 @@ cpu::Elem elem(at::ScalarType t) {
 }
 
 struct CpuBackend {
+  static void prepare_output(Tensor& t) { cpu::advise_huge_pages(t); }
   static void check_dtype(at::ScalarType t, const char* name) {
     TORCH_CHECK_NOT_IMPLEMENTED(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
                                 "\"", name, "\" not implemented for '", t, "'");

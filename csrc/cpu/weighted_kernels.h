@@ -1,16 +1,14 @@
 // CPU kernels of the weighted losses (weighted.h), included by loss_kernels.cpp so they are
-// compiled once per instruction set like the plain kernels. Pointers and sizes only.
+// compiled once per instruction set like the plain kernels, and share its chunking
+// (for_each_chunk, sum_over_chunks, acc_t). Pointers and sizes only.
 //
 // One pass per direction: the forward reads input, target and the (broadcast) weight and
 // parameter once and sums in the plain kernels' fixed order (fixed chunks, 64 lanes, pairwise);
 // the backward writes the input, target and weight gradients in one pass.
 #pragma once
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "loss_math.h"
 #include "weighted.h"
@@ -89,36 +87,34 @@ template <class T, LossKind K>
 void weighted_forward(const void* xv, const void* yv, Aux w, Aux p, double param, int64_t n,
                       int64_t inner, const Reduce& r, void* outv) {
   using A = acc_t<T>;
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
   const Block<T, K> proto{static_cast<const T*>(xv), static_cast<const T*>(yv), w, p, A(param), inner, {}, {}, {}};
-  T* o = r.reduction == 0 ? static_cast<T*>(outv) : nullptr;
-  const A lw = A(r.loss_weight);
-  std::vector<double> partial(std::max<int64_t>(nchunks, 1), 0.0);
-  at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    Block<T, K> blk = proto;
-    for (int64_t c = cb; c < ce; ++c) {
-      A lanes[kLanes] = {};
-      const int64_t end = std::min(n, (c + 1) * kChunk);
-      for (int64_t i0 = c * kChunk; i0 < end; i0 += kLanes) {
-        const int m = int(std::min<int64_t>(kLanes, end - i0));
+  if (r.reduction == 0) {
+    T* o = static_cast<T*>(outv);
+    const A lw = A(r.loss_weight);
+    for_each_chunk(n, [&](int64_t b, int64_t e) {
+      Block<T, K> blk = proto;
+      for (int64_t i0 = b; i0 < e; i0 += kLanes) {
+        const int m = int(std::min<int64_t>(kLanes, e - i0));
         blk.template run<false>(i0, m);
-        if (o) {
-          for (int k = 0; k < m; ++k) o[i0 + k] = T(lw * (blk.weight[k] * blk.value[k]));
-        } else {
-          for (int k = 0; k < m; ++k) lanes[k] += blk.weight[k] * blk.value[k];
-        }
+        for (int k = 0; k < m; ++k) o[i0 + k] = T(lw * (blk.weight[k] * blk.value[k]));
       }
-      for (int wdt = kLanes / 2; wdt >= 1; wdt /= 2)
-        for (int k = 0; k < wdt; ++k) lanes[k] += lanes[k + wdt];
-      partial[c] = double(lanes[0]);
-    }
-  });
-  if (o) return;
-  for (int64_t m = nchunks; m > 1; m = (m + 1) / 2) {
-    for (int64_t j = 0; j < m / 2; ++j) partial[j] = partial[2 * j] + partial[2 * j + 1];
-    if (m % 2) partial[m / 2] = partial[m - 1];
+    });
+    return;
   }
-  *static_cast<T*>(outv) = T(A(partial[0] * r.scale()));
+  // The plain kernels' summation order: lanes by element index mod kLanes, then pairwise.
+  const double total = sum_over_chunks(n, [&](int64_t b, int64_t e) {
+    Block<T, K> blk = proto;
+    A lanes[kLanes] = {};
+    for (int64_t i0 = b; i0 < e; i0 += kLanes) {
+      const int m = int(std::min<int64_t>(kLanes, e - i0));
+      blk.template run<false>(i0, m);
+      for (int k = 0; k < m; ++k) lanes[k] += blk.weight[k] * blk.value[k];
+    }
+    for (int wdt = kLanes / 2; wdt >= 1; wdt /= 2)
+      for (int k = 0; k < wdt; ++k) lanes[k] += lanes[k + wdt];
+    return double(lanes[0]);
+  });
+  *static_cast<T*>(outv) = T(A(total * r.scale()));
 }
 
 template <class T, LossKind K>
@@ -134,11 +130,10 @@ void weighted_backward(const void* xv, const void* yv, Aux w, Aux p, double para
   T* gt_p = static_cast<T*>(gtv);
   T* gw_p = static_cast<T*>(gwv);
   const Block<T, K> proto{static_cast<const T*>(xv), static_cast<const T*>(yv), w, p, A(param), inner, {}, {}, {}};
-  at::parallel_for(0, (n + kChunk - 1) / kChunk, 1, [&](int64_t cb, int64_t ce) {
+  for_each_chunk(n, [&](int64_t b, int64_t e) {
     Block<T, K> blk = proto;
-    const int64_t end = std::min(n, ce * kChunk);
-    for (int64_t i0 = cb * kChunk; i0 < end; i0 += kLanes) {
-      const int m = int(std::min<int64_t>(kLanes, end - i0));
+    for (int64_t i0 = b; i0 < e; i0 += kLanes) {
+      const int m = int(std::min<int64_t>(kLanes, e - i0));
       blk.template run<true>(i0, m);
       A s[kLanes];
       for (int k = 0; k < m; ++k) s[k] = per_element ? A(g[i0 + k]) * scale : scale;

@@ -18,6 +18,7 @@ using weighted::Reduce;
 
 struct CudaWeightedBackend {
   static void check_dtype(at::ScalarType t, const char* name) { dispatch_elem(t, name, [](auto) {}); }
+  static void prepare_output(Tensor&) {}
 
   static void forward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
                       int64_t inner, const Reduce& r, Tensor& out) {
