@@ -180,10 +180,12 @@ def test_extreme_parameters(loss, param):
             assert_close(p, q)
 
 
+@pytest.mark.parametrize("create_graph", [False, True])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
-def test_nothing_modified(loss, reduction):
-    # Inputs and the incoming gradient: values and version counters unchanged.
+def test_nothing_modified(loss, reduction, create_graph):
+    # Inputs and the incoming gradient: values and version counters unchanged, through the fused
+    # backward and through the differentiable (create_graph) one.
     _, ours, _, _ = loss
     x = torch.randn(30, 5, requires_grad=True)
     y = torch.randn(30, 5, requires_grad=True)
@@ -191,7 +193,7 @@ def test_nothing_modified(loss, reduction):
     out = ours(x, y, reduction=reduction)
     go = torch.randn_like(out)
     go_copy, go_version = go.clone(), go._version
-    out.backward(go, create_graph=True)
+    out.backward(go, create_graph=create_graph)
     for t, (v, ver) in zip((x, y), snapshot):
         assert torch.equal(t.detach(), v) and t._version == ver
     assert torch.equal(go, go_copy) and go._version == go_version
