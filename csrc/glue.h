@@ -5,20 +5,23 @@
 //   static void check_dtype(at::ScalarType, const char* name);
 //   static void prepare_output(Tensor&);            // before a kernel writes a fresh output
 //   static void reduce(LossKind, const Tensor& x, const Tensor& y, double param, double divisor,
-//                      Tensor& out /*0-d*/, Tensor* sign /*int8 or null*/);
+//                      Tensor& out /*0-d*/, Tensor* sign /*int8 or null*/, Tensor* gi, Tensor* gt);
 //   static void pointwise(LossKind, const Tensor& x, const Tensor& y, double param, Tensor& out,
-//                         Tensor* sign);
+//                         Tensor* sign, Tensor* gi, Tensor* gt);
 //   static void backward(LossKind, const Tensor& x, const Tensor& y, const Tensor& go,
 //                        bool go_per_element, double divisor, double param, Tensor* gi, Tensor* gt);
 //   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool go_per_element,
 //                                  double divisor, Tensor* gi, Tensor* gt);
 // A one-element go is read where it lives (on the device for CUDA: no host synchronisation) and
-// divided by divisor (n for 'mean', 1 for 'sum').
+// divided by divisor (n for 'mean', 1 for 'sum'). gi / gt of a forward (may be null) receive the
+// gradient for an incoming gradient of one, as backward with go = 1 would write it.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <array>
+#include <initializer_list>
 #include <tuple>
+#include <utility>
 
 #include "loss_kind.h"
 
@@ -102,33 +105,46 @@ inline void check_grad_output_scalar(const Tensor& grad_output, const Tensor& li
               grad_output.device(), " for a loss on ", like.device());
 }
 
+// What a forward returns: the loss; the int8 sign (L1's saved state) or an empty tensor; the
+// gradients for an incoming gradient of one (see *_loss_forward in ops.cpp) or empty tensors.
+struct Forward {
+  Tensor loss, sign, grad_input, grad_target;
+};
+
 template <class Backend>
-std::tuple<Tensor, Tensor> forward_impl(LossKind kind, const char* name, const Tensor& input,
-                                        const Tensor& target, int64_t reduction, double param,
-                                        bool save_sign) {
+Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const Tensor& target,
+                     int64_t reduction, double param, bool save_sign,
+                     std::array<bool, 2> grad_mask = {false, false}) {
   check_reduction(reduction);
   check_param(kind, param);
   check_operands(name, input, target);
   Backend::check_dtype(input.scalar_type(), name);
   kind = effective(kind, param);
   const Operands ops = kernel_layout(input, target);
+  const int64_t n = ops.x.numel();
   const at::TensorOptions sign_options = ops.x.options().dtype(at::kChar);
-  Tensor sign = save_sign ? ops.new_like(sign_options) : empty_output(sign_options);
-  Tensor* sign_out = save_sign && sign.numel() > 0 ? &sign : nullptr;
-  if (sign_out) Backend::prepare_output(sign);
+  Forward f;
+  f.sign = save_sign ? ops.new_like(sign_options) : empty_output(sign_options);
+  f.grad_input = grad_mask[0] ? ops.new_like() : empty_output(ops.x.options());
+  f.grad_target = grad_mask[1] ? ops.new_like() : empty_output(ops.x.options());
+  Tensor* sign = save_sign && n > 0 ? &f.sign : nullptr;
+  Tensor* gi = grad_mask[0] && n > 0 ? &f.grad_input : nullptr;
+  Tensor* gt = grad_mask[1] && n > 0 ? &f.grad_target : nullptr;
+  for (Tensor* t : {sign, gi, gt})
+    if (t) Backend::prepare_output(*t);
   if (reduction == kNone) {
-    Tensor out = ops.new_like();
-    if (out.numel() > 0) {
-      Backend::prepare_output(out);
-      Backend::pointwise(kind, ops.x, ops.y, param, out, sign_out);
+    f.loss = ops.new_like();
+    if (n > 0) {
+      Backend::prepare_output(f.loss);
+      Backend::pointwise(kind, ops.x, ops.y, param, f.loss, sign, gi, gt);
     }
-    return {out, sign};
+    return f;
   }
-  Tensor out = at::empty({}, ops.x.options());
+  f.loss = at::empty({}, ops.x.options());
   // 'mean' of nothing is 0 / 0 = nan, as torch.
-  Backend::reduce(kind, ops.x, ops.y, param, reduction == kMean ? double(ops.x.numel()) : 1.0, out,
-                  sign_out);
-  return {out, sign};
+  Backend::reduce(kind, ops.x, ops.y, param, reduction == kMean ? double(n) : 1.0, f.loss, sign,
+                  gi, gt);
+  return f;
 }
 
 template <class Backend>
@@ -181,16 +197,21 @@ std::tuple<Tensor, Tensor> backward_from_sign_impl(const Tensor& grad_output, co
   return {gi, gt};
 }
 
+inline std::tuple<Tensor, Tensor, Tensor> with_gradients(Forward f) {
+  return {std::move(f.loss), std::move(f.grad_input), std::move(f.grad_target)};
+}
+
 // The operators of one backend, for TORCH_LIBRARY_IMPL.
 template <class Backend>
 struct Operators {
   static Tensor l1_loss(const Tensor& input, const Tensor& target, int64_t reduction) {
-    return std::get<0>(forward_impl<Backend>(LossKind::L1, "l1_loss", input, target, reduction,
-                                             0.0, false));
+    return forward_impl<Backend>(LossKind::L1, "l1_loss", input, target, reduction, 0.0, false)
+        .loss;
   }
   static std::tuple<Tensor, Tensor> l1_loss_forward(const Tensor& input, const Tensor& target,
                                                     int64_t reduction) {
-    return forward_impl<Backend>(LossKind::L1, "l1_loss", input, target, reduction, 0.0, true);
+    Forward f = forward_impl<Backend>(LossKind::L1, "l1_loss", input, target, reduction, 0.0, true);
+    return {std::move(f.loss), std::move(f.sign)};
   }
   static std::tuple<Tensor, Tensor> l1_loss_backward(const Tensor& grad_output, const Tensor& sign,
                                                      int64_t reduction, at::ScalarType dtype,
@@ -199,8 +220,15 @@ struct Operators {
   }
   static Tensor smooth_l1_loss(const Tensor& input, const Tensor& target, int64_t reduction,
                                double beta) {
-    return std::get<0>(forward_impl<Backend>(LossKind::SmoothL1, "smooth_l1_loss", input, target,
-                                             reduction, beta, false));
+    return forward_impl<Backend>(LossKind::SmoothL1, "smooth_l1_loss", input, target, reduction,
+                                 beta, false)
+        .loss;
+  }
+  static std::tuple<Tensor, Tensor, Tensor> smooth_l1_loss_forward(
+      const Tensor& input, const Tensor& target, int64_t reduction, double beta,
+      std::array<bool, 2> mask) {
+    return with_gradients(forward_impl<Backend>(LossKind::SmoothL1, "smooth_l1_loss", input,
+                                                target, reduction, beta, false, mask));
   }
   static std::tuple<Tensor, Tensor> smooth_l1_loss_backward(
       const Tensor& grad_output, const Tensor& input, const Tensor& target, int64_t reduction,
@@ -210,8 +238,16 @@ struct Operators {
   }
   static Tensor huber_loss(const Tensor& input, const Tensor& target, int64_t reduction,
                            double delta) {
-    return std::get<0>(forward_impl<Backend>(LossKind::Huber, "huber_loss", input, target,
-                                             reduction, delta, false));
+    return forward_impl<Backend>(LossKind::Huber, "huber_loss", input, target, reduction, delta,
+                                 false)
+        .loss;
+  }
+  static std::tuple<Tensor, Tensor, Tensor> huber_loss_forward(const Tensor& input,
+                                                               const Tensor& target,
+                                                               int64_t reduction, double delta,
+                                                               std::array<bool, 2> mask) {
+    return with_gradients(forward_impl<Backend>(LossKind::Huber, "huber_loss", input, target,
+                                                reduction, delta, false, mask));
   }
   static std::tuple<Tensor, Tensor> huber_loss_backward(
       const Tensor& grad_output, const Tensor& input, const Tensor& target, int64_t reduction,
@@ -228,8 +264,10 @@ struct Operators {
     (m).impl("l1_loss_forward", &Ops_::l1_loss_forward);                                \
     (m).impl("l1_loss_backward", &Ops_::l1_loss_backward);                              \
     (m).impl("smooth_l1_loss", &Ops_::smooth_l1_loss);                                  \
+    (m).impl("smooth_l1_loss_forward", &Ops_::smooth_l1_loss_forward);                  \
     (m).impl("smooth_l1_loss_backward", &Ops_::smooth_l1_loss_backward);                \
     (m).impl("huber_loss", &Ops_::huber_loss);                                          \
+    (m).impl("huber_loss_forward", &Ops_::huber_loss_forward);                          \
     (m).impl("huber_loss_backward", &Ops_::huber_loss_backward);                        \
   } while (0)
 

@@ -1,9 +1,9 @@
 // Operator schemas of l1ext, declared once. Kernels are registered per dispatch key beside
 // their code: cpu/losses_cpu.cpp (CPU), autograd/losses_autograd.cpp (Autograd); the fake
-// (meta) implementations used by torch.compile and opcheck live in l1ext/_meta.py.
+// (meta) implementations used by torch.compile and opcheck live in l1ext/_meta.py. The Python
+// module l1ext._C itself is python/module.cpp.
 //
 // reduction is torch's enum: 0 = 'none', 1 = 'mean', 2 = 'sum'.
-#include <Python.h>
 #include <torch/library.h>
 
 #include "cpu/kernel_table.h"
@@ -14,14 +14,6 @@ const KernelTable& kernels();
 }
 }  // namespace l1ext
 
-extern "C" {
-// `import l1ext._C` loads this library, whose static initialisers register the operators.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
-
 TORCH_LIBRARY(l1ext, m) {
   // The losses, as torch.ops.l1ext.*; differentiable in input and target.
   m.def("l1_loss(Tensor input, Tensor target, int reduction=1) -> Tensor");
@@ -30,6 +22,15 @@ TORCH_LIBRARY(l1ext, m) {
 
   // L1 forward that also returns sgn(input - target) as int8, the only thing its backward reads.
   m.def("l1_loss_forward(Tensor input, Tensor target, int reduction) -> (Tensor, Tensor)");
+  // Smooth L1 and Huber forwards that also return, from the same pass, the gradients (input,
+  // target) for an incoming gradient of one: what loss.backward() of a reduced loss needs, so on
+  // the CPU (where that incoming gradient can be read for free) the backward writes nothing.
+  m.def(
+      "smooth_l1_loss_forward(Tensor input, Tensor target, int reduction, float beta, "
+      "bool[2] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "huber_loss_forward(Tensor input, Tensor target, int reduction, float delta, "
+      "bool[2] output_mask) -> (Tensor, Tensor, Tensor)");
   // Gradients (input, target); an output whose output_mask entry is false is an empty tensor.
   m.def(
       "l1_loss_backward(Tensor grad_output, Tensor sign, int reduction, ScalarType dtype, "

@@ -1,1 +1,6 @@
-# l1ext._C registers the torch.ops.l1ext operators when imported; it has no Python API.
+# l1ext._C registers the torch.ops.l1ext operators when imported (csrc/python/module.cpp).
+from torch import Tensor
+
+def loss_fast(kind: int, input: object, target: object, reduction: object, param: object) -> Tensor | None:
+    """The common call of l1_loss (kind 0), smooth_l1_loss (1) or huber_loss (2), in C++; None
+    where l1ext.functional must handle the call in full."""

@@ -75,6 +75,20 @@ def _huber_loss(input, target, reduction=1, delta=1.0):
     return _loss(input, target, reduction)
 
 
+@torch.library.register_fake("l1ext::smooth_l1_loss_forward")
+def _smooth_l1_loss_forward(input, target, reduction, beta, output_mask):
+    _check("smooth_l1_loss", input, target, reduction, "beta", beta)
+    return (_loss(input, target, reduction),
+            *_grads(_like_operands(input, target), output_mask, input.dtype))
+
+
+@torch.library.register_fake("l1ext::huber_loss_forward")
+def _huber_loss_forward(input, target, reduction, delta, output_mask):
+    _check("huber_loss", input, target, reduction, "delta", delta)
+    return (_loss(input, target, reduction),
+            *_grads(_like_operands(input, target), output_mask, input.dtype))
+
+
 def _pointwise_backward(grad_output, input, target, reduction, param, output_mask):
     _check("loss_backward", input, target, reduction)
     return _grads(_like_operands(input, target), output_mask, input.dtype)

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _C  # noqa: F401  (registers torch.ops.l1ext)
+from . import _C  # registers torch.ops.l1ext
 from . import _dtensor
 from . import _meta  # noqa: F401  (fake implementations)
 from . import _vmap  # noqa: F401  (batching rules)
@@ -28,6 +28,12 @@ _weighted_op = torch.ops.l1ext.weighted_loss.default
 # Loss kinds of the weighted operator (csrc/loss_kind.h).
 _L1, _SMOOTH_L1, _HUBER, _QUANTILE = 0, 1, 2, 3
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
+
+# The common call (plain same-size tensors of one kernel dtype and device, a reduction string, a
+# valid number beta/delta) is served by C++ (csrc/python/module.cpp), which answers None for
+# anything else; torch.compile traces the Python path, which calls the same operators.
+_loss_fast = _C.loss_fast
+_is_compiling = torch.compiler.is_compiling
 
 _KERNEL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 _KERNEL_DEVICES = frozenset(
@@ -171,6 +177,11 @@ def l1_loss(
     float32 eps) or the plain mean, and the result is scaled by ``loss_weight``; see
     :func:`smooth_l1_loss`.
     """
+    if (weight is None and size_average is None and reduce is None and avg_factor is None
+            and loss_weight is None and not _is_compiling()):
+        loss = _loss_fast(_L1, input, target, reduction, None)
+        if loss is not None:
+            return loss
     if has_torch_function_variadic(input, target):
         return handle_torch_function(
             l1_loss, (input, target, weight), input, target,
@@ -223,6 +234,11 @@ def smooth_l1_loss(
 
     A call with any of these on an empty input returns a zero that stays in the autograd graph.
     """
+    if (size_average is None and reduce is None and weight is None and avg_factor is None
+            and loss_weight is None and not _is_compiling()):
+        loss = _loss_fast(_SMOOTH_L1, input, target, reduction, beta)
+        if loss is not None:
+            return loss
     if has_torch_function_variadic(input, target):
         return handle_torch_function(
             smooth_l1_loss, (input, target), input, target,
@@ -257,6 +273,10 @@ def huber_loss(
     loss is ``huber * weight`` and 'mean' is its plain mean, as torch does. With ``avg_factor`` or
     ``loss_weight``, or a tensor ``delta``, the weighted convention of :func:`smooth_l1_loss`.
     """
+    if weight is None and avg_factor is None and loss_weight is None and not _is_compiling():
+        loss = _loss_fast(_HUBER, input, target, reduction, delta)
+        if loss is not None:
+            return loss
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             huber_loss, (input, target, weight), input, target,

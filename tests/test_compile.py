@@ -69,6 +69,9 @@ def _opcheck_cases(requires_grad):
             yield ops.smooth_l1_loss.default, (a, y, red, 0.5)
             yield ops.smooth_l1_loss.default, (a, y, red, 0.0)
             yield ops.huber_loss.default, (a, y, red, 0.5)
+            for mask in ([True, True], [False, True]):
+                yield ops.smooth_l1_loss_forward.default, (a, y, red, 0.5, mask)
+                yield ops.huber_loss_forward.default, (a, y, red, 2.0, mask)
             for mask in ([True, True], [True, False], [False, True]):
                 yield ops.smooth_l1_loss_backward.default, (go, a, y, red, 0.5, mask)
                 yield ops.huber_loss_backward.default, (go, a, y, red, 2.0, mask)
@@ -82,4 +85,4 @@ def test_opcheck_every_operator(requires_grad):
     for op, args in _opcheck_cases(requires_grad):
         opcheck(op, args)
         count += 1
-    assert count == 3 * (2 * (5 + 6) + 2)
+    assert count == 3 * (2 * (5 + 4 + 6) + 2)

@@ -35,6 +35,30 @@ inline bool needs_torch_composite(std::initializer_list<const Tensor*> ts) {
   return false;
 }
 
+// A tensor whose memory this process reads directly: dense, on the CPU, and none of fake, traced,
+// functionalized, functorch-wrapped, or carrying a lazy negation/conjugation/zero bit (those have
+// dispatch keys beyond those every CPU tensor has).
+inline bool is_plain_cpu(const Tensor& t) {
+  static const c10::DispatchKeySet kPlain({c10::DispatchKey::CPU, c10::DispatchKey::AutogradCPU,
+                                           c10::DispatchKey::ADInplaceOrView,
+                                           c10::DispatchKey::AutocastCPU});
+  // (operator- removes functionality bits only; the CPU backend bit stays.)
+  return t.defined() && t.layout() == c10::kStrided &&
+         t.key_set() - kPlain == c10::DispatchKeySet(c10::BackendComponent::CPUBit);
+}
+
+// Whether a plain CPU tensor of one element holds exactly 1 (read without any dispatch).
+inline bool is_one(const Tensor& t) {
+  if (!is_plain_cpu(t) || t.numel() != 1) return false;
+  switch (t.scalar_type()) {
+    case at::kFloat: return *t.const_data_ptr<float>() == 1.0f;
+    case at::kDouble: return *t.const_data_ptr<double>() == 1.0;
+    case at::kHalf: return float(*t.const_data_ptr<at::Half>()) == 1.0f;
+    case at::kBFloat16: return float(*t.const_data_ptr<at::BFloat16>()) == 1.0f;
+    default: return false;
+  }
+}
+
 inline bool needs_grad(std::initializer_list<const Tensor*> ts) {
   if (!at::GradMode::is_enabled()) return false;
   for (const Tensor* t : ts)

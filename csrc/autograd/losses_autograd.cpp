@@ -4,6 +4,7 @@
 //   l1_loss_forward          -> L1LossFunction           (saves only the int8 sign)
 //   l1_loss_backward         -> L1LossBackwardFunction   (double backward)
 //   smooth_l1_loss, huber_loss             -> PointwiseLossFunction<Loss>
+//                                             (on the CPU through *_loss_forward, see below)
 //   smooth_l1_loss_backward, huber_loss_backward -> PointwiseLossBackwardFunction<Loss>
 // l1_loss itself goes through l1_loss_forward when a gradient is needed and straight to the
 // kernel (no sign written) when not.
@@ -166,14 +167,23 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 }
 
 // ---- Smooth L1 and Huber -------------------------------------------------------------------
-// Bytes (fp32, 'mean', input grad): forward reads x and y (8 B/elem); backward reads them again
-// and writes the gradient (12 B/elem): 20 B/elem, and nothing is kept between the passes but
-// references to x and y. Writing the gradient during the forward instead moves the same 20 B
-// (8 + 4 written, then 4 read + 4 written) and holds an extra N-element buffer, so the backward
-// recomputes. When both input and target need gradients one backward pass writes both.
+// Bytes per element (fp32, reduced loss, input grad):
+// - CPU, eager: *_loss_forward writes the gradient for an incoming gradient of one in the same
+//   pass as the loss (reads x and y: 8 B, writes 4 B), and loss.backward() hands it over without
+//   a kernel: 12 B in all, and no backward pass at box-regression sizes, where each operator call
+//   costs microseconds. The incoming gradient's value is read for free on the CPU. Any other
+//   incoming gradient, a second backward through a retained graph, or create_graph recomputes as
+//   below, with the same bits the fused gradient has for an incoming gradient of one.
+// - Otherwise (CUDA, 'none', traced or functorch calls): the forward reads x and y (8 B); the
+//   backward reads them again and writes the gradient (12 B): 20 B, and nothing is kept between
+//   the passes but references to x and y. On a GPU, scaling a gradient written in the forward
+//   would move the same 20 B (reading the incoming gradient's value would synchronise) and hold
+//   an extra buffer between the passes.
+// When both input and target need gradients one pass writes both.
 
 struct SmoothL1 {
   static constexpr const char* kForward = "l1ext::smooth_l1_loss";
+  static constexpr const char* kFusedForward = "l1ext::smooth_l1_loss_forward";
   static Tensor torch_composite(const Tensor& input, const Tensor& target, int64_t reduction,
                                 double beta) {
     return beta == 0.0 ? at::l1_loss(input, target, reduction)
@@ -189,6 +199,7 @@ struct SmoothL1 {
 
 struct Huber {
   static constexpr const char* kForward = "l1ext::huber_loss";
+  static constexpr const char* kFusedForward = "l1ext::huber_loss_forward";
   static Tensor torch_composite(const Tensor& input, const Tensor& target, int64_t reduction,
                                 double delta) {
     return at::huber_loss(input, target, reduction, delta);
@@ -203,6 +214,13 @@ struct Huber {
 template <class Loss>
 const c10::TypedOperatorHandle<LossSig>& forward_op() {
   static const auto h = op<LossSig>(Loss::kForward);
+  return h;
+}
+using FusedForwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, int64_t,
+                                                          double, Mask);
+template <class Loss>
+const c10::TypedOperatorHandle<FusedForwardSig>& fused_forward_op() {
+  static const auto h = op<FusedForwardSig>(Loss::kFusedForward);
   return h;
 }
 template <class Loss>
@@ -267,7 +285,17 @@ class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunc
                         int64_t reduction, double param) {
     ctx->set_materialize_grads(false);
     at::AutoDispatchBelowADInplaceOrView guard;
-    Tensor loss = forward_op<Loss>().call(input, target, reduction, param);
+    Tensor loss;
+    if (reduction != kNone && is_plain_cpu(input) && is_plain_cpu(target)) {
+      auto [l, gi, gt] = fused_forward_op<Loss>().call(
+          input, target, reduction, param, {input.requires_grad(), target.requires_grad()});
+      loss = std::move(l);
+      // Not saved variables: no one else holds them, and the first backward takes them.
+      if (input.requires_grad()) ctx->saved_data["grad_input"] = std::move(gi);
+      if (target.requires_grad()) ctx->saved_data["grad_target"] = std::move(gt);
+    } else {
+      loss = forward_op<Loss>().call(input, target, reduction, param);
+    }
     ctx->save_for_backward({input, target});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["param"] = param;
@@ -275,13 +303,33 @@ class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunc
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
-    const auto saved = ctx->get_saved_variables();
     const Mask mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
+    auto fused = take_fused_gradients(ctx);
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
+    if (!at::GradMode::is_enabled() && is_one(grads[0]) && (!mask[0] || fused[0].defined()) &&
+        (!mask[1] || fused[1].defined())) {
+      return {mask[0] ? fused[0] : Tensor(), mask[1] ? fused[1] : Tensor(), Tensor(), Tensor()};
+    }
+    const auto saved = ctx->get_saved_variables();
     auto [gi, gt] = backward_op<Loss>().call(grads[0], saved[0], saved[1],
                                              ctx->saved_data["reduction"].toInt(),
                                              ctx->saved_data["param"].toDouble(), mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), Tensor(), Tensor()};
+  }
+
+ private:
+  // The gradients the fused forward wrote, removed from the context: they are handed out at most
+  // once, so a gradient a caller modifies in place never reaches a later backward.
+  static std::array<Tensor, 2> take_fused_gradients(AutogradContext* ctx) {
+    std::array<Tensor, 2> out;
+    const char* keys[2] = {"grad_input", "grad_target"};
+    for (int k = 0; k < 2; ++k) {
+      auto it = ctx->saved_data.find(keys[k]);
+      if (it == ctx->saved_data.end()) continue;
+      out[k] = std::move(it->second).toTensor();
+      ctx->saved_data.erase(it);
+    }
+    return out;
   }
 };
 
@@ -310,6 +358,23 @@ std::tuple<Tensor, Tensor> loss_backward_autograd(const Tensor& grad_output, con
   return backward_op<Loss>().call(grad_output, input, target, reduction, param, mask);
 }
 
+// *_loss_forward called with inputs that need gradients (l1ext's own autograd calls it below
+// autograd): the same values from differentiable operators, the loss and its backward for an
+// incoming gradient of one.
+template <class Loss>
+std::tuple<Tensor, Tensor, Tensor> fused_forward_autograd(const Tensor& input,
+                                                          const Tensor& target, int64_t reduction,
+                                                          double param, Mask mask) {
+  if (needs_grad({&input, &target}) || needs_torch_composite({&input, &target})) {
+    Tensor loss = loss_autograd<Loss>(input, target, reduction, param);
+    const Tensor one = reduction == kNone ? at::ones_like(loss) : at::ones({}, loss.options());
+    auto [gi, gt] = loss_backward_autograd<Loss>(one, input, target, reduction, param, mask);
+    return {loss, gi, gt};
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return fused_forward_op<Loss>().call(input, target, reduction, param, mask);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(l1ext, Autograd, m) {
@@ -318,8 +383,10 @@ TORCH_LIBRARY_IMPL(l1ext, Autograd, m) {
   m.impl("l1_loss_backward", &l1_loss_backward_autograd);
   m.impl("smooth_l1_loss", &loss_autograd<SmoothL1>);
   m.impl("smooth_l1_loss_backward", &loss_backward_autograd<SmoothL1>);
+  m.impl("smooth_l1_loss_forward", &fused_forward_autograd<SmoothL1>);
   m.impl("huber_loss", &loss_autograd<Huber>);
   m.impl("huber_loss_backward", &loss_backward_autograd<Huber>);
+  m.impl("huber_loss_forward", &fused_forward_autograd<Huber>);
 }
 
 }  // namespace autograd

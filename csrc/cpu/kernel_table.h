@@ -18,9 +18,11 @@ constexpr int kNumElems = 4;
 // Forward over n elements of x and y (same memory order). With out != nullptr it writes the
 // per-element loss ('none') and returns 0; otherwise it returns the sum of the losses, summed in a
 // fixed order (lanes, then chunks, pairwise) so the bits depend on neither the thread count nor the
-// instruction set. sign != nullptr (L1 only) also stores sgn(x - y) as int8 for the backward.
+// instruction set. sign != nullptr (L1 only) also stores sgn(x - y) as int8 for the backward;
+// gi / gt != nullptr (either or both, never with sign) also store the gradient for an incoming
+// gradient of one, grad(x - y) * grad_scale and its negation, exactly as BackwardFn would.
 using ForwardFn = double (*)(const void* x, const void* y, int64_t n, double param, void* out,
-                             int8_t* sign);
+                             int8_t* sign, void* gi, void* gt, double grad_scale);
 // Backward from x and y: g = grad(x - y) * scale * (go ? go[i] : 1); gi = g, gt = -g, either
 // pointer may be null.
 using BackwardFn = void (*)(const void* x, const void* y, const void* go, double scale, int64_t n,

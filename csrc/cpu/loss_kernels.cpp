@@ -136,9 +136,11 @@ void store_sign(int8_t* p, const Vectorized<A>& d) {
 }
 
 // One chunk of the forward. kOut: write the per-element loss instead of summing it.
-// kSign: also store sgn(d) (L1 only).
-template <class T, class Loss, bool kOut, bool kSign>
-double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out, int8_t* sign) {
+// kSign: also store sgn(d) (L1 only). kGrad: also write the gradient for an incoming gradient of
+// one, grad(d) * scale, to gi and/or -grad(d) * scale to gt (the backward's formula and rounding).
+template <class T, class Loss, bool kOut, bool kSign, bool kGrad>
+double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out, int8_t* sign,
+                     T* gi, T* gt, acc_t<T> scale) {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
   constexpr int VS = Vec::size();
@@ -147,6 +149,7 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
   static_assert(K % VS == 0 && kChunk % K == 0, "lanes must tile vectors and chunks");
   Vec sums[NV];
   for (int v = 0; v < NV; ++v) sums[v] = Vec(A(0));
+  const Vec s(scale);
   int64_t i = 0;
   for (; i + K <= n; i += K) {
     for (int v = 0; v < NV; ++v) {
@@ -159,6 +162,11 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
         sums[v] = sums[v] + l;
       }
       if constexpr (kSign) store_sign(sign + j, d);
+      if constexpr (kGrad) {
+        const Vec g = loss.grad(d) * s;
+        if (gi) Io<T>::store(gi + j, g);
+        if (gt) Io<T>::store(gt + j, g.neg());
+      }
     }
   }
   A lanes[K];
@@ -172,6 +180,11 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
       lanes[k] += l;
     }
     if constexpr (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+    if constexpr (kGrad) {
+      const A g = loss.grad(d) * scale;
+      if (gi) gi[i] = T(g);
+      if (gt) gt[i] = T(-g);
+    }
   }
   if constexpr (kOut) return 0.0;
   for (int w = K / 2; w >= 1; w /= 2)
@@ -179,30 +192,42 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
   return double(lanes[0]);
 }
 
+template <bool B>
+using Flag = std::integral_constant<bool, B>;
+
 template <class T, LossKind K>
-double forward(const void* xv, const void* yv, int64_t n, double param, void* outv, int8_t* sign) {
+double forward(const void* xv, const void* yv, int64_t n, double param, void* outv, int8_t* sign,
+               void* giv, void* gtv, double grad_scale) {
   const auto loss = make_loss<K, acc_t<T>>(param);
   using Loss = decltype(loss);
   const T* x = static_cast<const T*>(xv);
   const T* y = static_cast<const T*>(yv);
   T* out = static_cast<T*>(outv);
-  constexpr bool kCanSign = K == LossKind::L1;
-  if (out != nullptr) {
-    for_each_chunk(n, [&](int64_t b, int64_t e) {
-      if (kCanSign && sign != nullptr) {
-        forward_chunk<T, Loss, true, kCanSign>(x + b, y + b, e - b, loss, out + b, sign + b);
-      } else {
-        forward_chunk<T, Loss, true, false>(x + b, y + b, e - b, loss, out + b, nullptr);
-      }
-    });
-    return 0.0;
-  }
-  return sum_over_chunks(n, [&](int64_t b, int64_t e) {
-    if (kCanSign && sign != nullptr) {
-      return forward_chunk<T, Loss, false, kCanSign>(x + b, y + b, e - b, loss, nullptr, sign + b);
+  T* gi = static_cast<T*>(giv);
+  T* gt = static_cast<T*>(gtv);
+  const acc_t<T> scale(grad_scale);
+  // What the forward writes besides the loss: the int8 sign (L1 only), the gradients, or nothing.
+  auto run = [&](auto sign_flag, auto grad_flag) -> double {
+    constexpr bool kSign = decltype(sign_flag)::value;
+    constexpr bool kGrad = decltype(grad_flag)::value;
+    auto at = [](auto* p, int64_t b) { return p ? p + b : p; };
+    if (out != nullptr) {
+      for_each_chunk(n, [&](int64_t b, int64_t e) {
+        forward_chunk<T, Loss, true, kSign, kGrad>(x + b, y + b, e - b, loss, out + b, at(sign, b),
+                                                    at(gi, b), at(gt, b), scale);
+      });
+      return 0.0;
     }
-    return forward_chunk<T, Loss, false, false>(x + b, y + b, e - b, loss, nullptr, nullptr);
-  });
+    return sum_over_chunks(n, [&](int64_t b, int64_t e) {
+      return forward_chunk<T, Loss, false, kSign, kGrad>(x + b, y + b, e - b, loss, nullptr,
+                                                          at(sign, b), at(gi, b), at(gt, b), scale);
+    });
+  };
+  if constexpr (K == LossKind::L1) {
+    if (sign != nullptr) return run(Flag<true>{}, Flag<false>{});
+  }
+  if (gi != nullptr || gt != nullptr) return run(Flag<false>{}, Flag<true>{});
+  return run(Flag<false>{}, Flag<false>{});
 }
 
 // g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = -g.

@@ -116,18 +116,19 @@ struct CpuBackend {
   static void prepare_output(Tensor& t) { advise_huge_pages(t); }
 
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
-                     Tensor& out, Tensor* sign) {
+                     Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {
     const ForwardFn fn = kernels().forward[int(kind)][int(elem_of(x.scalar_type(), ""))];
+    // The gradient scale of an incoming gradient of one, computed as backward() computes it.
     const double total = fn(x.const_data_ptr(), y.const_data_ptr(), x.numel(), param, nullptr,
-                            sign_or_null(sign));
+                            sign_or_null(sign), data_or_null(gi), data_or_null(gt), 1.0 / divisor);
     write_scalar(out, total / divisor);
   }
 
   static void pointwise(LossKind kind, const Tensor& x, const Tensor& y, double param, Tensor& out,
-                        Tensor* sign) {
+                        Tensor* sign, Tensor* gi, Tensor* gt) {
     const ForwardFn fn = kernels().forward[int(kind)][int(elem_of(x.scalar_type(), ""))];
     fn(x.const_data_ptr(), y.const_data_ptr(), x.numel(), param, out.mutable_data_ptr(),
-       sign_or_null(sign));
+       sign_or_null(sign), data_or_null(gi), data_or_null(gt), 1.0);
   }
 
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,

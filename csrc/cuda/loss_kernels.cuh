@@ -297,14 +297,15 @@ struct FromSign {
   __device__ __forceinline__ acc_t<T> one(int64_t i) const { return acc_t<T>(sign[i]); }
 };
 
-// gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device.
+// gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device; a
+// null go (not per element) stands for an incoming gradient of one.
 template <class T, class Source, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Source src, const T* __restrict__ go, double divisor, Span s,
                     T* __restrict__ gi, T* __restrict__ gt) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
-  const A scale = kPerElement ? A(1) : A(double(to_acc(go[0])) / divisor);
+  const A scale = kPerElement ? A(1) : A((go ? double(to_acc(go[0])) : 1.0) / divisor);
   for_each_owned<T>(
       s,
       [&](int64_t i) {
@@ -396,7 +397,8 @@ cudaError_t launch_backward(const Source& src, std::initializer_list<const void*
   return cudaGetLastError();
 }
 
-// Backward recomputing the subgradient from x and y. go: n elements (per_element) or one.
+// Backward recomputing the subgradient from x and y. go: n elements (per_element) or one (null:
+// one of value 1).
 template <class T, class Loss>
 cudaError_t backward(const T* x, const T* y, const T* go, bool per_element, double divisor,
                      int64_t n, const Loss& loss, T* gi, T* gt, cudaStream_t stream) {

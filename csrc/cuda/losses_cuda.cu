@@ -26,8 +26,11 @@ struct CudaBackend {
 
   static void prepare_output(Tensor&) {}
 
+  // Gradients requested of a forward (gi, gt) come from a second launch, the backward kernel
+  // with an incoming gradient of one: l1ext's autograd asks for them on the CPU only, where they
+  // save the backward pass; on a GPU recomputing in the backward moves the same bytes.
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
-                     Tensor& out, Tensor* sign) {
+                     Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
@@ -40,12 +43,16 @@ struct CudaBackend {
         C10_CUDA_CHECK(forward_reduce<T>(in<T>(x), in<T>(y), n, loss, divisor, out_or_null<T>(&out),
                                          sign_or_null(sign), bytes ? workspace.data_ptr() : nullptr,
                                          stream));
+        if (gi || gt) {
+          C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), nullptr, false, divisor, n, loss,
+                                           out_or_null<T>(gi), out_or_null<T>(gt), stream));
+        }
       });
     });
   }
 
   static void pointwise(LossKind kind, const Tensor& x, const Tensor& y, double param, Tensor& out,
-                        Tensor* sign) {
+                        Tensor* sign, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
@@ -54,6 +61,10 @@ struct CudaBackend {
         const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
         C10_CUDA_CHECK(forward_pointwise<T>(in<T>(x), in<T>(y), x.numel(), loss, out_or_null<T>(&out),
                                             sign_or_null(sign), stream));
+        if (gi || gt) {
+          C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), nullptr, false, 1.0, x.numel(), loss,
+                                           out_or_null<T>(gi), out_or_null<T>(gt), stream));
+        }
       });
     });
   }

@@ -1,0 +1,197 @@
+"""The two shortcuts that make small losses cheap, and that they change nothing but speed:
+the C++ entry of the functional API (l1ext._C.loss_fast) and, on the CPU, the gradient written by
+the forward pass of Smooth L1 / Huber and handed to loss.backward() without a backward pass."""
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import l1ext
+import l1ext.functional as LF
+from l1ext import _C
+
+from conftest import FLOAT_DTYPES
+
+ops = torch.ops.l1ext
+SMOOTH_L1, HUBER = 1, 2
+POINTWISE = [("smooth_l1", LF.smooth_l1_loss, ops.smooth_l1_loss_backward, "beta", 0.5),
+             ("huber", LF.huber_loss, ops.huber_loss_backward, "delta", 0.7)]
+POINTWISE_IDS = [p[0] for p in POINTWISE]
+
+
+class RecordOps(TorchDispatchMode):
+    """Records the l1ext operators called below autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.namespace) == "l1ext":
+            self.names.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+# ---- the C++ entry -------------------------------------------------------------------------------
+
+def test_loss_fast_serves_the_common_call():
+    x, y = torch.randn(7, 3), torch.randn(7, 3)
+    for kind, op, args in ((0, ops.l1_loss, ()), (SMOOTH_L1, ops.smooth_l1_loss, (0.5,)),
+                           (HUBER, ops.huber_loss, (2.0,))):
+        for name, red in (("none", 0), ("mean", 1), ("sum", 2)):
+            out = _C.loss_fast(kind, x, y, name, args[0] if args else None)
+            assert out is not None
+            assert torch.equal(out, op(x, y, red, *args))
+    p = torch.nn.Parameter(torch.randn(4))  # Parameters are plain tensors to C++
+    assert _C.loss_fast(SMOOTH_L1, p, torch.randn(4), "mean", 1) is not None
+    # beta == 0 is L1, values and gradients
+    assert torch.equal(_C.loss_fast(SMOOTH_L1, x, y, "sum", 0.0), ops.l1_loss(x, y, 2))
+
+
+class Tagged(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("case", [
+    "subclass", "size", "dtype", "int", "reduction", "negative", "nan", "tensor_param", "bool_param",
+    "huber_zero", "sparse", "meta"])
+def test_loss_fast_declines_what_functional_must_handle(case):
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    kind, reduction, param = SMOOTH_L1, "mean", 1.0
+    if case == "subclass":
+        x = x.as_subclass(Tagged)
+    elif case == "size":
+        y = torch.randn(3)
+    elif case == "dtype":
+        y = y.double()
+    elif case == "int":
+        x, y = x.long(), y.long()
+    elif case == "reduction":
+        reduction = "avg"
+    elif case == "negative":
+        param = -1.0
+    elif case == "nan":
+        param = float("nan")
+    elif case == "tensor_param":
+        param = torch.tensor(1.0)
+    elif case == "bool_param":
+        param = True
+    elif case == "huber_zero":
+        kind, param = HUBER, 0
+    elif case == "sparse":
+        x, y = x.to_sparse(), y.to_sparse()
+    elif case == "meta":
+        x, y = x.to("meta"), y.to("meta")
+    assert _C.loss_fast(kind, x, y, reduction, param) is None
+
+
+def test_torch_function_mode_sees_the_call():
+    seen = []
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x, y = torch.randn(5), torch.randn(5)
+    with Mode():
+        LF.smooth_l1_loss(x, y)
+        LF.huber_loss(x, y)
+        LF.l1_loss(x, y)
+    assert LF.smooth_l1_loss in seen and LF.huber_loss in seen and LF.l1_loss in seen
+
+
+# ---- the gradient written by the forward ---------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)
+def test_forward_gradient_has_the_backward_bits(loss, reduction, dtype):
+    # loss.backward() takes the gradient the forward wrote; any other incoming gradient runs the
+    # backward kernel. Both must give exactly the bits of the backward operator.
+    _, fn, backward_op, param, value = loss
+    red = {"mean": 1, "sum": 2}[reduction]
+    x0 = torch.randn(1000, dtype=dtype) * 2
+    y0 = torch.randn(1000, dtype=dtype)
+    x0[:10] = y0[:10]  # zero residuals
+    for go in (1.0, 0.37):
+        for mask in ([True, True], [True, False], [False, True]):
+            x = x0.clone().requires_grad_(mask[0])
+            y = y0.clone().requires_grad_(mask[1])
+            out = fn(x, y, reduction=reduction, **{param: value})
+            out.backward(torch.tensor(go, dtype=out.dtype))
+            gi, gt = backward_op(torch.tensor(go, dtype=dtype), x0, y0, red, value, mask)
+            if mask[0]:
+                assert torch.equal(x.grad, gi)
+            if mask[1]:
+                assert torch.equal(y.grad, gt)
+
+
+@pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)
+def test_backward_of_one_runs_no_kernel(loss):
+    name, fn, _, param, value = loss
+    x, y = torch.randn(300, requires_grad=True), torch.randn(300)
+    with RecordOps() as rec:
+        out = fn(x, y, **{param: value})
+        out.backward()
+    assert rec.names == [f"l1ext.{name}_loss_forward"], rec.names
+    x.grad = None
+    with RecordOps() as rec:
+        out = fn(x, y, **{param: value})
+        out.backward(torch.tensor(2.0))  # any other incoming gradient: the backward kernel
+    assert f"l1ext.{name}_loss_backward" in rec.names, rec.names
+    with RecordOps() as rec:
+        fn(x, y, reduction="none", **{param: value}).sum().backward()  # 'none': recomputed
+    assert f"l1ext.{name}_loss" in rec.names and f"l1ext.{name}_loss_backward" in rec.names
+
+
+@pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)
+def test_forward_gradient_is_handed_out_once(loss):
+    # The first backward may hand its buffer to x.grad; an in-place change of x.grad must not
+    # reach the second backward through the retained graph.
+    _, fn, _, param, value = loss
+    x, y = torch.randn(64, requires_grad=True), torch.randn(64)
+    out = fn(x, y, **{param: value})
+    out.backward(retain_graph=True)
+    expected = x.grad.clone()
+    x.grad.zero_()
+    out.backward()
+    assert torch.equal(x.grad, expected)
+
+
+@pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)
+def test_forward_gradient_partial_and_higher_order(loss):
+    _, fn, _, param, value = loss
+    tfn = getattr(torch.nn.functional, fn.__name__)
+    x0, y0 = torch.randn(40, dtype=torch.float64), torch.randn(40, dtype=torch.float64)
+    grads = []
+    for f in (fn, tfn):
+        x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+        out = f(x, y, **{param: value})
+        (gx,) = torch.autograd.grad(out, x, retain_graph=True)  # only one of two leaves
+        (gy,) = torch.autograd.grad(out, y, retain_graph=True)
+        (gx2,) = torch.autograd.grad(out, x, create_graph=True)
+        (hx,) = torch.autograd.grad(gx2.sum(), x)
+        grads.append((gx, gy, gx2, hx))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_forward_gradient_of_empty_and_scalar_inputs():
+    for shape in ((0, 4), ()):
+        x, y = torch.randn(shape, requires_grad=True), torch.randn(shape, requires_grad=True)
+        out = LF.smooth_l1_loss(x, y, reduction="sum")
+        out.backward()
+        assert x.grad.shape == shape and y.grad.shape == shape
+        tx, ty = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+        torch.nn.functional.smooth_l1_loss(tx, ty, reduction="sum").backward()
+        torch.testing.assert_close(x.grad, tx.grad)
+        torch.testing.assert_close(y.grad, ty.grad)
+
+
+def test_modules_take_the_fast_paths():
+    x, y = torch.randn(50, requires_grad=True), torch.randn(50)
+    with RecordOps() as rec:
+        l1ext.SmoothL1Loss(beta=0.2)(x, y).backward()
+        l1ext.HuberLoss(delta=2)(x, y).backward()
+    assert rec.names == ["l1ext.smooth_l1_loss_forward", "l1ext.huber_loss_forward"], rec.names
