@@ -138,16 +138,21 @@ def resolve(args):
 
 # ---- what a design must move -------------------------------------------------------------------
 
-def design_bytes(loss, n, elem_size, reduction, pass_):
+def design_bytes(loss, n, elem_size, reduction, pass_, device="cuda"):
     """Bytes the l1ext design must move for one pass with the input's gradient only.
 
     Forward reads input and target; 'none' writes the loss; L1 also writes its int8 sign.
     Backward: L1 reads the sign, Smooth L1 / Huber re-read input and target; both write the
-    gradient, and 'none' reads the incoming gradient."""
+    gradient, and 'none' reads the incoming gradient. On the CPU a reduced Smooth L1 / Huber
+    forward writes the gradient instead, and a backward with an incoming gradient of one (as
+    here) moves nothing."""
     fwd = 2 * n * elem_size + (n * elem_size if reduction == "none" else 0)
     if loss == "l1":
         fwd += n  # int8 sign
         bwd = n + n * elem_size
+    elif device == "cpu" and reduction != "none":
+        fwd += n * elem_size
+        bwd = 0
     else:
         bwd = 3 * n * elem_size
     if reduction == "none":
@@ -377,7 +382,7 @@ def run(args):
                     fresh()
                     times[("mem", impl)] = peak_memory(device, step)
                 for pass_ in args.passes:
-                    nbytes = design_bytes(loss, n, elem, red, pass_)
+                    nbytes = design_bytes(loss, n, elem, red, pass_, device.type)
                     for impl in impl_names:
                         t, reps = times[(pass_, impl)]
                         row = {

@@ -44,6 +44,10 @@ def test_design_bytes():
     assert bench.design_bytes("l1", n, 4, "mean", "bwd") == n + 4 * n
     assert bench.design_bytes("smooth_l1", n, 2, "mean", "fwdbwd") == 4 * n + 6 * n
     assert bench.design_bytes("huber", n, 4, "none", "fwd") == 12 * n
+    # CPU, reduced: the forward writes the gradient; a backward of one moves nothing
+    assert bench.design_bytes("smooth_l1", n, 4, "mean", "fwd", "cpu") == 12 * n
+    assert bench.design_bytes("huber", n, 4, "sum", "bwd", "cpu") == 0
+    assert bench.design_bytes("huber", n, 4, "none", "fwdbwd", "cpu") == 12 * n + 16 * n
 
 
 def test_cli_json_schema(tmp_path):
