@@ -90,17 +90,18 @@ struct QuantileLoss {
   }
 };
 
-// The functor of a loss kind, with its parameter (beta, delta; unused for L1) in type A.
+// The functor of a loss kind, with its parameter (beta, delta, tau; unused for L1) in type A: a
+// scalar, or on the CPU a vector holding one parameter per lane.
 template <LossKind K, class A>
-L1EXT_HD auto make_loss(double param) {
+L1EXT_HD auto make_loss(A param) {
   if constexpr (K == LossKind::L1) {
     return L1Loss{};
   } else if constexpr (K == LossKind::SmoothL1) {
-    return SmoothL1Loss<A>{A(param)};
+    return SmoothL1Loss<A>{param};
   } else if constexpr (K == LossKind::Huber) {
-    return HuberLoss<A>{A(param)};
+    return HuberLoss<A>{param};
   } else {
-    return QuantileLoss<A>{A(param)};
+    return QuantileLoss<A>{param};
   }
 }
 

@@ -50,6 +50,12 @@ TORCH_LIBRARY(l1ext, m) {
       "weighted_loss(Tensor input, Tensor target, Tensor? weight, Tensor? param, "
       "Tensor? avg_factor, int kind, float param_value, float? avg_value, float loss_weight, "
       "int reduction) -> Tensor");
+  // The weighted loss and, from the same pass, its gradients (input, target) for an incoming
+  // gradient of one (see smooth_l1_loss_forward).
+  m.def(
+      "weighted_loss_forward(Tensor input, Tensor target, Tensor? weight, Tensor? param, "
+      "Tensor? avg_factor, int kind, float param_value, float? avg_value, float loss_weight, "
+      "int reduction, bool[2] output_mask) -> (Tensor, Tensor, Tensor)");
   // Gradients (input, target, weight); the weight's in the weight's own shape.
   m.def(
       "weighted_loss_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, "

@@ -105,22 +105,38 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
 
 // Backend interface (cpu/weighted_cpu.cpp, cuda/weighted_cuda.cu):
 //   static void forward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
-//                       int64_t inner, const Reduce&, Tensor& out);
+//                       int64_t inner, const Reduce&, Tensor& out, Tensor* gi, Tensor* gt);
 //   static void backward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
 //                        int64_t inner, const Tensor& go, const Reduce&, Tensor* gi, Tensor* gt,
 //                        Tensor* gw);
 //   static void prepare_output(Tensor&);  // before a kernel writes a fresh output
 template <class Backend>
+std::tuple<Tensor, Tensor, Tensor> forward_with_gradients_impl(
+    const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& param, const std::optional<Tensor>& avg_factor, int64_t kind,
+    double param_value, std::optional<double> avg_value, double loss_weight, int64_t reduction,
+    std::array<bool, 2> mask) {
+  const Prepared s = prepare<Backend>("weighted_loss", input, target, weight, param, avg_factor,
+                                      kind, avg_value, loss_weight, reduction);
+  Tensor out = reduction == 0 ? at::empty(s.x.sizes(), s.x.options()) : at::empty({}, s.x.options());
+  Tensor gi = mask[0] ? at::empty(s.x.sizes(), s.x.options()) : glue::empty_output(s.x.options());
+  Tensor gt = mask[1] ? at::empty(s.x.sizes(), s.x.options()) : glue::empty_output(s.x.options());
+  for (Tensor* t : {&out, &gi, &gt})
+    if (t->numel() > 0) Backend::prepare_output(*t);
+  const bool any = s.x.numel() > 0;
+  Backend::forward(LossKind(kind), s.x, s.y, s.w.aux(), s.p.aux(), param_value, s.inner, s.r, out,
+                   mask[0] && any ? &gi : nullptr, mask[1] && any ? &gt : nullptr);
+  return {out, gi, gt};
+}
+
+template <class Backend>
 Tensor forward_impl(const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
                     const std::optional<Tensor>& param, const std::optional<Tensor>& avg_factor,
                     int64_t kind, double param_value, std::optional<double> avg_value,
                     double loss_weight, int64_t reduction) {
-  const Prepared s = prepare<Backend>("weighted_loss", input, target, weight, param, avg_factor,
-                                      kind, avg_value, loss_weight, reduction);
-  Tensor out = reduction == 0 ? at::empty(s.x.sizes(), s.x.options()) : at::empty({}, s.x.options());
-  Backend::prepare_output(out);
-  Backend::forward(LossKind(kind), s.x, s.y, s.w.aux(), s.p.aux(), param_value, s.inner, s.r, out);
-  return out;
+  return std::get<0>(forward_with_gradients_impl<Backend>(input, target, weight, param, avg_factor,
+                                                          kind, param_value, avg_value,
+                                                          loss_weight, reduction, {false, false}));
 }
 
 // Gradients for input, target and weight (the weight's in the weight's own shape).

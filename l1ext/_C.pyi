@@ -4,3 +4,8 @@ from torch import Tensor
 def loss_fast(kind: int, input: object, target: object, reduction: object, param: object) -> Tensor | None:
     """The common call of l1_loss (kind 0), smooth_l1_loss (1) or huber_loss (2), in C++; None
     where l1ext.functional must handle the call in full."""
+
+def weighted_loss_fast(kind: int, input: object, target: object, reduction: object, param: object,
+                       weight: object, avg_factor: object, loss_weight: object) -> Tensor | None:
+    """The weighted call (weight, avg_factor, loss_weight) of the same losses, in C++; None where
+    l1ext.functional must handle it in full."""

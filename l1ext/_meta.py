@@ -105,6 +105,14 @@ def _weighted_loss(input, target, weight, param, avg_factor, kind, param_value, 
     return input.new_empty(input.shape) if reduction == _NONE else input.new_empty(())
 
 
+@torch.library.register_fake("l1ext::weighted_loss_forward")
+def _weighted_loss_forward(input, target, weight, param, avg_factor, kind, param_value, avg_value,
+                           loss_weight, reduction, output_mask):
+    loss = _weighted_loss(input, target, weight, param, avg_factor, kind, param_value, avg_value,
+                          loss_weight, reduction)
+    return (loss, *(input.new_empty(input.shape) if need else input.new_empty((0,)) for need in output_mask))
+
+
 @torch.library.register_fake("l1ext::weighted_loss_backward")
 def _weighted_loss_backward(grad_output, input, target, weight, param, avg_factor, kind,
                             param_value, avg_value, loss_weight, reduction, output_mask):

@@ -30,9 +30,11 @@ _L1, _SMOOTH_L1, _HUBER, _QUANTILE = 0, 1, 2, 3
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 
 # The common call (plain same-size tensors of one kernel dtype and device, a reduction string, a
-# valid number beta/delta) is served by C++ (csrc/python/module.cpp), which answers None for
-# anything else; torch.compile traces the Python path, which calls the same operators.
+# valid number beta/delta; and for the weighted convention a plain weight, a number or tensor
+# avg_factor, a number loss_weight) is served by C++ (csrc/python/module.cpp), which answers None
+# for anything else; torch.compile traces the Python path, which calls the same operators.
 _loss_fast = _C.loss_fast
+_weighted_loss_fast = _C.weighted_loss_fast
 _is_compiling = torch.compiler.is_compiling
 
 _KERNEL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
@@ -40,6 +42,12 @@ _KERNEL_DEVICES = frozenset(
     ["cpu", "meta"]
     + (["cuda"] if torch._C._dispatch_has_kernel_for_dispatch_key("l1ext::l1_loss", "CUDA") else [])
 )
+
+
+def _given(**kwargs):
+    """l1ext's own keyword arguments that a call gave, passed on to __torch_function__ overrides
+    (a call in torch's terms passes exactly torch's arguments)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _warn_if_sizes_differ(input: Tensor, target: Tensor) -> None:
@@ -177,15 +185,18 @@ def l1_loss(
     float32 eps) or the plain mean, and the result is scaled by ``loss_weight``; see
     :func:`smooth_l1_loss`.
     """
-    if (weight is None and size_average is None and reduce is None and avg_factor is None
-            and loss_weight is None and not _is_compiling()):
-        loss = _loss_fast(_L1, input, target, reduction, None)
+    if size_average is None and reduce is None and not _is_compiling():
+        if avg_factor is None and loss_weight is None:
+            loss = _loss_fast(_L1, input, target, reduction, None) if weight is None else None
+        else:
+            loss = _weighted_loss_fast(_L1, input, target, reduction, None, weight, avg_factor, loss_weight)
         if loss is not None:
             return loss
     if has_torch_function_variadic(input, target):
         return handle_torch_function(
             l1_loss, (input, target, weight), input, target,
             size_average=size_average, reduce=reduce, reduction=reduction, weight=weight,
+            **_given(avg_factor=avg_factor, loss_weight=loss_weight),
         )
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
@@ -234,15 +245,18 @@ def smooth_l1_loss(
 
     A call with any of these on an empty input returns a zero that stays in the autograd graph.
     """
-    if (size_average is None and reduce is None and weight is None and avg_factor is None
-            and loss_weight is None and not _is_compiling()):
-        loss = _loss_fast(_SMOOTH_L1, input, target, reduction, beta)
+    if size_average is None and reduce is None and not _is_compiling():
+        if weight is None and avg_factor is None and loss_weight is None:
+            loss = _loss_fast(_SMOOTH_L1, input, target, reduction, beta)
+        else:
+            loss = _weighted_loss_fast(_SMOOTH_L1, input, target, reduction, beta, weight, avg_factor, loss_weight)
         if loss is not None:
             return loss
-    if has_torch_function_variadic(input, target):
+    if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
-            smooth_l1_loss, (input, target), input, target,
+            smooth_l1_loss, (input, target, weight), input, target,
             size_average=size_average, reduce=reduce, reduction=reduction, beta=beta,
+            **_given(weight=weight, avg_factor=avg_factor, loss_weight=loss_weight),
         )
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
@@ -273,14 +287,18 @@ def huber_loss(
     loss is ``huber * weight`` and 'mean' is its plain mean, as torch does. With ``avg_factor`` or
     ``loss_weight``, or a tensor ``delta``, the weighted convention of :func:`smooth_l1_loss`.
     """
-    if weight is None and avg_factor is None and loss_weight is None and not _is_compiling():
-        loss = _loss_fast(_HUBER, input, target, reduction, delta)
+    if not _is_compiling():
+        if avg_factor is None and loss_weight is None:
+            loss = _loss_fast(_HUBER, input, target, reduction, delta) if weight is None else None
+        else:
+            loss = _weighted_loss_fast(_HUBER, input, target, reduction, delta, weight, avg_factor, loss_weight)
         if loss is not None:
             return loss
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             huber_loss, (input, target, weight), input, target,
             reduction=reduction, delta=delta, weight=weight,
+            **_given(avg_factor=avg_factor, loss_weight=loss_weight),
         )
     _warn_if_sizes_differ(input, target)
     if avg_factor is not None or loss_weight is not None or _is_tensor_param(delta):

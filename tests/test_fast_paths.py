@@ -52,6 +52,11 @@ class Tagged(torch.Tensor):
     pass
 
 
+class PassThrough(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize("case", [
     "subclass", "size", "dtype", "int", "reduction", "negative", "nan", "tensor_param", "bool_param",
     "huber_zero", "sparse", "meta"])
@@ -195,3 +200,95 @@ def test_modules_take_the_fast_paths():
         l1ext.SmoothL1Loss(beta=0.2)(x, y).backward()
         l1ext.HuberLoss(delta=2)(x, y).backward()
     assert rec.names == ["l1ext.smooth_l1_loss_forward", "l1ext.huber_loss_forward"], rec.names
+
+
+# ---- the weighted losses -------------------------------------------------------------------------
+
+EPS = torch.finfo(torch.float32).eps
+
+
+def _weight_of(kind, rows, inner):
+    return {"none": None, "scalar": torch.tensor(0.7), "row": torch.rand(rows, 1),
+            "row_dropped": torch.rand(rows), "col": torch.rand(inner), "full": torch.rand(rows, inner)}[kind]
+
+
+# inner 4 tiles the kernels' 64-element blocks; 3 and 5 do not. 3000 rows span several chunks.
+@pytest.mark.parametrize("inner", [4, 3, 5])
+@pytest.mark.parametrize("weight_kind", ["none", "scalar", "row", "row_dropped", "col", "full"])
+@pytest.mark.parametrize("param", ["number", "per_column", "per_element"])
+def test_weighted_forward_gradient(inner, weight_kind, param):
+    rows = 3000
+    p0 = torch.randn(rows, inner, dtype=torch.float64)
+    t = torch.randn(rows, inner, dtype=torch.float64)
+    p0[:7] = t[:7]  # zero residuals
+    w = _weight_of(weight_kind, rows, inner)
+    w = None if w is None else w.double()
+    beta = {"number": 0.3, "per_column": torch.rand(inner, dtype=torch.float64) + 0.05,
+            "per_element": torch.rand(rows, inner, dtype=torch.float64)}[param]
+    if param == "per_element":
+        beta[0, 0] = 0.0  # L1 there
+    p = p0.clone().requires_grad_()
+    out = LF.smooth_l1_loss(p, t, beta=beta, weight=w, avg_factor=123.0, loss_weight=1.5)
+    out.backward()
+    # the backward operator's bits for an incoming gradient of one
+    beta_t = beta if isinstance(beta, torch.Tensor) else None
+    gi, _, _ = ops.weighted_loss_backward(torch.ones((), dtype=torch.float64), p0, t, w, beta_t, None, SMOOTH_L1,
+                                          0.0 if beta_t is not None else beta, 123.0, 1.5, 1, [True, False, False])
+    assert torch.equal(p.grad, gi)
+    # and the values of the composition detection code writes
+    b = beta if isinstance(beta, torch.Tensor) else torch.tensor(beta, dtype=torch.float64)
+    d = (p0 - t).abs()
+    elementwise = torch.where(b == 0, d, torch.where(d < b, 0.5 * d * d / b.clamp_min(1e-300), d - 0.5 * b))
+    if w is not None:
+        elementwise = elementwise * (w[:, None] if w.shape == (rows,) else w)
+    torch.testing.assert_close(out, elementwise.sum() / (123.0 + EPS) * 1.5)
+    p1 = p0.clone().requires_grad_()
+    LF.smooth_l1_loss(p1, t, beta=beta, weight=w, avg_factor=123.0, loss_weight=1.5).backward(
+        torch.tensor(2.0, dtype=torch.float64))  # recomputed in the backward
+    torch.testing.assert_close(p1.grad, 2 * gi)
+
+
+def test_weighted_backward_of_one_runs_no_kernel():
+    p, t, w = torch.randn(100, 4, requires_grad=True), torch.randn(100, 4), torch.rand(100, 1)
+    with RecordOps() as rec:
+        LF.smooth_l1_loss(p, t, beta=1 / 9, weight=w, avg_factor=40.0).backward()
+    assert rec.names == ["l1ext.weighted_loss_forward"], rec.names
+    with RecordOps() as rec:  # a weight that needs a gradient: the backward pass writes all three
+        LF.smooth_l1_loss(p, t, beta=1 / 9, weight=w.requires_grad_(), avg_factor=40.0).backward()
+    assert rec.names == ["l1ext.weighted_loss", "l1ext.weighted_loss_backward"], rec.names
+
+
+@pytest.mark.parametrize("fn,kind,pname,param", [(LF.l1_loss, 0, None, None),
+                                                 (LF.smooth_l1_loss, SMOOTH_L1, "beta", 0.2),
+                                                 (LF.huber_loss, HUBER, "delta", 0.5)])
+def test_weighted_loss_fast_matches_the_python_path(fn, kind, pname, param):
+    p, t, w = torch.randn(30, 4), torch.randn(30, 4), torch.rand(30)
+    kw = {pname: param} if pname else {}
+    for avg in (None, 9.0, torch.tensor(9.0)):
+        for reduction in ("none", "mean", "sum"):
+            if avg is not None and reduction == "sum":
+                assert _C.weighted_loss_fast(kind, p, t, reduction, param, w, avg, 2.0) is None
+                continue
+            fast = _C.weighted_loss_fast(kind, p, t, reduction, param, w, avg, 2.0)
+            with PassThrough():  # any mode sends the call down the Python path
+                slow = fn(p, t, reduction=reduction, weight=w, avg_factor=avg, loss_weight=2.0, **kw)
+            assert fast is not None and torch.equal(fast, slow)
+    # declined: empty reduced input, odd avg_factor or loss_weight, a weight subclass
+    assert _C.weighted_loss_fast(kind, p[:0], t[:0], "mean", param, None, 1.0, None) is None
+    assert _C.weighted_loss_fast(kind, p, t, "mean", param, w, "9", None) is None
+    assert _C.weighted_loss_fast(kind, p, t, "mean", param, w, None, torch.tensor(2.0)) is None
+    assert _C.weighted_loss_fast(kind, p, t, "mean", param, w.as_subclass(Tagged), None, 2.0) is None
+    # a subclass takes __torch_function__, which gets every argument
+    sub = fn(p.as_subclass(Tagged), t, weight=w, avg_factor=9.0, loss_weight=2.0, **kw)
+    assert torch.equal(sub.as_subclass(torch.Tensor), fn(p, t, weight=w, avg_factor=9.0, loss_weight=2.0, **kw))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_weighted_forward_gradient_dtypes(dtype):
+    p0, t, w = torch.randn(700, 4).to(dtype), torch.randn(700, 4).to(dtype), torch.rand(700, 1).to(dtype)
+    p = p0.clone().requires_grad_()
+    t1 = t.clone().requires_grad_()
+    LF.smooth_l1_loss(p, t1, beta=1 / 9, weight=w, avg_factor=300.0).backward()
+    gi, gt, _ = ops.weighted_loss_backward(torch.ones((), dtype=dtype), p0, t, w, None, None, SMOOTH_L1, 1 / 9,
+                                           300.0, 1.0, 1, [True, True, False])
+    assert torch.equal(p.grad, gi) and torch.equal(t1.grad, gt)

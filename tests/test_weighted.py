@@ -168,6 +168,8 @@ def test_weighted_compile_and_opcheck(device):
         avg = None if red == 2 else torch.tensor(3.0, device=device)
         opcheck(ops.weighted_loss.default, (p, t, w, None, avg, 1, 0.2, None, 1.5, red))
         opcheck(ops.weighted_loss.default, (p.detach(), t, None, torch.rand(4, device=device), None, 3, 0.0, 2.0 if red != 2 else None, 1.0, red))
+        for a in (p, p.detach()):
+            opcheck(ops.weighted_loss_forward.default, (a, t, w.detach(), None, avg, 1, 0.2, None, 1.5, red, [True, False]))
 
 
 # ---- quantile --------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 #include <ATen/ATen.h>
 #include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 
+#include <array>
 #include <initializer_list>
+#include <utility>
 
 namespace l1ext {
 namespace autograd {
@@ -64,6 +67,40 @@ inline bool needs_grad(std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts)
     if (t->defined() && t->requires_grad()) return true;
   return false;
+}
+
+// Gradients a forward wrote for an incoming gradient of one (the CPU design of Smooth L1, Huber
+// and the weighted losses), kept in the context for the backward. Not saved variables: nobody else
+// holds them, and the first backward takes them out.
+// mask: which of the two the forward was asked for (the others are empty stand-ins).
+inline void keep_fused_gradients(torch::autograd::AutogradContext* ctx, Tensor gi, Tensor gt,
+                                 std::array<bool, 2> mask) {
+  if (mask[0]) ctx->saved_data["grad_input"] = std::move(gi);
+  if (mask[1]) ctx->saved_data["grad_target"] = std::move(gt);
+}
+
+// Removes the kept gradients from the context (undefined where none was kept): they are handed
+// out at most once, so a gradient a caller modifies in place never reaches a later backward
+// through a retained graph.
+inline std::array<Tensor, 2> take_fused_gradients(torch::autograd::AutogradContext* ctx) {
+  std::array<Tensor, 2> out;
+  const char* keys[2] = {"grad_input", "grad_target"};
+  for (int k = 0; k < 2; ++k) {
+    auto it = ctx->saved_data.find(keys[k]);
+    if (it == ctx->saved_data.end()) continue;
+    out[k] = std::move(it->second).toTensor();
+    ctx->saved_data.erase(it);
+  }
+  return out;
+}
+
+// Whether the kept gradients answer this backward: an incoming gradient of exactly one, no
+// create_graph (they are not differentiable), and one kept for every gradient asked for.
+// Otherwise the backward recomputes, with the same bits for a gradient of one.
+inline bool fused_gradients_serve(const std::array<Tensor, 2>& fused, const Tensor& grad_output,
+                                  std::array<bool, 2> mask) {
+  return !at::GradMode::is_enabled() && is_one(grad_output) && (!mask[0] || fused[0].defined()) &&
+         (!mask[1] || fused[1].defined());
 }
 
 }  // namespace autograd

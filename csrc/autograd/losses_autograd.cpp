@@ -287,12 +287,10 @@ class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunc
     at::AutoDispatchBelowADInplaceOrView guard;
     Tensor loss;
     if (reduction != kNone && is_plain_cpu(input) && is_plain_cpu(target)) {
-      auto [l, gi, gt] = fused_forward_op<Loss>().call(
-          input, target, reduction, param, {input.requires_grad(), target.requires_grad()});
+      const Mask mask = {input.requires_grad(), target.requires_grad()};
+      auto [l, gi, gt] = fused_forward_op<Loss>().call(input, target, reduction, param, mask);
       loss = std::move(l);
-      // Not saved variables: no one else holds them, and the first backward takes them.
-      if (input.requires_grad()) ctx->saved_data["grad_input"] = std::move(gi);
-      if (target.requires_grad()) ctx->saved_data["grad_target"] = std::move(gt);
+      keep_fused_gradients(ctx, std::move(gi), std::move(gt), mask);
     } else {
       loss = forward_op<Loss>().call(input, target, reduction, param);
     }
@@ -306,8 +304,7 @@ class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunc
     const Mask mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     auto fused = take_fused_gradients(ctx);
     if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
-    if (!at::GradMode::is_enabled() && is_one(grads[0]) && (!mask[0] || fused[0].defined()) &&
-        (!mask[1] || fused[1].defined())) {
+    if (fused_gradients_serve(fused, grads[0], mask)) {
       return {mask[0] ? fused[0] : Tensor(), mask[1] ? fused[1] : Tensor(), Tensor(), Tensor()};
     }
     const auto saved = ctx->get_saved_variables();
@@ -315,21 +312,6 @@ class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunc
                                              ctx->saved_data["reduction"].toInt(),
                                              ctx->saved_data["param"].toDouble(), mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), Tensor(), Tensor()};
-  }
-
- private:
-  // The gradients the fused forward wrote, removed from the context: they are handed out at most
-  // once, so a gradient a caller modifies in place never reaches a later backward.
-  static std::array<Tensor, 2> take_fused_gradients(AutogradContext* ctx) {
-    std::array<Tensor, 2> out;
-    const char* keys[2] = {"grad_input", "grad_target"};
-    for (int k = 0; k < 2; ++k) {
-      auto it = ctx->saved_data.find(keys[k]);
-      if (it == ctx->saved_data.end()) continue;
-      out[k] = std::move(it->second).toTensor();
-      ctx->saved_data.erase(it);
-    }
-    return out;
   }
 };
 

@@ -2,6 +2,12 @@
 // weight from one backward pass. The parameter tensor (beta, delta, tau) and avg_factor get none
 // (an input that requires one is refused rather than given a silent zero), and the backward is
 // not differentiable again (asking for it raises).
+//
+// Reduced losses on plain CPU tensors whose weight needs no gradient (the detection case) take
+// the design of the plain Smooth L1 / Huber (losses_autograd.cpp): weighted_loss_forward writes
+// the input/target gradients for an incoming gradient of one in the forward pass, and
+// loss.backward() hands them over without a backward pass (fp32 boxes (N, 4) with a per-box
+// weight: 9 + 4 B per element instead of 9 + 13).
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -22,12 +28,19 @@ using torch::autograd::variable_list;
 
 using ForwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
                           const OptTensor&, int64_t, double, std::optional<double>, double, int64_t);
+using ForwardWithGradientsSig = std::tuple<Tensor, Tensor, Tensor>(
+    const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&, int64_t,
+    double, std::optional<double>, double, int64_t, std::array<bool, 2>);
 using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(
     const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
     const OptTensor&, int64_t, double, std::optional<double>, double, int64_t, std::array<bool, 3>);
 
 const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
   static const auto h = op<ForwardSig>("l1ext::weighted_loss");
+  return h;
+}
+const c10::TypedOperatorHandle<ForwardWithGradientsSig>& forward_with_gradients_op() {
+  static const auto h = op<ForwardWithGradientsSig>("l1ext::weighted_loss_forward");
   return h;
 }
 const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
@@ -46,8 +59,22 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
                         double loss_weight, int64_t reduction) {
     ctx->set_materialize_grads(false);
     at::AutoDispatchBelowADInplaceOrView guard;
-    Tensor out = forward_op().call(input, target, weight, param, avg_factor, kind, param_value,
-                                   avg_value, loss_weight, reduction);
+    const bool weight_grad = weight.has_value() && weight->requires_grad();
+    Tensor out;
+    if (reduction != 0 && !weight_grad && is_plain_cpu(input) && is_plain_cpu(target) &&
+        plain_cpu_or_absent(weight) && plain_cpu_or_absent(param) &&
+        plain_cpu_or_absent(avg_factor)) {
+      const std::array<bool, 2> mask = {input.requires_grad(), target.requires_grad()};
+      auto [loss, gi, gt] = forward_with_gradients_op().call(input, target, weight, param,
+                                                             avg_factor, kind, param_value,
+                                                             avg_value, loss_weight, reduction,
+                                                             mask);
+      out = std::move(loss);
+      keep_fused_gradients(ctx, std::move(gi), std::move(gt), mask);
+    } else {
+      out = forward_op().call(input, target, weight, param, avg_factor, kind, param_value,
+                              avg_value, loss_weight, reduction);
+    }
     ctx->save_for_backward({input, target, or_undefined(weight), or_undefined(param),
                             or_undefined(avg_factor)});
     ctx->saved_data["kind"] = kind;
@@ -61,12 +88,18 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     variable_list none(10);
+    const auto fused = take_fused_gradients(ctx);
     if (!grads[0].defined()) return none;
     const auto s = ctx->get_saved_variables();
     // needs_input_grad counts tensor inputs only: the weight is the third when present.
     const bool has_weight = s[2].defined();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                       has_weight && ctx->needs_input_grad(2)};
+    if (!mask[2] && fused_gradients_serve(fused, grads[0], {mask[0], mask[1]})) {
+      none[0] = mask[0] ? fused[0] : Tensor();
+      none[1] = mask[1] ? fused[1] : Tensor();
+      return none;
+    }
     const bool has_avg_value = ctx->saved_data["has_avg_value"].toBool();
     auto [gi, gt, gw] = backward_op().call(
         grads[0], s[0], s[1], as_optional(s[2]), as_optional(s[3]), as_optional(s[4]),
@@ -77,6 +110,11 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
     none[1] = mask[1] ? gt : Tensor();
     none[2] = mask[2] ? gw : Tensor();
     return none;
+  }
+
+ private:
+  static bool plain_cpu_or_absent(const OptTensor& t) {
+    return !t.has_value() || !t->defined() || is_plain_cpu(*t);
   }
 };
 
@@ -99,10 +137,34 @@ Tensor weighted_loss_autograd(const Tensor& input, const Tensor& target, const O
                            loss_weight, reduction);
 }
 
+// weighted_loss_forward called with inputs that need gradients (l1ext's own autograd calls it
+// below autograd): a differentiable loss, and its gradients for an incoming gradient of one from
+// the backward operator (not differentiable, as that operator is not).
+std::tuple<Tensor, Tensor, Tensor> weighted_loss_forward_autograd(
+    const Tensor& input, const Tensor& target, const OptTensor& weight, const OptTensor& param,
+    const OptTensor& avg_factor, int64_t kind, double param_value, std::optional<double> avg_value,
+    double loss_weight, int64_t reduction, std::array<bool, 2> mask) {
+  const Tensor w = or_undefined(weight);
+  if (needs_grad({&input, &target, &w})) {
+    Tensor loss = weighted_loss_autograd(input, target, weight, param, avg_factor, kind,
+                                         param_value, avg_value, loss_weight, reduction);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const Tensor one = reduction == 0 ? at::ones_like(loss) : at::ones({}, loss.options());
+    auto [gi, gt, gw] = backward_op().call(one, input, target, weight, param, avg_factor, kind,
+                                           param_value, avg_value, loss_weight, reduction,
+                                           {mask[0], mask[1], false});
+    return {loss, gi, gt};
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return forward_with_gradients_op().call(input, target, weight, param, avg_factor, kind,
+                                          param_value, avg_value, loss_weight, reduction, mask);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(l1ext, Autograd, m) {
   m.impl("weighted_loss", &weighted_loss_autograd);
+  m.impl("weighted_loss_forward", &weighted_loss_forward_autograd);
   m.impl("weighted_loss_backward", torch::autograd::autogradNotImplementedFallback());
 }
 

@@ -31,10 +31,11 @@ using BackwardFn = void (*)(const void* x, const void* y, const void* go, double
 using BackwardFromSignFn = void (*)(const int8_t* sign, const void* go, double scale, int64_t n,
                                     void* gi, void* gt);
 
-// Weighted losses (weighted.h): out is the 'none' loss or the one-element reduced loss.
+// Weighted losses (weighted.h): out is the 'none' loss or the one-element reduced loss; gi, gt
+// (may be null) receive the gradients for an incoming gradient of one, as the backward would.
 using WeightedForwardFn = void (*)(const void* x, const void* y, weighted::Aux w, weighted::Aux p,
                                    double param, int64_t n, int64_t inner,
-                                   const weighted::Reduce& r, void* out);
+                                   const weighted::Reduce& r, void* out, void* gi, void* gt);
 // go: n elements ('none') or one; gi, gt, gw (per element) may be null.
 using WeightedBackwardFn = void (*)(const void* x, const void* y, weighted::Aux w,
                                     weighted::Aux p, double param, int64_t n, int64_t inner,

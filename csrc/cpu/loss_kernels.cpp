@@ -79,14 +79,14 @@ using math::make_loss;
 constexpr int64_t kChunk = int64_t(1) << 15;
 
 // Runs chunk(begin, end) over fixed chunks of [0, n), in parallel, and returns the pairwise sum
-// of the chunk results.
-template <class F>
+// of the chunk results. The chunk size is a constant of each kernel, never of the thread count.
+template <int64_t kSize = kChunk, class F>
 double sum_over_chunks(int64_t n, const F& chunk) {
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  const int64_t nchunks = (n + kSize - 1) / kSize;
   if (nchunks <= 1) return n > 0 ? chunk(0, n) : 0.0;
   std::vector<double> partial(nchunks);
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) partial[c] = chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
+    for (int64_t c = cb; c < ce; ++c) partial[c] = chunk(c * kSize, std::min(n, (c + 1) * kSize));
   });
   for (int64_t m = nchunks; m > 1; m = (m + 1) / 2) {
     for (int64_t j = 0; j < m / 2; ++j) partial[j] = partial[2 * j] + partial[2 * j + 1];
@@ -95,15 +95,15 @@ double sum_over_chunks(int64_t n, const F& chunk) {
   return partial[0];
 }
 
-template <class F>
+template <int64_t kSize = kChunk, class F>
 void for_each_chunk(int64_t n, const F& chunk) {
-  const int64_t nchunks = (n + kChunk - 1) / kChunk;
+  const int64_t nchunks = (n + kSize - 1) / kSize;
   if (nchunks <= 1) {
     if (n > 0) chunk(0, n);
     return;
   }
   at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
-    for (int64_t c = cb; c < ce; ++c) chunk(c * kChunk, std::min(n, (c + 1) * kChunk));
+    for (int64_t c = cb; c < ce; ++c) chunk(c * kSize, std::min(n, (c + 1) * kSize));
   });
 }
 
@@ -331,7 +331,7 @@ void backward_from_sign(const int8_t* sign, const void* gov, double scale, int64
 }  // namespace cpu
 }  // namespace l1ext
 
-// The weighted kernels use acc_t and kChunk above, in the same per-ISA namespace.
+// The weighted kernels use acc_t, Io and the chunking above, in the same per-ISA namespace.
 #include "cpu/weighted_kernels.h"
 
 namespace l1ext {

@@ -37,9 +37,10 @@ struct CpuBackend {
                                 "\"", name, "\" not implemented for '", t, "'");
   }
   static void forward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
-                      int64_t inner, const Reduce& r, Tensor& out) {
+                      int64_t inner, const Reduce& r, Tensor& out, Tensor* gi, Tensor* gt) {
     cpu::kernels().weighted_forward[int(kind)][int(elem(x.scalar_type()))](
-        x.const_data_ptr(), y.const_data_ptr(), w, p, param, x.numel(), inner, r, out.mutable_data_ptr());
+        x.const_data_ptr(), y.const_data_ptr(), w, p, param, x.numel(), inner, r, out.mutable_data_ptr(),
+        gi ? gi->mutable_data_ptr() : nullptr, gt ? gt->mutable_data_ptr() : nullptr);
   }
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
                        int64_t inner, const Tensor& go, const Reduce& r, Tensor* gi, Tensor* gt,
@@ -55,6 +56,7 @@ struct CpuBackend {
 
 TORCH_LIBRARY_IMPL(l1ext, CPU, m) {
   m.impl("weighted_loss", &forward_impl<CpuBackend>);
+  m.impl("weighted_loss_forward", &forward_with_gradients_impl<CpuBackend>);
   m.impl("weighted_loss_backward", &backward_impl<CpuBackend>);
 }
 

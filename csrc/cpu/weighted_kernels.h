@@ -1,10 +1,18 @@
 // CPU kernels of the weighted losses (weighted.h), included by loss_kernels.cpp so they are
 // compiled once per instruction set like the plain kernels, and share its chunking
-// (for_each_chunk, sum_over_chunks, acc_t). Pointers and sizes only.
+// (for_each_chunk, sum_over_chunks; with chunks of kWeightedChunk), vector I/O (Io) and
+// accumulation types. Pointers and sizes only.
 //
 // One pass per direction: the forward reads input, target and the (broadcast) weight and
-// parameter once and sums in the plain kernels' fixed order (fixed chunks, 64 lanes, pairwise);
-// the backward writes the input, target and weight gradients in one pass.
+// parameter once and sums in the plain kernels' fixed order (fixed chunks, 64 lanes by element
+// index, pairwise), so the bits depend on neither the thread count nor the instruction set; it
+// can also write the input/target gradients for an incoming gradient of one (as the backward would
+// write them). The backward writes the input, target and weight gradients in one pass.
+//
+// Elements go in blocks of kLanes = 64. A weight or parameter broadcast by row or column is first
+// gathered for the block (carrying (row, col) along: no division per element), then the loss math
+// of loss_math.h runs on at::vec vectors, with one parameter per lane where it varies. The last,
+// partial block of a chunk runs the same formulas one element at a time.
 #pragma once
 
 #include <algorithm>
@@ -23,98 +31,282 @@ using weighted::Broadcast;
 using weighted::Reduce;
 
 constexpr int kLanes = 64;
+// Chunks of 8192 elements, a quarter of the plain kernels': the weighted math costs about four
+// times as much per element (gathers, per-lane parameters, divisions), so a chunk is worth a
+// thread from the same size on, e.g. 10,000 boxes (N, 4) split evenly over two cores.
+constexpr int64_t kWeightedChunk = 8192;
 
-// Elements go in blocks of kLanes: first the weight and parameter of each element of the block
-// are gathered (carrying (row, col) along, so no element pays for a division), then the loss
-// math runs over the block in a branch-free loop the compiler vectorises. Per-element branches
-// on the residual would mispredict on about every other element of real data.
-template <class T, class A>
-void gather(const Aux& a, A absent, int64_t i0, int m, int64_t row, int64_t col, int64_t inner,
-            A* out) {
-  const T* d = static_cast<const T*>(a.data);
-  if (d == nullptr || a.mode == Broadcast::kScalar) {
-    const A v = d ? A(d[0]) : absent;
-    for (int k = 0; k < m; ++k) out[k] = v;
-  } else if (a.mode == Broadcast::kFull) {
-    for (int k = 0; k < m; ++k) out[k] = A(d[i0 + k]);
-  } else {
-    const bool by_row = a.mode == Broadcast::kRow;
-    for (int k = 0; k < m; ++k) {
-      out[k] = A(d[by_row ? row : col]);
-      if (++col == inner) {
-        col = 0;
-        ++row;
+// The values of a weight or parameter operand for the elements of one block.
+template <class T>
+struct AuxBlock {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  const T* data;
+  Broadcast mode;
+  A uniform;  // the value of every element, when the operand is absent or a scalar
+  A buf[kLanes];
+
+  // Blocks start at multiples of kLanes (chunks at multiples of kWeightedChunk), so when the row length
+  // divides kLanes every block starts a row and has the same layout: a block's row values are
+  // data[i0 / inner + k / inner], its column values data[k % inner] (the same for every block).
+  bool tiled;
+  uint8_t row_of[kLanes];
+  bool cols_filled = false;
+
+  AuxBlock(const Aux& a, A absent, int64_t inner)
+      : data(static_cast<const T*>(a.data)), mode(data ? a.mode : Broadcast::kAbsent),
+        uniform(mode == Broadcast::kScalar ? A(data[0]) : absent), tiled(inner > 0 && kLanes % inner == 0) {
+    if (mode == Broadcast::kScalar) mode = Broadcast::kAbsent;
+    if (mode == Broadcast::kRow && tiled)
+      for (int k = 0; k < kLanes; ++k) row_of[k] = uint8_t(k / inner);
+  }
+  bool is_uniform() const { return mode == Broadcast::kAbsent; }
+
+  // Gathers a row- or column-broadcast operand for elements [i0, i0 + m).
+  void fill(int64_t i0, int m, int64_t inner) {
+    if (tiled && mode == Broadcast::kRow) {
+      const T* rows = data + i0 / inner;
+      for (int k = 0; k < m; ++k) buf[k] = A(rows[row_of[k]]);
+      return;
+    }
+    if (tiled && mode == Broadcast::kCol) {
+      if (!cols_filled)
+        for (int k = 0; k < kLanes; ++k) buf[k] = A(data[k % inner]);
+      cols_filled = true;
+      return;
+    }
+    int64_t row = i0 / inner, col = i0 % inner;
+    if (mode == Broadcast::kRow) {
+      for (int k = 0; k < m; ++row, col = 0) {
+        const A v = A(data[row]);
+        const int run = int(std::min<int64_t>(m - k, inner - col));
+        for (int r = 0; r < run; ++r) buf[k + r] = v;
+        k += run;
+      }
+    } else if (mode == Broadcast::kCol) {
+      for (int k = 0; k < m; ++k) {
+        buf[k] = A(data[col]);
+        if (++col == inner) col = 0;
       }
     }
   }
-}
-
-template <class T, LossKind K>
-struct Block {
-  using A = acc_t<T>;
-  const T* x;
-  const T* y;
-  Aux w, p;
-  A param;
-  int64_t inner;
-  A weight[kLanes], value[kLanes], grad[kLanes];
-
-  // Fills weight, value (and grad) for elements [i0, i0 + m).
-  template <bool kGrad>
-  void run(int64_t i0, int m) {
-    const int64_t row = i0 / inner, col = i0 % inner;
-    A pv[kLanes], d[kLanes];
-    gather<T>(w, A(1), i0, m, row, col, inner, weight);
-    gather<T>(p, param, i0, m, row, col, inner, pv);
-    for (int k = 0; k < m; ++k) d[k] = A(x[i0 + k]) - A(y[i0 + k]);
-    for (int k = 0; k < m; ++k) {
-      const auto loss = math::make_loss<K, A>(double(pv[k]));
-      A v = loss.value(d[k]);
-      if constexpr (K == LossKind::SmoothL1) {  // beta == 0 is L1 (see glue::effective)
-        v = pv[k] == A(0) ? math::L1Loss{}.value(d[k]) : v;
-      }
-      value[k] = v;
-      if constexpr (kGrad) {
-        A g = loss.grad(d[k]);
-        if constexpr (K == LossKind::SmoothL1) g = pv[k] == A(0) ? math::L1Loss{}.grad(d[k]) : g;
-        grad[k] = g;
-      }
-    }
+  // Lanes [j, j + Vec::size()) of the block starting at element i0.
+  Vec vec(int64_t i0, int j) const {
+    if (mode == Broadcast::kFull) return Io<T>::load(data + i0 + j);
+    if (mode == Broadcast::kAbsent) return Vec(uniform);
+    return Vec::loadu(buf + j);
+  }
+  A one(int64_t i0, int k) const {
+    if (mode == Broadcast::kFull) return A(data[i0 + k]);
+    if (mode == Broadcast::kAbsent) return uniform;
+    return buf[k];
   }
 };
 
+// Loss value and subgradient of residuals d (a vector or a scalar) with parameters p, one per
+// lane. Smooth L1 with beta == 0 is L1 (glue::effective does the same for a number beta).
+template <LossKind K, class V>
+V value_at(const V& d, const V& p) {
+  const V v = math::make_loss<K, V>(p).value(d);
+  if constexpr (K == LossKind::SmoothL1) {
+    return math::Prim<V>::select(p == V(0), math::L1Loss{}.value(d), v);
+  }
+  return v;
+}
+template <LossKind K, class V>
+V grad_at(const V& d, const V& p) {
+  const V g = math::make_loss<K, V>(p).grad(d);
+  if constexpr (K == LossKind::SmoothL1) {
+    return math::Prim<V>::select(p == V(0), math::L1Loss{}.grad(d), g);
+  }
+  return g;
+}
+
+// Value and subgradient of the elements of a block: one functor when the parameter is uniform
+// (the common case: a number beta), the per-lane formulas otherwise.
+template <class T, LossKind K>
+struct BlockMath {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  const AuxBlock<T>& p;
+  template <bool kGrad>
+  void vec(const Vec& d, int64_t i0, int j, Vec& v, Vec& g) const {
+    if (p.is_uniform()) {
+      v = value_at<K>(d, Vec(p.uniform));
+      if constexpr (kGrad) g = grad_at<K>(d, Vec(p.uniform));
+    } else {
+      const Vec pv = p.vec(i0, j);
+      v = value_at<K>(d, pv);
+      if constexpr (kGrad) g = grad_at<K>(d, pv);
+    }
+  }
+  template <bool kGrad>
+  void one(A d, int64_t i0, int k, A& v, A& g) const {
+    const A pv = p.one(i0, k);
+    v = value_at<K>(d, pv);
+    if constexpr (kGrad) g = grad_at<K>(d, pv);
+  }
+};
+
+// One chunk [b, e) of the forward. kOut: write loss_weight * w * loss per element ('none') and
+// return 0; otherwise return the sum of w * loss in the fixed lane order. kGrad: also write
+// gi = w * grad * gscale and gt = -gi (either may be null).
+template <class T, LossKind K, bool kOut, bool kGrad>
+double weighted_forward_chunk(const T* x, const T* y, const Aux& wa, const Aux& pa, double param,
+                              int64_t b, int64_t e, int64_t inner, acc_t<T> lw, T* out, T* gi,
+                              T* gt, acc_t<T> gscale) {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  constexpr int VS = Vec::size();
+  constexpr int NV = kLanes / VS;
+  static_assert(kLanes % VS == 0 && kWeightedChunk % kLanes == 0, "lanes must tile vectors and chunks");
+  AuxBlock<T> w(wa, A(1), inner);
+  AuxBlock<T> p(pa, A(param), inner);
+  const bool weighted = !(w.is_uniform() && w.uniform == A(1));  // w * v == v for w == 1
+  const BlockMath<T, K> math{p};
+  Vec sums[NV];
+  for (int v = 0; v < NV; ++v) sums[v] = Vec(A(0));
+  A lanes[kLanes];
+  for (int64_t i0 = b; i0 < e; i0 += kLanes) {
+    const int m = int(std::min<int64_t>(kLanes, e - i0));
+    w.fill(i0, m, inner);
+    p.fill(i0, m, inner);
+    if (m == kLanes) {
+      for (int v = 0; v < NV; ++v) {
+        const int j = v * VS;
+        const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
+        Vec val, g;
+        math.template vec<kGrad>(d, i0, j, val, g);
+        const Vec wv = w.vec(i0, j);
+        if (weighted) val = wv * val;
+        if constexpr (kOut) {
+          Io<T>::store(out + i0 + j, Vec(lw) * val);
+        } else {
+          sums[v] = sums[v] + val;
+        }
+        if constexpr (kGrad) {
+          const Vec gv = (weighted ? wv * g : g) * Vec(gscale);
+          if (gi) Io<T>::store(gi + i0 + j, gv);
+          if (gt) Io<T>::store(gt + i0 + j, -gv);
+        }
+      }
+      continue;
+    }
+    // The partial block at the end of the chunk, into the same lanes.
+    if constexpr (!kOut) {
+      for (int v = 0; v < NV; ++v) sums[v].store(lanes + v * VS);
+    }
+    for (int k = 0; k < m; ++k) {
+      const int64_t i = i0 + k;
+      const A d = A(x[i]) - A(y[i]);
+      A val, g;
+      math.template one<kGrad>(d, i0, k, val, g);
+      const A wv = w.one(i0, k);
+      if (weighted) val = wv * val;
+      if constexpr (kOut) {
+        out[i] = T(lw * val);
+      } else {
+        lanes[k] += val;
+      }
+      if constexpr (kGrad) {
+        const A gv = (weighted ? wv * g : g) * gscale;
+        if (gi) gi[i] = T(gv);
+        if (gt) gt[i] = T(-gv);
+      }
+    }
+    if constexpr (!kOut) {
+      for (int v = 0; v < NV; ++v) sums[v] = Vec::loadu(lanes + v * VS);
+    }
+  }
+  if constexpr (kOut) return 0.0;
+  for (int v = 0; v < NV; ++v) sums[v].store(lanes + v * VS);
+  for (int wdt = kLanes / 2; wdt >= 1; wdt /= 2)
+    for (int k = 0; k < wdt; ++k) lanes[k] += lanes[k + wdt];
+  return double(lanes[0]);
+}
+
 template <class T, LossKind K>
 void weighted_forward(const void* xv, const void* yv, Aux w, Aux p, double param, int64_t n,
-                      int64_t inner, const Reduce& r, void* outv) {
+                      int64_t inner, const Reduce& r, void* outv, void* giv, void* gtv) {
   using A = acc_t<T>;
-  const Block<T, K> proto{static_cast<const T*>(xv), static_cast<const T*>(yv), w, p, A(param), inner, {}, {}, {}};
-  if (r.reduction == 0) {
-    T* o = static_cast<T*>(outv);
-    const A lw = A(r.loss_weight);
-    for_each_chunk(n, [&](int64_t b, int64_t e) {
-      Block<T, K> blk = proto;
-      for (int64_t i0 = b; i0 < e; i0 += kLanes) {
-        const int m = int(std::min<int64_t>(kLanes, e - i0));
-        blk.template run<false>(i0, m);
-        for (int k = 0; k < m; ++k) o[i0 + k] = T(lw * (blk.weight[k] * blk.value[k]));
-      }
-    });
-    return;
-  }
-  // The plain kernels' summation order: lanes by element index mod kLanes, then pairwise.
-  const double total = sum_over_chunks(n, [&](int64_t b, int64_t e) {
-    Block<T, K> blk = proto;
-    A lanes[kLanes] = {};
-    for (int64_t i0 = b; i0 < e; i0 += kLanes) {
-      const int m = int(std::min<int64_t>(kLanes, e - i0));
-      blk.template run<false>(i0, m);
-      for (int k = 0; k < m; ++k) lanes[k] += blk.weight[k] * blk.value[k];
+  const T* x = static_cast<const T*>(xv);
+  const T* y = static_cast<const T*>(yv);
+  T* out = static_cast<T*>(outv);
+  T* gi = static_cast<T*>(giv);
+  T* gt = static_cast<T*>(gtv);
+  const A lw = A(r.loss_weight);
+  // The backward's scale for an incoming gradient of one: loss_weight per element for 'none',
+  // loss_weight / divisor for a reduced loss.
+  const A gscale = r.reduction == 0 ? lw : A(double(A(1)) * r.scale());
+  auto run = [&](auto grad_flag) {
+    constexpr bool kGrad = decltype(grad_flag)::value;
+    if (r.reduction == 0) {
+      for_each_chunk<kWeightedChunk>(n, [&](int64_t b, int64_t e) {
+        weighted_forward_chunk<T, K, true, kGrad>(x, y, w, p, param, b, e, inner, lw, out, gi, gt,
+                                                  gscale);
+      });
+      return;
     }
-    for (int wdt = kLanes / 2; wdt >= 1; wdt /= 2)
-      for (int k = 0; k < wdt; ++k) lanes[k] += lanes[k + wdt];
-    return double(lanes[0]);
-  });
-  *static_cast<T*>(outv) = T(A(total * r.scale()));
+    const double total = sum_over_chunks<kWeightedChunk>(n, [&](int64_t b, int64_t e) {
+      return weighted_forward_chunk<T, K, false, kGrad>(x, y, w, p, param, b, e, inner, lw, nullptr,
+                                                        gi, gt, gscale);
+    });
+    *out = T(A(total * r.scale()));
+  };
+  if (gi != nullptr || gt != nullptr) {
+    run(std::integral_constant<bool, true>{});
+  } else {
+    run(std::integral_constant<bool, false>{});
+  }
+}
+
+// One chunk [b, e) of the backward: s = go[i] * loss_weight (kPerElement) or the reduced scale;
+// gi = w * grad * s, gt = -gi, gw = loss * s (any may be null).
+template <class T, LossKind K, bool kPerElement>
+void weighted_backward_chunk(const T* x, const T* y, const Aux& wa, const Aux& pa, double param,
+                             int64_t b, int64_t e, int64_t inner, const T* go, acc_t<T> scale,
+                             T* gi, T* gt, T* gw) {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  constexpr int VS = Vec::size();
+  constexpr int NV = kLanes / VS;
+  AuxBlock<T> w(wa, A(1), inner);
+  AuxBlock<T> p(pa, A(param), inner);
+  const bool weighted = !(w.is_uniform() && w.uniform == A(1));
+  const BlockMath<T, K> math{p};
+  const bool want_grad = gi || gt;
+  for (int64_t i0 = b; i0 < e; i0 += kLanes) {
+    const int m = int(std::min<int64_t>(kLanes, e - i0));
+    w.fill(i0, m, inner);
+    p.fill(i0, m, inner);
+    if (m == kLanes) {
+      for (int v = 0; v < NV; ++v) {
+        const int j = v * VS;
+        const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
+        Vec val, g;
+        math.template vec<true>(d, i0, j, val, g);
+        const Vec s = kPerElement ? Io<T>::load(go + i0 + j) * Vec(scale) : Vec(scale);
+        if (want_grad) {
+          const Vec gv = (weighted ? w.vec(i0, j) * g : g) * s;
+          if (gi) Io<T>::store(gi + i0 + j, gv);
+          if (gt) Io<T>::store(gt + i0 + j, -gv);
+        }
+        if (gw) Io<T>::store(gw + i0 + j, val * s);
+      }
+      continue;
+    }
+    for (int k = 0; k < m; ++k) {
+      const int64_t i = i0 + k;
+      const A d = A(x[i]) - A(y[i]);
+      A val, g;
+      math.template one<true>(d, i0, k, val, g);
+      const A s = kPerElement ? A(go[i]) * scale : scale;
+      const A gv = (weighted ? w.one(i0, k) * g : g) * s;
+      if (gi) gi[i] = T(gv);
+      if (gt) gt[i] = T(-gv);
+      if (gw) gw[i] = T(val * s);
+    }
+  }
 }
 
 template <class T, LossKind K>
@@ -122,31 +314,20 @@ void weighted_backward(const void* xv, const void* yv, Aux w, Aux p, double para
                        int64_t inner, const void* gov, const Reduce& r, void* giv, void* gtv,
                        void* gwv) {
   using A = acc_t<T>;
-  const bool per_element = r.reduction == 0;
-  const T* g = static_cast<const T*>(gov);
+  const T* x = static_cast<const T*>(xv);
+  const T* y = static_cast<const T*>(yv);
+  const T* go = static_cast<const T*>(gov);
+  T* gi = static_cast<T*>(giv);
+  T* gt = static_cast<T*>(gtv);
+  T* gw = static_cast<T*>(gwv);
   // 'none': loss_weight * go[i]; reduced: go * loss_weight / divisor, the same for all elements.
-  const A scale = per_element ? A(r.loss_weight) : A(double(A(g[0])) * r.scale());
-  T* gi_p = static_cast<T*>(giv);
-  T* gt_p = static_cast<T*>(gtv);
-  T* gw_p = static_cast<T*>(gwv);
-  const Block<T, K> proto{static_cast<const T*>(xv), static_cast<const T*>(yv), w, p, A(param), inner, {}, {}, {}};
-  for_each_chunk(n, [&](int64_t b, int64_t e) {
-    Block<T, K> blk = proto;
-    for (int64_t i0 = b; i0 < e; i0 += kLanes) {
-      const int m = int(std::min<int64_t>(kLanes, e - i0));
-      blk.template run<true>(i0, m);
-      A s[kLanes];
-      for (int k = 0; k < m; ++k) s[k] = per_element ? A(g[i0 + k]) * scale : scale;
-      if (gi_p || gt_p) {
-        for (int k = 0; k < m; ++k) {
-          const A gv = blk.weight[k] * blk.grad[k] * s[k];
-          if (gi_p) gi_p[i0 + k] = T(gv);
-          if (gt_p) gt_p[i0 + k] = T(-gv);
-        }
-      }
-      if (gw_p) {
-        for (int k = 0; k < m; ++k) gw_p[i0 + k] = T(blk.value[k] * s[k]);
-      }
+  const bool per_element = r.reduction == 0;
+  const A scale = per_element ? A(r.loss_weight) : A(double(A(go[0])) * r.scale());
+  for_each_chunk<kWeightedChunk>(n, [&](int64_t b, int64_t e) {
+    if (per_element) {
+      weighted_backward_chunk<T, K, true>(x, y, w, p, param, b, e, inner, go, scale, gi, gt, gw);
+    } else {
+      weighted_backward_chunk<T, K, false>(x, y, w, p, param, b, e, inner, nullptr, scale, gi, gt, gw);
     }
   });
 }

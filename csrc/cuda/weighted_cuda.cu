@@ -20,8 +20,10 @@ struct CudaWeightedBackend {
   static void check_dtype(at::ScalarType t, const char* name) { dispatch_elem(t, name, [](auto) {}); }
   static void prepare_output(Tensor&) {}
 
+  // Gradients requested of a forward (gi, gt) come from a second launch, the backward kernel with
+  // an incoming gradient of one (l1ext's autograd asks for them on the CPU only).
   static void forward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
-                      int64_t inner, const Reduce& r, Tensor& out) {
+                      int64_t inner, const Reduce& r, Tensor& out, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "weighted_loss", [&](auto tag) {
@@ -35,6 +37,10 @@ struct CudaWeightedBackend {
         const cudaError_t err = weighted_forward<T, K>(e, n, r, out_or_null<T>(&out),
                                                        bytes ? workspace.data_ptr() : nullptr, stream);
         C10_CUDA_CHECK(err);
+        if (gi || gt) {
+          C10_CUDA_CHECK(weighted_backward<T, K>(e, n, r, nullptr, out_or_null<T>(gi),
+                                                 out_or_null<T>(gt), nullptr, stream));
+        }
       });
     });
   }
@@ -61,6 +67,7 @@ struct CudaWeightedBackend {
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) {
   m.impl("weighted_loss", &weighted::forward_impl<CudaWeightedBackend>);
+  m.impl("weighted_loss_forward", &weighted::forward_with_gradients_impl<CudaWeightedBackend>);
   m.impl("weighted_loss_backward", &weighted::backward_impl<CudaWeightedBackend>);
 }
 

@@ -63,10 +63,11 @@ __global__ void __launch_bounds__(kThreads)
                              T* __restrict__ gw) {
   using A = acc_t<T>;
   const bool per_element = r.reduction == 0;
-  const A scale = per_element ? A(r.loss_weight) : A(double(to_acc(go[0])) * r.scale());
+  // A null go stands for an incoming gradient of one (a forward asked for its gradients).
+  const A scale = per_element ? A(r.loss_weight) : A((go ? double(to_acc(go[0])) : 1.0) * r.scale());
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const A s = per_element ? to_acc(go[i]) * scale : scale;
+    const A s = per_element && go ? to_acc(go[i]) * scale : scale;
     if (gi || gt) {
       const A g = e.weight(i) * e.grad(i) * s;
       if (gi) gi[i] = from_acc<T>(g);

@@ -1,13 +1,13 @@
 // The Python module l1ext._C: importing it registers the operators (the static initialisers of
-// every file of the extension), and it offers one function, the fast call path of the functional
-// API.
+// every file of the extension), and it offers the fast call paths of the functional API.
 //
 // Why: at box-regression sizes (a few thousand elements) a loss is dispatch-bound. Calling
 // torch.ops.l1ext.<op> from Python builds the argument stack through OpOverload.__call__ and the
 // generic schema parser (about 0.9 us on a 2-core Xeon), and the torch-compatible argument handling
 // of l1ext/functional.py costs another 2 us of Python. loss_fast serves the common call (plain
 // tensors of the same size, dtype and device, a reduction string, a number beta/delta) in C++ and
-// answers None for anything else, which functional.py then handles in full. It calls the same
+// answers None for anything else, which functional.py then handles in full. weighted_loss_fast
+// does the same for the detection-style weighted call (weight, avg_factor, loss_weight). It calls the same
 // operators through the dispatcher, so autograd, autocast, vmap and dispatch modes see exactly
 // what a torch.ops call would give them.
 #include <Python.h>
@@ -18,6 +18,8 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <optional>
+
 #include "loss_kind.h"
 
 namespace l1ext {
@@ -26,6 +28,10 @@ namespace {
 
 using at::Tensor;
 using LossSig = Tensor(const Tensor&, const Tensor&, int64_t, double);
+using OptTensor = std::optional<Tensor>;
+using WeightedSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
+                           const OptTensor&, int64_t, double, std::optional<double>, double,
+                           int64_t);
 
 const c10::TypedOperatorHandle<Tensor(const Tensor&, const Tensor&, int64_t)>& l1_loss_op() {
   static const auto h = c10::Dispatcher::singleton()
@@ -39,6 +45,12 @@ const c10::TypedOperatorHandle<LossSig>& loss_op(LossKind kind) {
   static const auto huber =
       c10::Dispatcher::singleton().findSchemaOrThrow("l1ext::huber_loss", "").typed<LossSig>();
   return kind == LossKind::SmoothL1 ? smooth_l1 : huber;
+}
+
+const c10::TypedOperatorHandle<WeightedSig>& weighted_loss_op() {
+  static const auto h =
+      c10::Dispatcher::singleton().findSchemaOrThrow("l1ext::weighted_loss", "").typed<WeightedSig>();
+  return h;
 }
 
 // torch's reduction enum for 'none', 'mean', 'sum'; -1 for anything else (functional.py raises
@@ -80,6 +92,30 @@ bool kernel_device(const c10::Device& d) {
 #endif
 }
 
+// A plain tensor (or Parameter) while no __torch_function__ mode is active: subclasses, DTensor
+// and modes take functional.py's path, which dispatches them as torch does.
+bool plain_tensor(PyObject* o) {
+  return THPVariable_CheckExact(o) && !at::impl::torch_function_mode_enabled();
+}
+
+// Operands the kernels take as they are: same size (else torch warns and broadcasts), same kernel
+// dtype (else torch promotes), same device with l1ext kernels, strided layout.
+bool kernel_operands(const Tensor& input, const Tensor& target) {
+  return input.layout() == at::kStrided && target.layout() == at::kStrided &&
+         input.scalar_type() == target.scalar_type() && kernel_dtype(input.scalar_type()) &&
+         input.device() == target.device() && kernel_device(input.device()) &&
+         input.sizes().equals(target.sizes());
+}
+
+// The loss's parameter when valid (beta >= 0, delta > 0; unused for L1), else false: errors are
+// raised on functional.py's path.
+bool valid_param(LossKind kind, PyObject* o, double* param) {
+  *param = 0.0;
+  if (kind == LossKind::L1) return true;
+  if (!number_of(o, param)) return false;
+  return kind == LossKind::SmoothL1 ? *param >= 0.0 : *param > 0.0;
+}
+
 // loss_fast(kind, input, target, reduction, param) -> Tensor or None.
 // kind: 0 L1 (param unused), 1 Smooth L1 (param = beta), 2 Huber (param = delta).
 PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
@@ -90,36 +126,15 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   }
   const long kind_value = PyLong_AsLong(args[0]);
   if (kind_value == -1 && PyErr_Occurred()) return nullptr;
-  PyObject* input_obj = args[1];
-  PyObject* target_obj = args[2];
-  // Plain tensors only (or Parameters), and no __torch_function__ mode: subclasses, DTensor and
-  // modes take functional.py's path, which dispatches them as torch does.
-  if (!THPVariable_CheckExact(input_obj) || !THPVariable_CheckExact(target_obj) ||
-      at::impl::torch_function_mode_enabled()) {
-    Py_RETURN_NONE;
-  }
+  if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
   const int64_t reduction = reduction_of(args[3]);
-  if (reduction < 0) Py_RETURN_NONE;
   LossKind kind = static_cast<LossKind>(kind_value);
-  double param = 0.0;
-  if (kind != LossKind::L1) {
-    // Only valid parameters: the errors for others are raised on functional.py's path.
-    if (!number_of(args[4], &param) || !(param >= 0.0)) Py_RETURN_NONE;
-    if (param == 0.0) {
-      if (kind != LossKind::SmoothL1) Py_RETURN_NONE;
-      kind = LossKind::L1;  // beta == 0 is exactly L1, as torch routes it
-    }
-  }
-  const Tensor& input = THPVariable_Unpack(input_obj);
-  const Tensor& target = THPVariable_Unpack(target_obj);
-  // Same size (else torch warns and broadcasts), same kernel dtype (else torch promotes), same
-  // device with l1ext kernels, strided layout.
-  if (input.layout() != at::kStrided || target.layout() != at::kStrided ||
-      input.scalar_type() != target.scalar_type() || !kernel_dtype(input.scalar_type()) ||
-      input.device() != target.device() || !kernel_device(input.device()) ||
-      !input.sizes().equals(target.sizes())) {
-    Py_RETURN_NONE;
-  }
+  double param;
+  if (reduction < 0 || !valid_param(kind, args[4], &param)) Py_RETURN_NONE;
+  if (kind == LossKind::SmoothL1 && param == 0.0) kind = LossKind::L1;  // as torch routes it
+  const Tensor& input = THPVariable_Unpack(args[1]);
+  const Tensor& target = THPVariable_Unpack(args[2]);
+  if (!kernel_operands(input, target)) Py_RETURN_NONE;
   Tensor out;
   {
     pybind11::gil_scoped_release no_gil;
@@ -130,9 +145,71 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   END_HANDLE_TH_ERRORS
 }
 
+// weighted_loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight)
+// -> Tensor or None: the weighted convention of functional.py's _weighted (kind and param as in
+// loss_fast), for a number parameter, a plain weight tensor or None, avg_factor None, a number or
+// a plain tensor, loss_weight None or a number.
+PyObject* weighted_loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 8) {
+    PyErr_SetString(PyExc_TypeError,
+                    "weighted_loss_fast(kind, input, target, reduction, param, weight, avg_factor, "
+                    "loss_weight)");
+    return nullptr;
+  }
+  const long kind_value = PyLong_AsLong(args[0]);
+  if (kind_value == -1 && PyErr_Occurred()) return nullptr;
+  if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
+  const int64_t reduction = reduction_of(args[3]);
+  const LossKind kind = static_cast<LossKind>(kind_value);
+  double param;
+  if (reduction < 0 || !valid_param(kind, args[4], &param)) Py_RETURN_NONE;
+  const Tensor& input = THPVariable_Unpack(args[1]);
+  const Tensor& target = THPVariable_Unpack(args[2]);
+  if (!kernel_operands(input, target)) Py_RETURN_NONE;
+  // An empty reduced loss is a zero connected to the graph (functional.py builds it).
+  if (reduction != 0 && input.numel() == 0) Py_RETURN_NONE;
+  OptTensor weight;
+  if (args[5] != Py_None) {
+    if (!plain_tensor(args[5])) Py_RETURN_NONE;
+    const Tensor& w = THPVariable_Unpack(args[5]);
+    if (w.layout() != at::kStrided || w.device() != input.device()) Py_RETURN_NONE;
+    weight = w;
+  }
+  OptTensor avg_tensor;
+  std::optional<double> avg_value;
+  if (args[6] != Py_None) {
+    if (reduction == 2) Py_RETURN_NONE;  // an error on functional.py's path
+    double v;
+    if (number_of(args[6], &v)) {
+      avg_value = v;
+    } else if (plain_tensor(args[6])) {
+      avg_tensor = THPVariable_Unpack(args[6]);
+    } else {
+      Py_RETURN_NONE;
+    }
+  }
+  double loss_weight = 1.0;
+  if (args[7] != Py_None && !number_of(args[7], &loss_weight)) Py_RETURN_NONE;
+  Tensor out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = weighted_loss_op().call(input, target, weight, std::nullopt, avg_tensor,
+                                  static_cast<int64_t>(kind), param, avg_value, loss_weight,
+                                  reduction);
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"loss_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&loss_fast)),
      METH_FASTCALL, "loss_fast(kind, input, target, reduction, param) -> Tensor | None"},
+    {"weighted_loss_fast",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&weighted_loss_fast)),
+     METH_FASTCALL,
+     "weighted_loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight) "
+     "-> Tensor | None"},
     {nullptr, nullptr, 0, nullptr},
 };
 
