@@ -38,8 +38,9 @@ struct CudaWeightedBackend {
                                                        bytes ? workspace.data_ptr() : nullptr, stream);
         C10_CUDA_CHECK(err);
         if (gi || gt) {
-          C10_CUDA_CHECK(weighted_backward<T, K>(e, n, r, nullptr, out_or_null<T>(gi),
-                                                 out_or_null<T>(gt), nullptr, stream));
+          const cudaError_t grad_err = weighted_backward<T, K>(
+              e, n, r, nullptr, out_or_null<T>(gi), out_or_null<T>(gt), nullptr, stream);
+          C10_CUDA_CHECK(grad_err);
         }
       });
     });
