@@ -27,7 +27,7 @@ inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input,
   const Tensor& a = *maybe;
   TORCH_CHECK(a.device() == input.device(), "l1ext: ", what, " on ", a.device(),
               " for an input on ", input.device());
-  const Tensor v = a.to(input.scalar_type());
+  const Tensor v = a.scalar_type() == input.scalar_type() ? a : a.to(input.scalar_type());
   const auto s = input.sizes();
   const int64_t d = input.dim();
   if (v.numel() == 1) return {v.reshape({1}).contiguous(), Broadcast::kScalar};

@@ -79,8 +79,7 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
                             or_undefined(avg_factor)});
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["param_value"] = param_value;
-    ctx->saved_data["has_avg_value"] = avg_value.has_value();
-    ctx->saved_data["avg_value"] = avg_value.value_or(0.0);
+    ctx->saved_data["avg_value"] = avg_value;
     ctx->saved_data["loss_weight"] = loss_weight;
     ctx->saved_data["reduction"] = reduction;
     return out;
@@ -90,22 +89,23 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
     variable_list none(10);
     const auto fused = take_fused_gradients(ctx);
     if (!grads[0].defined()) return none;
+    const bool gi_needed = ctx->needs_input_grad(0), gt_needed = ctx->needs_input_grad(1);
+    // Kept gradients mean the weight needed none (see forward).
+    if ((fused[0].defined() || fused[1].defined()) &&
+        fused_gradients_serve(fused, grads[0], {gi_needed, gt_needed})) {
+      none[0] = gi_needed ? fused[0] : Tensor();
+      none[1] = gt_needed ? fused[1] : Tensor();
+      return none;
+    }
     const auto s = ctx->get_saved_variables();
     // needs_input_grad counts tensor inputs only: the weight is the third when present.
     const bool has_weight = s[2].defined();
-    const std::array<bool, 3> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                                      has_weight && ctx->needs_input_grad(2)};
-    if (!mask[2] && fused_gradients_serve(fused, grads[0], {mask[0], mask[1]})) {
-      none[0] = mask[0] ? fused[0] : Tensor();
-      none[1] = mask[1] ? fused[1] : Tensor();
-      return none;
-    }
-    const bool has_avg_value = ctx->saved_data["has_avg_value"].toBool();
+    const std::array<bool, 3> mask = {gi_needed, gt_needed, has_weight && ctx->needs_input_grad(2)};
     auto [gi, gt, gw] = backward_op().call(
         grads[0], s[0], s[1], as_optional(s[2]), as_optional(s[3]), as_optional(s[4]),
         ctx->saved_data["kind"].toInt(), ctx->saved_data["param_value"].toDouble(),
-        has_avg_value ? std::optional<double>(ctx->saved_data["avg_value"].toDouble()) : std::nullopt,
-        ctx->saved_data["loss_weight"].toDouble(), ctx->saved_data["reduction"].toInt(), mask);
+        ctx->saved_data["avg_value"].toOptional<double>(), ctx->saved_data["loss_weight"].toDouble(),
+        ctx->saved_data["reduction"].toInt(), mask);
     none[0] = mask[0] ? gi : Tensor();
     none[1] = mask[1] ? gt : Tensor();
     none[2] = mask[2] ? gw : Tensor();

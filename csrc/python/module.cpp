@@ -16,7 +16,6 @@
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <ATen/PythonTorchFunctionTLS.h>
-#include <torch/csrc/utils/pybind.h>
 
 #include <optional>
 
@@ -92,6 +91,22 @@ bool kernel_device(const c10::Device& d) {
 #endif
 }
 
+// Releases the GIL around an operator call on n elements, as torch's bindings do, so other Python
+// threads run meanwhile; not for small calls, which take a few microseconds, where releasing and
+// taking it back again would add a tenth of that.
+class ReleaseGil {
+ public:
+  explicit ReleaseGil(int64_t n) : state_(n >= (int64_t(1) << 16) ? PyEval_SaveThread() : nullptr) {}
+  ~ReleaseGil() {
+    if (state_) PyEval_RestoreThread(state_);
+  }
+  ReleaseGil(const ReleaseGil&) = delete;
+  ReleaseGil& operator=(const ReleaseGil&) = delete;
+
+ private:
+  PyThreadState* state_;
+};
+
 // A plain tensor (or Parameter) while no __torch_function__ mode is active: subclasses, DTensor
 // and modes take functional.py's path, which dispatches them as torch does.
 bool plain_tensor(PyObject* o) {
@@ -137,7 +152,7 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   if (!kernel_operands(input, target)) Py_RETURN_NONE;
   Tensor out;
   {
-    pybind11::gil_scoped_release no_gil;
+    const ReleaseGil no_gil(input.numel());
     out = kind == LossKind::L1 ? l1_loss_op().call(input, target, reduction)
                                : loss_op(kind).call(input, target, reduction, param);
   }
@@ -193,7 +208,7 @@ PyObject* weighted_loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssi
   if (args[7] != Py_None && !number_of(args[7], &loss_weight)) Py_RETURN_NONE;
   Tensor out;
   {
-    pybind11::gil_scoped_release no_gil;
+    const ReleaseGil no_gil(input.numel());
     out = weighted_loss_op().call(input, target, weight, std::nullopt, avg_tensor,
                                   static_cast<int64_t>(kind), param, avg_value, loss_weight,
                                   reduction);
