@@ -34,7 +34,6 @@ _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 # avg_factor, a number loss_weight) is served by C++ (csrc/python/module.cpp), which answers None
 # for anything else; torch.compile traces the Python path, which calls the same operators.
 _loss_fast = _C.loss_fast
-_weighted_loss_fast = _C.weighted_loss_fast
 _is_compiling = torch.compiler.is_compiling
 
 _KERNEL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
@@ -186,10 +185,7 @@ def l1_loss(
     :func:`smooth_l1_loss`.
     """
     if size_average is None and reduce is None and not _is_compiling():
-        if avg_factor is None and loss_weight is None:
-            loss = _loss_fast(_L1, input, target, reduction, None) if weight is None else None
-        else:
-            loss = _weighted_loss_fast(_L1, input, target, reduction, None, weight, avg_factor, loss_weight)
+        loss = _loss_fast(_L1, input, target, reduction, None, weight, avg_factor, loss_weight)
         if loss is not None:
             return loss
     if has_torch_function_variadic(input, target):
@@ -246,10 +242,7 @@ def smooth_l1_loss(
     A call with any of these on an empty input returns a zero that stays in the autograd graph.
     """
     if size_average is None and reduce is None and not _is_compiling():
-        if weight is None and avg_factor is None and loss_weight is None:
-            loss = _loss_fast(_SMOOTH_L1, input, target, reduction, beta)
-        else:
-            loss = _weighted_loss_fast(_SMOOTH_L1, input, target, reduction, beta, weight, avg_factor, loss_weight)
+        loss = _loss_fast(_SMOOTH_L1, input, target, reduction, beta, weight, avg_factor, loss_weight)
         if loss is not None:
             return loss
     if has_torch_function_variadic(input, target, weight):
@@ -288,10 +281,7 @@ def huber_loss(
     ``loss_weight``, or a tensor ``delta``, the weighted convention of :func:`smooth_l1_loss`.
     """
     if not _is_compiling():
-        if avg_factor is None and loss_weight is None:
-            loss = _loss_fast(_HUBER, input, target, reduction, delta) if weight is None else None
-        else:
-            loss = _weighted_loss_fast(_HUBER, input, target, reduction, delta, weight, avg_factor, loss_weight)
+        loss = _loss_fast(_HUBER, input, target, reduction, delta, weight, avg_factor, loss_weight)
         if loss is not None:
             return loss
     if has_torch_function_variadic(input, target, weight):

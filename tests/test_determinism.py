@@ -6,9 +6,11 @@ import sys
 import pytest
 import torch
 
+import l1ext.functional as LF
 from conftest import LOSS_IDS, LOSSES
 
 N = 300_001  # several parallel chunks plus a ragged tail
+BOXES = 60_001  # weighted losses over boxes (BOXES, 5): a row length that does not tile 64
 
 
 def _run_all(dtype=torch.float32):
@@ -22,6 +24,18 @@ def _run_all(dtype=torch.float32):
             loss = fn(x, y, reduction=reduction)
             loss.backward()
             outs += [loss.detach().clone(), x.grad.clone()]
+    # weighted: per-box weight and per-coordinate beta, gradients from the forward (incoming
+    # gradient one) and from the backward pass (weight gradient too)
+    p = torch.randn(BOXES, 5, generator=g).to(dtype).requires_grad_()
+    t = torch.randn(BOXES, 5, generator=g).to(dtype)
+    w = torch.rand(BOXES, generator=g).to(dtype)
+    beta = torch.rand(5, generator=g).to(dtype)
+    for weight in (w, w.clone().requires_grad_()):
+        p.grad = None
+        loss = LF.smooth_l1_loss(p, t, beta=beta, weight=weight, avg_factor=1000.0)
+        loss.backward()
+        outs += [loss.detach().clone(), p.grad.clone()] + ([weight.grad.clone()] if weight.requires_grad else [])
+    outs.append(LF.huber_loss(p, t, delta=0.5, weight=w[:, None], loss_weight=2.0, reduction="none").detach())
     return outs
 
 

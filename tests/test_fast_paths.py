@@ -39,13 +39,13 @@ def test_loss_fast_serves_the_common_call():
     for kind, op, args in ((0, ops.l1_loss, ()), (SMOOTH_L1, ops.smooth_l1_loss, (0.5,)),
                            (HUBER, ops.huber_loss, (2.0,))):
         for name, red in (("none", 0), ("mean", 1), ("sum", 2)):
-            out = _C.loss_fast(kind, x, y, name, args[0] if args else None)
+            out = _C.loss_fast(kind, x, y, name, args[0] if args else None, None, None, None)
             assert out is not None
             assert torch.equal(out, op(x, y, red, *args))
     p = torch.nn.Parameter(torch.randn(4))  # Parameters are plain tensors to C++
-    assert _C.loss_fast(SMOOTH_L1, p, torch.randn(4), "mean", 1) is not None
+    assert _C.loss_fast(SMOOTH_L1, p, torch.randn(4), "mean", 1, None, None, None) is not None
     # beta == 0 is L1, values and gradients
-    assert torch.equal(_C.loss_fast(SMOOTH_L1, x, y, "sum", 0.0), ops.l1_loss(x, y, 2))
+    assert torch.equal(_C.loss_fast(SMOOTH_L1, x, y, "sum", 0.0, None, None, None), ops.l1_loss(x, y, 2))
 
 
 class Tagged(torch.Tensor):
@@ -87,7 +87,7 @@ def test_loss_fast_declines_what_functional_must_handle(case):
         x, y = x.to_sparse(), y.to_sparse()
     elif case == "meta":
         x, y = x.to("meta"), y.to("meta")
-    assert _C.loss_fast(kind, x, y, reduction, param) is None
+    assert _C.loss_fast(kind, x, y, reduction, param, None, None, None) is None
 
 
 def test_torch_function_mode_sees_the_call():
@@ -267,17 +267,20 @@ def test_weighted_loss_fast_matches_the_python_path(fn, kind, pname, param):
     for avg in (None, 9.0, torch.tensor(9.0)):
         for reduction in ("none", "mean", "sum"):
             if avg is not None and reduction == "sum":
-                assert _C.weighted_loss_fast(kind, p, t, reduction, param, w, avg, 2.0) is None
+                assert _C.loss_fast(kind, p, t, reduction, param, w, avg, 2.0) is None
                 continue
-            fast = _C.weighted_loss_fast(kind, p, t, reduction, param, w, avg, 2.0)
+            fast = _C.loss_fast(kind, p, t, reduction, param, w, avg, 2.0)
             with PassThrough():  # any mode sends the call down the Python path
                 slow = fn(p, t, reduction=reduction, weight=w, avg_factor=avg, loss_weight=2.0, **kw)
             assert fast is not None and torch.equal(fast, slow)
+    # a weight alone: torch's own weight= semantics for L1 and Huber (Python), weighted for Smooth L1
+    alone = _C.loss_fast(kind, p, t, "mean", param, torch.rand(30, 4), None, None)
+    assert (alone is None) == (kind != SMOOTH_L1)
     # declined: empty reduced input, odd avg_factor or loss_weight, a weight subclass
-    assert _C.weighted_loss_fast(kind, p[:0], t[:0], "mean", param, None, 1.0, None) is None
-    assert _C.weighted_loss_fast(kind, p, t, "mean", param, w, "9", None) is None
-    assert _C.weighted_loss_fast(kind, p, t, "mean", param, w, None, torch.tensor(2.0)) is None
-    assert _C.weighted_loss_fast(kind, p, t, "mean", param, w.as_subclass(Tagged), None, 2.0) is None
+    assert _C.loss_fast(kind, p[:0], t[:0], "mean", param, None, 1.0, None) is None
+    assert _C.loss_fast(kind, p, t, "mean", param, w, "9", None) is None
+    assert _C.loss_fast(kind, p, t, "mean", param, w, None, torch.tensor(2.0)) is None
+    assert _C.loss_fast(kind, p, t, "mean", param, w.as_subclass(Tagged), None, 2.0) is None
     # a subclass takes __torch_function__, which gets every argument
     sub = fn(p.as_subclass(Tagged), t, weight=w, avg_factor=9.0, loss_weight=2.0, **kw)
     assert torch.equal(sub.as_subclass(torch.Tensor), fn(p, t, weight=w, avg_factor=9.0, loss_weight=2.0, **kw))

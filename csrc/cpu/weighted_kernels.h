@@ -122,29 +122,50 @@ V grad_at(const V& d, const V& p) {
   return g;
 }
 
-// Value and subgradient of the elements of a block: one functor when the parameter is uniform
-// (the common case: a number beta), the per-lane formulas otherwise.
+// Walks the elements [b, e) of a chunk in blocks of kLanes, with the weight and parameter of each
+// element gathered. For each vector of a full block: vec(i, v, value, grad, weight), i its first
+// element, v its index in the block; for each element of the last, partial block: one(i, k, value,
+// grad, weight), k its index in the block. grad is computed with kGrad only. The parameter takes
+// one functor when uniform (the common case: a number beta), the per-lane formulas otherwise.
 template <class T, LossKind K>
-struct BlockMath {
+struct WeightedBlocks {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
-  const AuxBlock<T>& p;
-  template <bool kGrad>
-  void vec(const Vec& d, int64_t i0, int j, Vec& v, Vec& g) const {
-    if (p.is_uniform()) {
-      v = value_at<K>(d, Vec(p.uniform));
-      if constexpr (kGrad) g = grad_at<K>(d, Vec(p.uniform));
-    } else {
-      const Vec pv = p.vec(i0, j);
-      v = value_at<K>(d, pv);
-      if constexpr (kGrad) g = grad_at<K>(d, pv);
+  static constexpr int VS = Vec::size();
+  static constexpr int NV = kLanes / VS;
+  static_assert(kLanes % VS == 0 && kWeightedChunk % kLanes == 0, "lanes must tile vectors and chunks");
+  AuxBlock<T> w, p;
+  bool weighted;  // false for a weight of 1 everywhere: w * v == v, so the product is skipped
+
+  WeightedBlocks(const Aux& wa, const Aux& pa, double param, int64_t inner)
+      : w(wa, A(1), inner), p(pa, A(param), inner), weighted(!(w.is_uniform() && w.uniform == A(1))) {}
+
+  template <bool kGrad, class VecFn, class OneFn>
+  void walk(const T* x, const T* y, int64_t b, int64_t e, int64_t inner, VecFn&& vec, OneFn&& one) {
+    for (int64_t i0 = b; i0 < e; i0 += kLanes) {
+      const int m = int(std::min<int64_t>(kLanes, e - i0));
+      w.fill(i0, m, inner);
+      p.fill(i0, m, inner);
+      if (m == kLanes) {
+        for (int v = 0; v < NV; ++v) {
+          const int j = v * VS;
+          const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
+          const Vec pv = p.is_uniform() ? Vec(p.uniform) : p.vec(i0, j);
+          Vec g;
+          if constexpr (kGrad) g = grad_at<K>(d, pv);
+          vec(i0 + j, v, value_at<K>(d, pv), g, w.vec(i0, j));
+        }
+        continue;
+      }
+      for (int k = 0; k < m; ++k) {
+        const int64_t i = i0 + k;
+        const A d = A(x[i]) - A(y[i]);
+        const A pv = p.one(i0, k);
+        A g{};
+        if constexpr (kGrad) g = grad_at<K>(d, pv);
+        one(i, k, value_at<K>(d, pv), g, w.one(i0, k));
+      }
     }
-  }
-  template <bool kGrad>
-  void one(A d, int64_t i0, int k, A& v, A& g) const {
-    const A pv = p.one(i0, k);
-    v = value_at<K>(d, pv);
-    if constexpr (kGrad) g = grad_at<K>(d, pv);
   }
 };
 
@@ -155,71 +176,46 @@ template <class T, LossKind K, bool kOut, bool kGrad>
 double weighted_forward_chunk(const T* x, const T* y, const Aux& wa, const Aux& pa, double param,
                               int64_t b, int64_t e, int64_t inner, acc_t<T> lw, T* out, T* gi,
                               T* gt, acc_t<T> gscale) {
+  using Blocks = WeightedBlocks<T, K>;
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
-  constexpr int VS = Vec::size();
-  constexpr int NV = kLanes / VS;
-  static_assert(kLanes % VS == 0 && kWeightedChunk % kLanes == 0, "lanes must tile vectors and chunks");
-  AuxBlock<T> w(wa, A(1), inner);
-  AuxBlock<T> p(pa, A(param), inner);
-  const bool weighted = !(w.is_uniform() && w.uniform == A(1));  // w * v == v for w == 1
-  const BlockMath<T, K> math{p};
-  Vec sums[NV];
-  for (int v = 0; v < NV; ++v) sums[v] = Vec(A(0));
-  A lanes[kLanes];
-  for (int64_t i0 = b; i0 < e; i0 += kLanes) {
-    const int m = int(std::min<int64_t>(kLanes, e - i0));
-    w.fill(i0, m, inner);
-    p.fill(i0, m, inner);
-    if (m == kLanes) {
-      for (int v = 0; v < NV; ++v) {
-        const int j = v * VS;
-        const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
-        Vec val, g;
-        math.template vec<kGrad>(d, i0, j, val, g);
-        const Vec wv = w.vec(i0, j);
+  Blocks blocks(wa, pa, param, inner);
+  const bool weighted = blocks.weighted;
+  Vec sums[Blocks::NV];
+  for (int v = 0; v < Blocks::NV; ++v) sums[v] = Vec(A(0));
+  A tail[kLanes] = {};  // the partial block's values, by lane
+  blocks.template walk<kGrad>(
+      x, y, b, e, inner,
+      [&](int64_t i, int v, Vec val, const Vec& g, const Vec& wv) {
         if (weighted) val = wv * val;
         if constexpr (kOut) {
-          Io<T>::store(out + i0 + j, Vec(lw) * val);
+          Io<T>::store(out + i, Vec(lw) * val);
         } else {
           sums[v] = sums[v] + val;
         }
         if constexpr (kGrad) {
           const Vec gv = (weighted ? wv * g : g) * Vec(gscale);
-          if (gi) Io<T>::store(gi + i0 + j, gv);
-          if (gt) Io<T>::store(gt + i0 + j, -gv);
+          if (gi) Io<T>::store(gi + i, gv);
+          if (gt) Io<T>::store(gt + i, -gv);
         }
-      }
-      continue;
-    }
-    // The partial block at the end of the chunk, into the same lanes.
-    if constexpr (!kOut) {
-      for (int v = 0; v < NV; ++v) sums[v].store(lanes + v * VS);
-    }
-    for (int k = 0; k < m; ++k) {
-      const int64_t i = i0 + k;
-      const A d = A(x[i]) - A(y[i]);
-      A val, g;
-      math.template one<kGrad>(d, i0, k, val, g);
-      const A wv = w.one(i0, k);
-      if (weighted) val = wv * val;
-      if constexpr (kOut) {
-        out[i] = T(lw * val);
-      } else {
-        lanes[k] += val;
-      }
-      if constexpr (kGrad) {
-        const A gv = (weighted ? wv * g : g) * gscale;
-        if (gi) gi[i] = T(gv);
-        if (gt) gt[i] = T(-gv);
-      }
-    }
-    if constexpr (!kOut) {
-      for (int v = 0; v < NV; ++v) sums[v] = Vec::loadu(lanes + v * VS);
-    }
-  }
+      },
+      [&](int64_t i, int k, A val, A g, A wv) {
+        if (weighted) val = wv * val;
+        if constexpr (kOut) {
+          out[i] = T(lw * val);
+        } else {
+          tail[k] += val;
+        }
+        if constexpr (kGrad) {
+          const A gv = (weighted ? wv * g : g) * gscale;
+          if (gi) gi[i] = T(gv);
+          if (gt) gt[i] = T(-gv);
+        }
+      });
   if constexpr (kOut) return 0.0;
-  for (int v = 0; v < NV; ++v) sums[v].store(lanes + v * VS);
+  A lanes[kLanes];
+  for (int v = 0; v < Blocks::NV; ++v) sums[v].store(lanes + v * Blocks::VS);
+  for (int k = 0; k < kLanes; ++k) lanes[k] += tail[k];
   for (int wdt = kLanes / 2; wdt >= 1; wdt /= 2)
     for (int k = 0; k < wdt; ++k) lanes[k] += lanes[k + wdt];
   return double(lanes[0]);
@@ -268,45 +264,27 @@ void weighted_backward_chunk(const T* x, const T* y, const Aux& wa, const Aux& p
                              T* gi, T* gt, T* gw) {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
-  constexpr int VS = Vec::size();
-  constexpr int NV = kLanes / VS;
-  AuxBlock<T> w(wa, A(1), inner);
-  AuxBlock<T> p(pa, A(param), inner);
-  const bool weighted = !(w.is_uniform() && w.uniform == A(1));
-  const BlockMath<T, K> math{p};
+  WeightedBlocks<T, K> blocks(wa, pa, param, inner);
+  const bool weighted = blocks.weighted;
   const bool want_grad = gi || gt;
-  for (int64_t i0 = b; i0 < e; i0 += kLanes) {
-    const int m = int(std::min<int64_t>(kLanes, e - i0));
-    w.fill(i0, m, inner);
-    p.fill(i0, m, inner);
-    if (m == kLanes) {
-      for (int v = 0; v < NV; ++v) {
-        const int j = v * VS;
-        const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
-        Vec val, g;
-        math.template vec<true>(d, i0, j, val, g);
-        const Vec s = kPerElement ? Io<T>::load(go + i0 + j) * Vec(scale) : Vec(scale);
+  blocks.template walk<true>(
+      x, y, b, e, inner,
+      [&](int64_t i, int, const Vec& val, const Vec& g, const Vec& wv) {
+        const Vec s = kPerElement ? Io<T>::load(go + i) * Vec(scale) : Vec(scale);
         if (want_grad) {
-          const Vec gv = (weighted ? w.vec(i0, j) * g : g) * s;
-          if (gi) Io<T>::store(gi + i0 + j, gv);
-          if (gt) Io<T>::store(gt + i0 + j, -gv);
+          const Vec gv = (weighted ? wv * g : g) * s;
+          if (gi) Io<T>::store(gi + i, gv);
+          if (gt) Io<T>::store(gt + i, -gv);
         }
-        if (gw) Io<T>::store(gw + i0 + j, val * s);
-      }
-      continue;
-    }
-    for (int k = 0; k < m; ++k) {
-      const int64_t i = i0 + k;
-      const A d = A(x[i]) - A(y[i]);
-      A val, g;
-      math.template one<true>(d, i0, k, val, g);
-      const A s = kPerElement ? A(go[i]) * scale : scale;
-      const A gv = (weighted ? w.one(i0, k) * g : g) * s;
-      if (gi) gi[i] = T(gv);
-      if (gt) gt[i] = T(-gv);
-      if (gw) gw[i] = T(val * s);
-    }
-  }
+        if (gw) Io<T>::store(gw + i, val * s);
+      },
+      [&](int64_t i, int, A val, A g, A wv) {
+        const A s = kPerElement ? A(go[i]) * scale : scale;
+        const A gv = (weighted ? wv * g : g) * s;
+        if (gi) gi[i] = T(gv);
+        if (gt) gt[i] = T(-gv);
+        if (gw) gw[i] = T(val * s);
+      });
 }
 
 template <class T, LossKind K>

@@ -6,8 +6,8 @@
 // generic schema parser (about 0.9 us on a 2-core Xeon), and the torch-compatible argument handling
 // of l1ext/functional.py costs another 2 us of Python. loss_fast serves the common call (plain
 // tensors of the same size, dtype and device, a reduction string, a number beta/delta) in C++ and
-// answers None for anything else, which functional.py then handles in full. weighted_loss_fast
-// does the same for the detection-style weighted call (weight, avg_factor, loss_weight). It calls the same
+// answers None for anything else, which functional.py then handles in full; the same for the
+// detection-style weighted call (weight, avg_factor, loss_weight). It calls the same
 // operators through the dispatcher, so autograd, autocast, vmap and dispatch modes see exactly
 // what a torch.ops call would give them.
 #include <Python.h>
@@ -131,99 +131,89 @@ bool valid_param(LossKind kind, PyObject* o, double* param) {
   return kind == LossKind::SmoothL1 ? *param >= 0.0 : *param > 0.0;
 }
 
-// loss_fast(kind, input, target, reduction, param) -> Tensor or None.
-// kind: 0 L1 (param unused), 1 Smooth L1 (param = beta), 2 Huber (param = delta).
-PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  if (nargs != 5) {
-    PyErr_SetString(PyExc_TypeError, "loss_fast(kind, input, target, reduction, param)");
-    return nullptr;
-  }
-  const long kind_value = PyLong_AsLong(args[0]);
-  if (kind_value == -1 && PyErr_Occurred()) return nullptr;
-  if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
-  const int64_t reduction = reduction_of(args[3]);
-  LossKind kind = static_cast<LossKind>(kind_value);
-  double param;
-  if (reduction < 0 || !valid_param(kind, args[4], &param)) Py_RETURN_NONE;
+Tensor plain_loss(LossKind kind, const Tensor& input, const Tensor& target, int64_t reduction,
+                  double param) {
   if (kind == LossKind::SmoothL1 && param == 0.0) kind = LossKind::L1;  // as torch routes it
-  const Tensor& input = THPVariable_Unpack(args[1]);
-  const Tensor& target = THPVariable_Unpack(args[2]);
-  if (!kernel_operands(input, target)) Py_RETURN_NONE;
-  Tensor out;
-  {
-    const ReleaseGil no_gil(input.numel());
-    out = kind == LossKind::L1 ? l1_loss_op().call(input, target, reduction)
-                               : loss_op(kind).call(input, target, reduction, param);
-  }
-  return THPVariable_Wrap(std::move(out));
-  END_HANDLE_TH_ERRORS
+  const ReleaseGil no_gil(input.numel());
+  return kind == LossKind::L1 ? l1_loss_op().call(input, target, reduction)
+                              : loss_op(kind).call(input, target, reduction, param);
 }
 
-// weighted_loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight)
-// -> Tensor or None: the weighted convention of functional.py's _weighted (kind and param as in
-// loss_fast), for a number parameter, a plain weight tensor or None, avg_factor None, a number or
-// a plain tensor, loss_weight None or a number.
-PyObject* weighted_loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+// The weighted convention of functional.py's _weighted, for a plain weight tensor or None,
+// avg_factor None, a number or a plain tensor, loss_weight None or a number; null otherwise.
+std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Tensor& target,
+                                    int64_t reduction, double param, PyObject* weight_obj,
+                                    PyObject* avg_obj, PyObject* loss_weight_obj) {
+  // An empty reduced loss is a zero connected to the graph (functional.py builds it).
+  if (reduction != 0 && input.numel() == 0) return std::nullopt;
+  OptTensor weight;
+  if (weight_obj != Py_None) {
+    if (!plain_tensor(weight_obj)) return std::nullopt;
+    const Tensor& w = THPVariable_Unpack(weight_obj);
+    if (w.layout() != at::kStrided || w.device() != input.device()) return std::nullopt;
+    weight = w;
+  }
+  OptTensor avg_tensor;
+  std::optional<double> avg_value;
+  if (avg_obj != Py_None) {
+    if (reduction == 2) return std::nullopt;  // an error on functional.py's path
+    double v;
+    if (number_of(avg_obj, &v)) {
+      avg_value = v;
+    } else if (plain_tensor(avg_obj)) {
+      avg_tensor = THPVariable_Unpack(avg_obj);
+    } else {
+      return std::nullopt;
+    }
+  }
+  double loss_weight = 1.0;
+  if (loss_weight_obj != Py_None && !number_of(loss_weight_obj, &loss_weight)) return std::nullopt;
+  const ReleaseGil no_gil(input.numel());
+  return weighted_loss_op().call(input, target, weight, std::nullopt, avg_tensor,
+                                 static_cast<int64_t>(kind), param, avg_value, loss_weight,
+                                 reduction);
+}
+
+// loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight)
+// -> Tensor or None. kind: 0 L1 (param unused), 1 Smooth L1 (param = beta), 2 Huber (delta).
+// Without weight, avg_factor and loss_weight: torch's loss. With any of them: the weighted
+// convention, except a weight alone for L1 and Huber, which keeps torch's own weight semantics
+// (served by functional.py).
+PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 8) {
     PyErr_SetString(PyExc_TypeError,
-                    "weighted_loss_fast(kind, input, target, reduction, param, weight, avg_factor, "
+                    "loss_fast(kind, input, target, reduction, param, weight, avg_factor, "
                     "loss_weight)");
     return nullptr;
   }
   const long kind_value = PyLong_AsLong(args[0]);
   if (kind_value == -1 && PyErr_Occurred()) return nullptr;
+  const LossKind kind = static_cast<LossKind>(kind_value);
+  PyObject *weight = args[5], *avg_factor = args[6], *loss_weight = args[7];
+  const bool plain = avg_factor == Py_None && loss_weight == Py_None;
+  if (plain && weight != Py_None && kind != LossKind::SmoothL1) Py_RETURN_NONE;
   if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
   const int64_t reduction = reduction_of(args[3]);
-  const LossKind kind = static_cast<LossKind>(kind_value);
   double param;
   if (reduction < 0 || !valid_param(kind, args[4], &param)) Py_RETURN_NONE;
   const Tensor& input = THPVariable_Unpack(args[1]);
   const Tensor& target = THPVariable_Unpack(args[2]);
   if (!kernel_operands(input, target)) Py_RETURN_NONE;
-  // An empty reduced loss is a zero connected to the graph (functional.py builds it).
-  if (reduction != 0 && input.numel() == 0) Py_RETURN_NONE;
-  OptTensor weight;
-  if (args[5] != Py_None) {
-    if (!plain_tensor(args[5])) Py_RETURN_NONE;
-    const Tensor& w = THPVariable_Unpack(args[5]);
-    if (w.layout() != at::kStrided || w.device() != input.device()) Py_RETURN_NONE;
-    weight = w;
+  if (plain && weight == Py_None) {
+    return THPVariable_Wrap(plain_loss(kind, input, target, reduction, param));
   }
-  OptTensor avg_tensor;
-  std::optional<double> avg_value;
-  if (args[6] != Py_None) {
-    if (reduction == 2) Py_RETURN_NONE;  // an error on functional.py's path
-    double v;
-    if (number_of(args[6], &v)) {
-      avg_value = v;
-    } else if (plain_tensor(args[6])) {
-      avg_tensor = THPVariable_Unpack(args[6]);
-    } else {
-      Py_RETURN_NONE;
-    }
-  }
-  double loss_weight = 1.0;
-  if (args[7] != Py_None && !number_of(args[7], &loss_weight)) Py_RETURN_NONE;
-  Tensor out;
-  {
-    const ReleaseGil no_gil(input.numel());
-    out = weighted_loss_op().call(input, target, weight, std::nullopt, avg_tensor,
-                                  static_cast<int64_t>(kind), param, avg_value, loss_weight,
-                                  reduction);
-  }
-  return THPVariable_Wrap(std::move(out));
+  std::optional<Tensor> out = weighted_loss(kind, input, target, reduction, param, weight,
+                                            avg_factor, loss_weight);
+  if (!out.has_value()) Py_RETURN_NONE;
+  return THPVariable_Wrap(std::move(*out));
   END_HANDLE_TH_ERRORS
 }
 
 PyMethodDef methods[] = {
     {"loss_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&loss_fast)),
-     METH_FASTCALL, "loss_fast(kind, input, target, reduction, param) -> Tensor | None"},
-    {"weighted_loss_fast",
-     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&weighted_loss_fast)),
      METH_FASTCALL,
-     "weighted_loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight) "
+     "loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight) "
      "-> Tensor | None"},
     {nullptr, nullptr, 0, nullptr},
 };
