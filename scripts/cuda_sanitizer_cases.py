@@ -23,5 +23,25 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
                     out = fn(x, y, reduction=reduction)
                     out.backward(torch.ones_like(out))
                     count += 1
+# The forwards that also write gradients (a second, backward launch on the GPU) and the weighted
+# losses, per box row and per coordinate.
+ops = torch.ops.l1ext
+for n in (0, 5, 4096, 1 << 20):
+    for offset in (0, 1):
+        x = torch.randn(n + offset, device="cuda")[offset:]
+        y = torch.randn(n + offset, device="cuda")[offset:]
+        for reduction in (0, 1, 2):
+            ops.smooth_l1_loss_forward(x, y, reduction, 0.5, [True, True])
+            ops.huber_loss_forward(x, y, reduction, 0.5, [True, False])
+            p = x[: n // 4 * 4].reshape(-1, 4).detach().requires_grad_()
+            t = y[: n // 4 * 4].reshape(-1, 4)
+            w = torch.rand(p.shape[0], device="cuda", requires_grad=True)
+            avg = None if reduction == 2 else 7.0
+            kw = dict(reduction=["none", "mean", "sum"][reduction], weight=w, avg_factor=avg, loss_weight=2.0)
+            out = LF.smooth_l1_loss(p, t, beta=torch.rand(4, device="cuda"), **kw)
+            out.backward(torch.ones_like(out))
+            ops.weighted_loss_forward(p.detach(), t, w.detach(), None, None, 1, 0.2, avg, 1.0, reduction,
+                                      [True, True])
+            count += 3
 torch.cuda.synchronize()
 print(f"sanitizer cases: {count} forward+backward calls")

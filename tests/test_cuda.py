@@ -191,3 +191,26 @@ def test_compile_reduce_overhead(loss):
         x, y = torch.randn(64, 16, device="cuda"), torch.randn(64, 4, device="cuda")
         out = compiled(x, y)
         torch.testing.assert_close(out, theirs(model(x), y))
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("n", [0, 5, 4096, 100_003])
+@pytest.mark.parametrize("reduction", [0, 1, 2])
+def test_forward_with_gradients_on_cuda(reduction, n, offset):
+    # On a GPU l1ext's autograd recomputes in the backward; the *_forward operators still give
+    # the gradients for an incoming gradient of one, with the backward operator's bits.
+    ops = torch.ops.l1ext
+    x, y = _pair(n, offset=offset)
+    one = torch.ones_like(x) if reduction == 0 else torch.ones((), device="cuda")
+    for fwd, bwd, param in ((ops.smooth_l1_loss_forward, ops.smooth_l1_loss_backward, 0.5),
+                            (ops.huber_loss_forward, ops.huber_loss_backward, 0.7)):
+        _, gi, gt = fwd(x, y, reduction, param, [True, True])
+        ri, rt = bwd(one, x, y, reduction, param, [True, True])
+        assert torch.equal(gi, ri) and torch.equal(gt, rt)
+    p, t, w = x.reshape(-1, 1), y.reshape(-1, 1), torch.rand(n, 1, device="cuda")
+    avg = None if reduction == 2 else 3.0
+    _, gi, gt = ops.weighted_loss_forward(p, t, w, None, None, 1, 0.2, avg, 1.5, reduction, [True, True])
+    one = torch.ones_like(p) if reduction == 0 else torch.ones((), device="cuda")
+    ri, rt, _ = ops.weighted_loss_backward(one, p, t, w, None, None, 1, 0.2, avg, 1.5, reduction,
+                                           [True, True, False])
+    assert torch.equal(gi, ri) and torch.equal(gt, rt)
