@@ -1,5 +1,5 @@
 // The Python module l1ext._C: importing it registers the operators (the static initialisers of
-// every file of the extension), and it offers the fast call paths of the functional API.
+// every file of the extension), and it offers the fast call path of the functional API.
 //
 // Why: at box-regression sizes (a few thousand elements) a loss is dispatch-bound. Calling
 // torch.ops.l1ext.<op> from Python builds the argument stack through OpOverload.__call__ and the
@@ -92,8 +92,8 @@ bool kernel_device(const c10::Device& d) {
 }
 
 // Releases the GIL around an operator call on n elements, as torch's bindings do, so other Python
-// threads run meanwhile; not for small calls, which take a few microseconds, where releasing and
-// taking it back again would add a tenth of that.
+// threads run meanwhile; not for small calls of a few microseconds, where releasing and taking it
+// back costs a few percent of the call and frees nothing worth having.
 class ReleaseGil {
  public:
   explicit ReleaseGil(int64_t n) : state_(n >= (int64_t(1) << 16) ? PyEval_SaveThread() : nullptr) {}
