@@ -77,11 +77,10 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
     }
     ctx->save_for_backward({input, target, or_undefined(weight), or_undefined(param),
                             or_undefined(avg_factor)});
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["param_value"] = param_value;
-    ctx->saved_data["avg_value"] = avg_value;
-    ctx->saved_data["loss_weight"] = loss_weight;
-    ctx->saved_data["reduction"] = reduction;
+    // The number arguments as one entry: a box-sized loss is dispatch-bound, and each entry is a
+    // string-keyed insert here and a lookup in the backward.
+    ctx->saved_data["args"] =
+        c10::ivalue::Tuple::create(kind, param_value, avg_value, loss_weight, reduction);
     return out;
   }
 
@@ -101,11 +100,11 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
     // needs_input_grad counts tensor inputs only: the weight is the third when present.
     const bool has_weight = s[2].defined();
     const std::array<bool, 3> mask = {gi_needed, gt_needed, has_weight && ctx->needs_input_grad(2)};
+    const auto& args = ctx->saved_data["args"].toTupleRef().elements();
     auto [gi, gt, gw] = backward_op().call(
         grads[0], s[0], s[1], as_optional(s[2]), as_optional(s[3]), as_optional(s[4]),
-        ctx->saved_data["kind"].toInt(), ctx->saved_data["param_value"].toDouble(),
-        ctx->saved_data["avg_value"].toOptional<double>(), ctx->saved_data["loss_weight"].toDouble(),
-        ctx->saved_data["reduction"].toInt(), mask);
+        args[0].toInt(), args[1].toDouble(), args[2].toOptional<double>(), args[3].toDouble(),
+        args[4].toInt(), mask);
     none[0] = mask[0] ? gi : Tensor();
     none[1] = mask[1] ? gt : Tensor();
     none[2] = mask[2] ? gw : Tensor();
