@@ -44,11 +44,10 @@ inline LossKind effective(LossKind kind, double param) {
 }
 
 inline void check_param(LossKind kind, double param) {
-  if (kind == LossKind::SmoothL1) {
-    TORCH_CHECK(param >= 0, "smooth_l1_loss does not support negative values for beta.");
-  } else if (kind == LossKind::Huber) {
-    TORCH_CHECK(param > 0, "huber_loss does not support non-positive values for delta.");
-  }
+  TORCH_CHECK(kind != LossKind::SmoothL1 || valid_param(kind, param),
+              "smooth_l1_loss does not support negative values for beta.");
+  TORCH_CHECK(kind != LossKind::Huber || valid_param(kind, param),
+              "huber_loss does not support non-positive values for delta.");
 }
 
 inline void check_operands(const char* name, const Tensor& input, const Tensor& target) {
@@ -95,6 +94,17 @@ inline Tensor grad_in_layout(const Tensor& grad_output, const Tensor& like, at::
   return at::empty_like(like, like.options().dtype(dtype)).copy_(grad_output);
 }
 
+// The value of a one-element tensor in host memory (a CPU tensor: no device synchronisation).
+inline double host_scalar_value(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return *t.const_data_ptr<float>();
+    case at::kDouble: return *t.const_data_ptr<double>();
+    case at::kHalf: return float(*t.const_data_ptr<at::Half>());
+    case at::kBFloat16: return float(*t.const_data_ptr<at::BFloat16>());
+    default: return t.item<double>();
+  }
+}
+
 // Stands in for a gradient that output_mask did not ask for.
 inline Tensor empty_output(const at::TensorOptions& options) { return at::empty({0}, options); }
 
@@ -111,16 +121,24 @@ struct Forward {
   Tensor loss, sign, grad_input, grad_target;
 };
 
+// The checks every forward and backward of a loss makes, then its operands in kernel layout;
+// kind becomes the kind the kernels compute (effective()).
 template <class Backend>
-Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const Tensor& target,
-                     int64_t reduction, double param, bool save_sign,
-                     std::array<bool, 2> grad_mask = {false, false}) {
+Operands checked_operands(LossKind& kind, const char* name, const Tensor& input,
+                          const Tensor& target, int64_t reduction, double param) {
   check_reduction(reduction);
   check_param(kind, param);
   check_operands(name, input, target);
   Backend::check_dtype(input.scalar_type(), name);
   kind = effective(kind, param);
-  const Operands ops = kernel_layout(input, target);
+  return kernel_layout(input, target);
+}
+
+template <class Backend>
+Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const Tensor& target,
+                     int64_t reduction, double param, bool save_sign,
+                     std::array<bool, 2> grad_mask = {false, false}) {
+  const Operands ops = checked_operands<Backend>(kind, name, input, target, reduction, param);
   const int64_t n = ops.x.numel();
   const at::TensorOptions sign_options = ops.x.options().dtype(at::kChar);
   Forward f;
@@ -152,12 +170,7 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
                                          const Tensor& grad_output, const Tensor& input,
                                          const Tensor& target, int64_t reduction, double param,
                                          std::array<bool, 2> mask) {
-  check_reduction(reduction);
-  check_param(kind, param);
-  check_operands(name, input, target);
-  Backend::check_dtype(input.scalar_type(), name);
-  kind = effective(kind, param);
-  const Operands ops = kernel_layout(input, target);
+  const Operands ops = checked_operands<Backend>(kind, name, input, target, reduction, param);
   Tensor gi = mask[0] ? ops.new_like() : empty_output(ops.x.options());
   Tensor gt = mask[1] ? ops.new_like() : empty_output(ops.x.options());
   const int64_t n = ops.x.numel();

@@ -7,6 +7,12 @@ namespace l1ext {
 enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2, Quantile = 3 };
 constexpr int kNumLosses = 4;
 
+// Whether a number parameter is one torch accepts: beta >= 0 for Smooth L1, delta > 0 for Huber
+// (NaN is neither); L1 has none, Quantile's tau is checked where it is parsed.
+constexpr bool valid_param(LossKind kind, double param) {
+  return kind == LossKind::SmoothL1 ? param >= 0.0 : kind == LossKind::Huber ? param > 0.0 : true;
+}
+
 // Calls f(std::integral_constant<LossKind, K>{}) for the run-time kind.
 template <class F>
 void dispatch_kind(LossKind kind, F&& f) {

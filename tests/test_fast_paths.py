@@ -44,6 +44,8 @@ def test_loss_fast_serves_the_common_call():
             assert torch.equal(out, op(x, y, red, *args))
     p = torch.nn.Parameter(torch.randn(4))  # Parameters are plain tensors to C++
     assert _C.loss_fast(SMOOTH_L1, p, torch.randn(4), "mean", 1, None, None, None) is not None
+    with pytest.raises(ValueError, match="kind must be"):
+        _C.loss_fast(3, x, y, "mean", 0.5, None, None, None)
     # beta == 0 is L1, values and gradients
     assert torch.equal(_C.loss_fast(SMOOTH_L1, x, y, "sum", 0.0, None, None, None), ops.l1_loss(x, y, 2))
 

@@ -9,6 +9,8 @@
 #include <initializer_list>
 #include <utility>
 
+#include "glue.h"
+
 namespace l1ext {
 namespace autograd {
 
@@ -50,16 +52,10 @@ inline bool is_plain_cpu(const Tensor& t) {
          t.key_set() - kPlain == c10::DispatchKeySet(c10::BackendComponent::CPUBit);
 }
 
-// Whether a plain CPU tensor of one element holds exactly 1 (read without any dispatch).
+// Whether a plain CPU floating tensor of one element holds exactly 1.
 inline bool is_one(const Tensor& t) {
-  if (!is_plain_cpu(t) || t.numel() != 1) return false;
-  switch (t.scalar_type()) {
-    case at::kFloat: return *t.const_data_ptr<float>() == 1.0f;
-    case at::kDouble: return *t.const_data_ptr<double>() == 1.0;
-    case at::kHalf: return float(*t.const_data_ptr<at::Half>()) == 1.0f;
-    case at::kBFloat16: return float(*t.const_data_ptr<at::BFloat16>()) == 1.0f;
-    default: return false;
-  }
+  return is_plain_cpu(t) && t.numel() == 1 && at::isFloatingType(t.scalar_type()) &&
+         glue::host_scalar_value(t) == 1.0;
 }
 
 inline bool needs_grad(std::initializer_list<const Tensor*> ts) {

@@ -86,17 +86,6 @@ Elem elem_of(at::ScalarType t, const char* name) {
   }
 }
 
-// Value of a one-element grad_output, read on the host (this is the CPU path: no device sync).
-double scalar_value(const Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return *t.const_data_ptr<float>();
-    case at::kDouble: return *t.const_data_ptr<double>();
-    case at::kHalf: return float(*t.const_data_ptr<at::Half>());
-    case at::kBFloat16: return float(*t.const_data_ptr<at::BFloat16>());
-    default: return t.item<double>();
-  }
-}
-
 void write_scalar(Tensor& out, double v) {
   switch (out.scalar_type()) {
     case at::kFloat: *out.mutable_data_ptr<float>() = float(v); break;
@@ -135,8 +124,8 @@ struct CpuBackend {
                        bool per_element, double divisor, double param, Tensor* gi, Tensor* gt) {
     const BackwardFn fn = kernels().backward[int(kind)][int(elem_of(x.scalar_type(), ""))];
     fn(x.const_data_ptr(), y.const_data_ptr(), per_element ? go.const_data_ptr() : nullptr,
-       per_element ? 1.0 : scalar_value(go) / divisor, x.numel(), param, data_or_null(gi),
-       data_or_null(gt));
+       per_element ? 1.0 : glue::host_scalar_value(go) / divisor, x.numel(), param,
+       data_or_null(gi), data_or_null(gt));
   }
 
   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool per_element,
@@ -144,8 +133,8 @@ struct CpuBackend {
     const Tensor& like = gi ? *gi : *gt;
     const BackwardFromSignFn fn = kernels().backward_from_sign[int(elem_of(like.scalar_type(), ""))];
     fn(sign.const_data_ptr<int8_t>(), per_element ? go.const_data_ptr() : nullptr,
-       per_element ? 1.0 : scalar_value(go) / divisor, sign.numel(), data_or_null(gi),
-       data_or_null(gt));
+       per_element ? 1.0 : glue::host_scalar_value(go) / divisor, sign.numel(),
+       data_or_null(gi), data_or_null(gt));
   }
 };
 

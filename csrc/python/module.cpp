@@ -122,13 +122,12 @@ bool kernel_operands(const Tensor& input, const Tensor& target) {
          input.sizes().equals(target.sizes());
 }
 
-// The loss's parameter when valid (beta >= 0, delta > 0; unused for L1), else false: errors are
-// raised on functional.py's path.
-bool valid_param(LossKind kind, PyObject* o, double* param) {
+// The loss's parameter when a valid number (unused for L1), else false: errors are raised on
+// functional.py's path.
+bool number_param(LossKind kind, PyObject* o, double* param) {
   *param = 0.0;
   if (kind == LossKind::L1) return true;
-  if (!number_of(o, param)) return false;
-  return kind == LossKind::SmoothL1 ? *param >= 0.0 : *param > 0.0;
+  return number_of(o, param) && valid_param(kind, *param);
 }
 
 Tensor plain_loss(LossKind kind, const Tensor& input, const Tensor& target, int64_t reduction,
@@ -189,6 +188,10 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   }
   const long kind_value = PyLong_AsLong(args[0]);
   if (kind_value == -1 && PyErr_Occurred()) return nullptr;
+  if (kind_value < 0 || kind_value > 2) {
+    PyErr_SetString(PyExc_ValueError, "loss_fast: kind must be 0 (L1), 1 (Smooth L1) or 2 (Huber)");
+    return nullptr;
+  }
   const LossKind kind = static_cast<LossKind>(kind_value);
   PyObject *weight = args[5], *avg_factor = args[6], *loss_weight = args[7];
   const bool plain = avg_factor == Py_None && loss_weight == Py_None;
@@ -196,7 +199,7 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
   const int64_t reduction = reduction_of(args[3]);
   double param;
-  if (reduction < 0 || !valid_param(kind, args[4], &param)) Py_RETURN_NONE;
+  if (reduction < 0 || !number_param(kind, args[4], &param)) Py_RETURN_NONE;
   const Tensor& input = THPVariable_Unpack(args[1]);
   const Tensor& target = THPVariable_Unpack(args[2]);
   if (!kernel_operands(input, target)) Py_RETURN_NONE;
