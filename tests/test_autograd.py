@@ -75,3 +75,81 @@ def test_retain_graph_twice():
         g1 = x.grad.clone()
         out.backward()
         torch.testing.assert_close(x.grad, 2 * g1)
+
+
+def _outcome(fn):
+    """'ok' or the RuntimeError's message, with torch's op name taken out."""
+    try:
+        fn()
+        return "ok"
+    except RuntimeError as e:
+        return str(e).split(";")[0].split(",")[0]
+
+
+@pytest.mark.parametrize("side", ["input", "target"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_inplace_change_before_backward_matches_torch(loss, reduction, side):
+    # torch's smooth_l1_loss / huber_loss save input and target, so a backward after an in-place
+    # change of either raises; its l1_loss (sub, abs, mean) saves neither. l1ext behaves the same,
+    # also where its forward already wrote the gradient (CPU, reduced losses).
+    _, l1ext_fn, torch_fn, _ = loss
+    outcomes = []
+    for fn in (torch_fn, l1ext_fn):
+        leaf = torch.randn(40, requires_grad=True)
+        x, y = leaf * 1, torch.randn(40)
+        out = fn(x, y, reduction=reduction)
+        (x if side == "input" else y).add_(1)
+        outcomes.append(_outcome(lambda: out.sum().backward()))
+    assert outcomes[1] == outcomes[0]
+    assert (outcomes[0] == "ok") == (loss[0] == "l1")
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_second_backward_without_retain_graph_matches_torch(loss, reduction):
+    _, l1ext_fn, torch_fn, _ = loss
+    outcomes = []
+    for fn in (torch_fn, l1ext_fn):
+        x = torch.randn(40, requires_grad=True)
+        out = fn(x, torch.randn(40), reduction=reduction).sum()
+        out.backward()
+        outcomes.append(_outcome(out.backward))
+    assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_gradient_of_one_operand_only(loss, reduction):
+    # Both operands require gradients, one is asked for (torch.autograd.grad with one input):
+    # the backward computes only that one, with torch's values.
+    _, l1ext_fn, torch_fn, _ = loss
+    x = torch.randn(64, requires_grad=True)
+    y = torch.randn(64, requires_grad=True)
+    for wrt in (x, y):
+        got = torch.autograd.grad(l1ext_fn(x, y, reduction=reduction).sum(), [wrt])[0]
+        want = torch.autograd.grad(torch_fn(x, y, reduction=reduction).sum(), [wrt])[0]
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_activation_checkpointing_and_saved_tensor_hooks(loss):
+    # Non-reentrant checkpointing recomputes through saved-tensor hooks: l1ext's saved tensors go
+    # through them like torch's own.
+    from torch.utils.checkpoint import checkpoint
+
+    _, l1ext_fn, torch_fn, _ = loss
+    lin = torch.nn.Linear(8, 8)
+    x, y = torch.randn(32, 8), torch.randn(32, 8)
+    grads = []
+    for fn in (torch_fn, l1ext_fn):
+        lin.zero_grad()
+        checkpoint(lambda a: fn(lin(a), y), x, use_reentrant=False).backward()
+        grads.append(lin.weight.grad.clone())
+    torch.testing.assert_close(grads[1], grads[0])
+
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        out = l1ext_fn(torch.randn(16, requires_grad=True), torch.randn(16))
+    out.backward()
+    assert packed  # every l1ext forward saves something (the sign, or input and target)

@@ -232,3 +232,21 @@ def test_quantile_errors_and_warnings():
         LF.quantile_loss(torch.randn(3, 4), torch.randn(4), 0.3)
     q = LF.quantile_loss(p.half(), t.half(), 0.3)
     assert q.dtype == torch.float16
+
+
+@pytest.mark.parametrize("changed", ["pred", "target", "weight"])
+def test_inplace_change_before_backward_raises_like_the_composition(changed):
+    # The eager composition (smooth_l1_loss(p, t, reduction='none') * w).sum() / avg saves pred,
+    # target and weight: a backward after an in-place change of any of them raises. So does the
+    # fused loss, also where its forward already wrote the gradient (CPU).
+    outcomes = []
+    for fused in (False, True):
+        leaf = torch.randn(20, 4, requires_grad=True)
+        pred, target, weight = leaf * 1, torch.randn(20, 4), torch.rand(20, 1)
+        if fused:
+            out = LF.smooth_l1_loss(pred, target, beta=1 / 9, weight=weight, avg_factor=5.0)
+        else:
+            out = (TF.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none") * weight).sum() / 5.0
+        {"pred": pred, "target": target, "weight": weight}[changed].add_(1)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.backward()

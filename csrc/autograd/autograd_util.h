@@ -4,9 +4,14 @@
 #include <ATen/FuncTorchTLS.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 
 #include <array>
 #include <initializer_list>
+#include <memory>
+#include <type_traits>
 #include <utility>
 
 #include "glue.h"
@@ -65,30 +70,50 @@ inline bool needs_grad(std::initializer_list<const Tensor*> ts) {
   return false;
 }
 
-// Gradients a forward wrote for an incoming gradient of one (the CPU design of Smooth L1, Huber
-// and the weighted losses), kept in the context for the backward. Not saved variables: nobody else
-// holds them, and the first backward takes them out.
-// mask: which of the two the forward was asked for (the others are empty stand-ins).
-inline void keep_fused_gradients(torch::autograd::AutogradContext* ctx, Tensor gi, Tensor gt,
-                                 std::array<bool, 2> mask) {
-  if (mask[0]) ctx->saved_data["grad_input"] = std::move(gi);
-  if (mask[1]) ctx->saved_data["grad_target"] = std::move(gt);
+// ---- Backward nodes -------------------------------------------------------------------------
+// The forwards of the losses (the calls a training step makes) build their autograd node by hand,
+// as torch's generated kernels do, rather than through torch::autograd::Function: no context
+// object, no string-keyed saved_data, no output wrapping. At box-regression sizes each of those
+// costs a measurable share of the call. (The double-backward Functions stay Functions.)
+
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+
+// The pointer type of autograd nodes: std::shared_ptr<Node> in older torch releases,
+// c10::intrusive_ptr<Node> in newer ones.
+using NodePtr = decltype(torch::autograd::Edge::function);
+
+template <class N>
+NodePtr make_node() {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>) {
+    return std::shared_ptr<N>(new N());
+  } else {
+    return c10::make_intrusive<N>();
+  }
 }
 
-// Removes the kept gradients from the context (undefined where none was kept): they are handed
-// out at most once, so a gradient a caller modifies in place never reaches a later backward
-// through a retained graph.
-inline std::array<Tensor, 2> take_fused_gradients(torch::autograd::AutogradContext* ctx) {
-  std::array<Tensor, 2> out;
-  const char* keys[2] = {"grad_input", "grad_target"};
-  for (int k = 0; k < 2; ++k) {
-    auto it = ctx->saved_data.find(keys[k]);
-    if (it == ctx->saved_data.end()) continue;
-    out[k] = std::move(it->second).toTensor();
-    ctx->saved_data.erase(it);
-  }
-  return out;
+// Makes node the grad_fn of out, with the inputs' gradient edges as its next edges (an input
+// that needs no gradient, or is undefined, gets an invalid edge: its output is never computed).
+template <class... Inputs>
+void connect(const NodePtr& node, const Tensor& out, const Inputs&... inputs) {
+  node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
+  torch::autograd::set_history(out, node);
 }
+
+// Gradients a forward wrote for an incoming gradient of one (the CPU design of Smooth L1, Huber
+// and the weighted losses), kept in the node for the backward. Not saved variables: nobody else
+// holds them. The first backward takes them out, so a gradient a caller modifies in place never
+// reaches a later backward through a retained graph.
+struct FusedGradients {
+  std::array<Tensor, 2> kept;
+  // mask: which of the two the forward was asked for (the others are empty stand-ins).
+  void keep(Tensor gi, Tensor gt, std::array<bool, 2> mask) {
+    if (mask[0]) kept[0] = std::move(gi);
+    if (mask[1]) kept[1] = std::move(gt);
+  }
+  std::array<Tensor, 2> take() { return std::exchange(kept, {}); }
+};
 
 // Whether the kept gradients answer this backward: an incoming gradient of exactly one, no
 // create_graph (they are not differentiable), and one kept for every gradient asked for.

@@ -1,11 +1,13 @@
 // Autograd for every l1ext operator, registered in C++ for the Autograd key so that a
 // forward + backward never enters Python (it matters at box-regression sizes, where dispatch
-// dominates). One torch::autograd::Function per operator:
-//   l1_loss_forward          -> L1LossFunction           (saves only the int8 sign)
-//   l1_loss_backward         -> L1LossBackwardFunction   (double backward)
-//   smooth_l1_loss, huber_loss             -> PointwiseLossFunction<Loss>
-//                                             (on the CPU through *_loss_forward, see below)
+// dominates):
+//   l1_loss, l1_loss_forward   -> node L1LossBackward          (saves only the int8 sign)
+//   l1_loss_backward           -> L1LossBackwardFunction       (double backward)
+//   smooth_l1_loss, huber_loss -> node PointwiseLossBackward<Loss>
+//                                 (on the CPU through *_loss_forward, see below)
 //   smooth_l1_loss_backward, huber_loss_backward -> PointwiseLossBackwardFunction<Loss>
+// The forwards build their node by hand (autograd_util.h); the double backwards are
+// torch::autograd::Functions.
 // l1_loss itself goes through l1_loss_forward when a gradient is needed and straight to the
 // kernel (no sign written) when not.
 #include <ATen/ATen.h>
@@ -111,45 +113,57 @@ class L1LossBackwardFunction : public torch::autograd::Function<L1LossBackwardFu
   }
 };
 
-class L1LossFunction : public torch::autograd::Function<L1LossFunction> {
- public:
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
-                               int64_t reduction) {
-    ctx->set_materialize_grads(false);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, sign] = l1_loss_forward_op().call(input, target, reduction);
-    // Bytes (fp32, 'mean', input grad): forward reads x and y (8 B/elem) and writes the int8
-    // sign (1 B); backward reads the sign (1 B) and writes the gradient (4 B). 14 B/elem, vs
-    // about 48 B/elem for torch's sub/abs/mean + expand/div/sgn/mul, which also keeps a full
-    // difference tensor alive between forward and backward instead of one byte per element.
-    ctx->save_for_backward({sign});
-    ctx->saved_data["reduction"] = reduction;
-    ctx->saved_data["dtype"] = static_cast<int64_t>(input.scalar_type());
-    ctx->mark_non_differentiable({sign});
-    return {loss, sign};
-  }
+// Backward node of L1: g = sign * grad_output (/ n for 'mean'), from the int8 sign alone.
+struct L1LossBackward : Node {
+  SavedVariable sign;
+  int64_t reduction = kMean;
+  at::ScalarType dtype = at::kFloat;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Tensor sign = ctx->get_saved_variables()[0];
-    const Mask mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
-    auto [gi, gt] = l1_loss_backward_op().call(
-        grads[0], sign, ctx->saved_data["reduction"].toInt(),
-        static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()), mask);
-    return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), Tensor()};
+  std::string name() const override { return "l1ext::L1LossBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    sign.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Mask mask = {task_should_compute_output(0), task_should_compute_output(1)};
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    auto [gi, gt] = l1_loss_backward_op().call(grads[0], sign.unpack(), reduction, dtype, mask);
+    return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
   }
 };
 
+// Bytes (fp32, 'mean', input grad): the forward reads x and y (8 B/elem) and writes the int8
+// sign (1 B); the backward reads the sign (1 B) and writes the gradient (4 B). 14 B/elem, vs
+// about 48 B/elem for torch's sub/abs/mean + expand/div/sgn/mul, which also keeps a full
+// difference tensor alive between forward and backward instead of one byte per element.
+std::tuple<Tensor, Tensor> l1_loss_forward_with_node(const Tensor& input, const Tensor& target,
+                                                     int64_t reduction) {
+  const NodePtr node = make_node<L1LossBackward>();
+  auto& n = static_cast<L1LossBackward&>(*node);
+  Tensor loss, sign;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    std::tie(loss, sign) = l1_loss_forward_op().call(input, target, reduction);
+  }
+  n.sign = SavedVariable(sign, /*is_output=*/false);
+  n.reduction = reduction;
+  n.dtype = input.scalar_type();
+  connect(node, loss, input, target);
+  return {loss, sign};
+}
+
 std::tuple<Tensor, Tensor> l1_loss_forward_autograd(const Tensor& input, const Tensor& target,
                                                     int64_t reduction) {
-  auto out = L1LossFunction::apply(input, target, reduction);
-  return {out[0], out[1]};
+  if (needs_grad({&input, &target})) return l1_loss_forward_with_node(input, target, reduction);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return l1_loss_forward_op().call(input, target, reduction);
 }
 
 Tensor l1_loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction) {
   if (needs_torch_composite({&input, &target})) return at::l1_loss(input, target, reduction);
   if (needs_grad({&input, &target})) {
-    return std::get<0>(l1_loss_forward_op().call(input, target, reduction));
+    return std::get<0>(l1_loss_forward_with_node(input, target, reduction));
   }
   at::AutoDispatchBelowADInplaceOrView guard;
   return l1_loss_op().call(input, target, reduction);
@@ -182,6 +196,7 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 // When both input and target need gradients one pass writes both.
 
 struct SmoothL1 {
+  static constexpr const char* kNodeName = "l1ext::SmoothL1LossBackward";
   static constexpr const char* kForward = "l1ext::smooth_l1_loss";
   static constexpr const char* kFusedForward = "l1ext::smooth_l1_loss_forward";
   static Tensor torch_composite(const Tensor& input, const Tensor& target, int64_t reduction,
@@ -198,6 +213,7 @@ struct SmoothL1 {
 };
 
 struct Huber {
+  static constexpr const char* kNodeName = "l1ext::HuberLossBackward";
   static constexpr const char* kForward = "l1ext::huber_loss";
   static constexpr const char* kFusedForward = "l1ext::huber_loss_forward";
   static Tensor torch_composite(const Tensor& input, const Tensor& target, int64_t reduction,
@@ -278,51 +294,69 @@ class PointwiseLossBackwardFunction
   }
 };
 
+// Backward node of Smooth L1 / Huber. On plain CPU tensors with a reduced loss the forward kept
+// the gradients for an incoming gradient of one (see above); otherwise, or for any other incoming
+// gradient, the backward operator recomputes them from input and target.
 template <class Loss>
-class PointwiseLossFunction : public torch::autograd::Function<PointwiseLossFunction<Loss>> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
-                        int64_t reduction, double param) {
-    ctx->set_materialize_grads(false);
+struct PointwiseLossBackward : Node {
+  SavedVariable input, target;
+  int64_t reduction = kMean;
+  double param = 1.0;
+  FusedGradients fused;
+
+  std::string name() const override { return Loss::kNodeName; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input.reset_data();
+    target.reset_data();
+    fused.take();
+  }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const Mask mask = {task_should_compute_output(0), task_should_compute_output(1)};
+    auto kept = fused.take();
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
+    // Unpacked in every case: an input modified in place since the forward raises, as torch's
+    // own smooth_l1_loss / huber_loss do.
+    const Tensor x = input.unpack(), y = target.unpack();
+    if (fused_gradients_serve(kept, grads[0], mask)) {
+      return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
+    }
+    auto [gi, gt] = backward_op<Loss>().call(grads[0], x, y, reduction, param, mask);
+    return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
+  }
+};
+
+template <class Loss>
+Tensor loss_with_node(const Tensor& input, const Tensor& target, int64_t reduction, double param) {
+  const NodePtr node = make_node<PointwiseLossBackward<Loss>>();
+  auto& n = static_cast<PointwiseLossBackward<Loss>&>(*node);
+  Tensor loss;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    Tensor loss;
     if (reduction != kNone && is_plain_cpu(input) && is_plain_cpu(target)) {
       const Mask mask = {input.requires_grad(), target.requires_grad()};
       auto [l, gi, gt] = fused_forward_op<Loss>().call(input, target, reduction, param, mask);
       loss = std::move(l);
-      keep_fused_gradients(ctx, std::move(gi), std::move(gt), mask);
+      n.fused.keep(std::move(gi), std::move(gt), mask);
     } else {
       loss = forward_op<Loss>().call(input, target, reduction, param);
     }
-    ctx->save_for_backward({input, target});
-    ctx->saved_data["reduction"] = reduction;
-    ctx->saved_data["param"] = param;
-    return loss;
   }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Mask mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
-    auto fused = take_fused_gradients(ctx);
-    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor(), Tensor()};
-    if (fused_gradients_serve(fused, grads[0], mask)) {
-      return {mask[0] ? fused[0] : Tensor(), mask[1] ? fused[1] : Tensor(), Tensor(), Tensor()};
-    }
-    const auto saved = ctx->get_saved_variables();
-    auto [gi, gt] = backward_op<Loss>().call(grads[0], saved[0], saved[1],
-                                             ctx->saved_data["reduction"].toInt(),
-                                             ctx->saved_data["param"].toDouble(), mask);
-    return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), Tensor(), Tensor()};
-  }
-};
+  n.input = SavedVariable(input, /*is_output=*/false);
+  n.target = SavedVariable(target, /*is_output=*/false);
+  n.reduction = reduction;
+  n.param = param;
+  connect(node, loss, input, target);
+  return loss;
+}
 
 template <class Loss>
 Tensor loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction, double param) {
   if (needs_torch_composite({&input, &target})) {
     return Loss::torch_composite(input, target, reduction, param);
   }
-  if (needs_grad({&input, &target})) {
-    return PointwiseLossFunction<Loss>::apply(input, target, reduction, param);
-  }
+  if (needs_grad({&input, &target})) return loss_with_node<Loss>(input, target, reduction, param);
   at::AutoDispatchBelowADInplaceOrView guard;
   return forward_op<Loss>().call(input, target, reduction, param);
 }

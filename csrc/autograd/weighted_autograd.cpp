@@ -1,5 +1,5 @@
-// Autograd of the weighted losses: one torch::autograd::Function; gradients for input, target and
-// weight from one backward pass. The parameter tensor (beta, delta, tau) and avg_factor get none
+// Autograd of the weighted losses: one backward node (built by hand, autograd_util.h); gradients
+// for input, target and weight from one backward pass. The parameter tensor (beta, delta, tau) and avg_factor get none
 // (an input that requires one is refused rather than given a silent zero), and the backward is
 // not differentiable again (asking for it raises).
 //
@@ -23,8 +23,6 @@ namespace autograd {
 namespace {
 
 using OptTensor = std::optional<Tensor>;
-using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
 using ForwardSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
                           const OptTensor&, int64_t, double, std::optional<double>, double, int64_t);
@@ -51,18 +49,59 @@ const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
 Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
 OptTensor as_optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
-class WeightedLossFunction : public torch::autograd::Function<WeightedLossFunction> {
- public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
-                        const OptTensor& weight, const OptTensor& param, const OptTensor& avg_factor,
-                        int64_t kind, double param_value, std::optional<double> avg_value,
-                        double loss_weight, int64_t reduction) {
-    ctx->set_materialize_grads(false);
+bool plain_cpu_or_absent(const OptTensor& t) {
+  return !t.has_value() || !t->defined() || is_plain_cpu(*t);
+}
+
+struct WeightedLossBackward : Node {
+  SavedVariable input, target, weight, param, avg_factor;
+  int64_t kind = 0;
+  double param_value = 0.0;
+  std::optional<double> avg_value;
+  double loss_weight = 1.0;
+  int64_t reduction = 1;
+  FusedGradients fused;  // kept only when the weight needs no gradient (see forward)
+
+  std::string name() const override { return "l1ext::WeightedLossBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) v->reset_data();
+    fused.take();
+  }
+  variable_list apply(variable_list&& grads) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // Outputs: input, target, weight (an invalid edge when absent or needing no gradient).
+    const std::array<bool, 3> mask = {task_should_compute_output(0), task_should_compute_output(1),
+                                      task_should_compute_output(2)};
+    auto kept = fused.take();
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
+    // Unpacked in every case: a tensor modified in place since the forward raises, as it does in
+    // the torch composition (smooth_l1_loss(...) * weight saves all three).
+    const Tensor x = input.unpack(), y = target.unpack(), w = weight.unpack();
+    const Tensor p = param.unpack(), a = avg_factor.unpack();
+    if ((kept[0].defined() || kept[1].defined()) &&
+        fused_gradients_serve(kept, grads[0], {mask[0], mask[1]})) {
+      return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
+    }
+    auto [gi, gt, gw] = backward_op().call(grads[0], x, y, as_optional(w), as_optional(p),
+                                           as_optional(a), kind, param_value, avg_value,
+                                           loss_weight, reduction, mask);
+    return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), mask[2] ? gw : Tensor()};
+  }
+};
+
+Tensor weighted_loss_with_node(const Tensor& input, const Tensor& target, const OptTensor& weight,
+                               const OptTensor& param, const OptTensor& avg_factor, int64_t kind,
+                               double param_value, std::optional<double> avg_value,
+                               double loss_weight, int64_t reduction) {
+  const NodePtr node = make_node<WeightedLossBackward>();
+  auto& n = static_cast<WeightedLossBackward&>(*node);
+  const Tensor w = or_undefined(weight);
+  Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    const bool weight_grad = weight.has_value() && weight->requires_grad();
-    Tensor out;
-    if (reduction != 0 && !weight_grad && is_plain_cpu(input) && is_plain_cpu(target) &&
-        plain_cpu_or_absent(weight) && plain_cpu_or_absent(param) &&
+    if (reduction != 0 && !(w.defined() && w.requires_grad()) && is_plain_cpu(input) &&
+        is_plain_cpu(target) && plain_cpu_or_absent(weight) && plain_cpu_or_absent(param) &&
         plain_cpu_or_absent(avg_factor)) {
       const std::array<bool, 2> mask = {input.requires_grad(), target.requires_grad()};
       auto [loss, gi, gt] = forward_with_gradients_op().call(input, target, weight, param,
@@ -70,52 +109,25 @@ class WeightedLossFunction : public torch::autograd::Function<WeightedLossFuncti
                                                              avg_value, loss_weight, reduction,
                                                              mask);
       out = std::move(loss);
-      keep_fused_gradients(ctx, std::move(gi), std::move(gt), mask);
+      n.fused.keep(std::move(gi), std::move(gt), mask);
     } else {
       out = forward_op().call(input, target, weight, param, avg_factor, kind, param_value,
                               avg_value, loss_weight, reduction);
     }
-    ctx->save_for_backward({input, target, or_undefined(weight), or_undefined(param),
-                            or_undefined(avg_factor)});
-    // The number arguments as one entry: a box-sized loss is dispatch-bound, and each entry is a
-    // string-keyed insert here and a lookup in the backward.
-    ctx->saved_data["args"] =
-        c10::ivalue::Tuple::create(kind, param_value, avg_value, loss_weight, reduction);
-    return out;
   }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list none(10);
-    const auto fused = take_fused_gradients(ctx);
-    if (!grads[0].defined()) return none;
-    const bool gi_needed = ctx->needs_input_grad(0), gt_needed = ctx->needs_input_grad(1);
-    // Kept gradients mean the weight needed none (see forward).
-    if ((fused[0].defined() || fused[1].defined()) &&
-        fused_gradients_serve(fused, grads[0], {gi_needed, gt_needed})) {
-      none[0] = gi_needed ? fused[0] : Tensor();
-      none[1] = gt_needed ? fused[1] : Tensor();
-      return none;
-    }
-    const auto s = ctx->get_saved_variables();
-    // needs_input_grad counts tensor inputs only: the weight is the third when present.
-    const bool has_weight = s[2].defined();
-    const std::array<bool, 3> mask = {gi_needed, gt_needed, has_weight && ctx->needs_input_grad(2)};
-    const auto& args = ctx->saved_data["args"].toTupleRef().elements();
-    auto [gi, gt, gw] = backward_op().call(
-        grads[0], s[0], s[1], as_optional(s[2]), as_optional(s[3]), as_optional(s[4]),
-        args[0].toInt(), args[1].toDouble(), args[2].toOptional<double>(), args[3].toDouble(),
-        args[4].toInt(), mask);
-    none[0] = mask[0] ? gi : Tensor();
-    none[1] = mask[1] ? gt : Tensor();
-    none[2] = mask[2] ? gw : Tensor();
-    return none;
-  }
-
- private:
-  static bool plain_cpu_or_absent(const OptTensor& t) {
-    return !t.has_value() || !t->defined() || is_plain_cpu(*t);
-  }
-};
+  n.input = SavedVariable(input, /*is_output=*/false);
+  n.target = SavedVariable(target, /*is_output=*/false);
+  n.weight = SavedVariable(w, /*is_output=*/false);
+  n.param = SavedVariable(or_undefined(param), /*is_output=*/false);
+  n.avg_factor = SavedVariable(or_undefined(avg_factor), /*is_output=*/false);
+  n.kind = kind;
+  n.param_value = param_value;
+  n.avg_value = avg_value;
+  n.loss_weight = loss_weight;
+  n.reduction = reduction;
+  connect(node, out, input, target, w);
+  return out;
+}
 
 Tensor weighted_loss_autograd(const Tensor& input, const Tensor& target, const OptTensor& weight,
                               const OptTensor& param, const OptTensor& avg_factor, int64_t kind,
@@ -128,8 +140,8 @@ Tensor weighted_loss_autograd(const Tensor& input, const Tensor& target, const O
   TORCH_CHECK(!needs_grad({&p, &a}), "l1ext: no gradient with respect to beta, delta, tau or ",
               "avg_factor: pass them detached");
   if (needs_grad({&input, &target, &w})) {
-    return WeightedLossFunction::apply(input, target, weight, param, avg_factor, kind, param_value,
-                                       avg_value, loss_weight, reduction);
+    return weighted_loss_with_node(input, target, weight, param, avg_factor, kind, param_value,
+                                   avg_value, loss_weight, reduction);
   }
   at::AutoDispatchBelowADInplaceOrView guard;
   return forward_op().call(input, target, weight, param, avg_factor, kind, param_value, avg_value,

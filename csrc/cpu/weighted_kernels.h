@@ -41,6 +41,8 @@ template <class T>
 struct AuxBlock {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
+  using Index = Vectorized<at::vec::int_same_size_t<A>>;
+  static constexpr int VS = Vec::size();
   const T* data;
   Broadcast mode;
   A uniform;  // the value of every element, when the operand is absent or a scalar
@@ -50,6 +52,13 @@ struct AuxBlock {
   // divides kLanes every block starts a row and has the same layout: a block's row values are
   // data[i0 / inner + k / inner], its column values data[k % inner] (the same for every block).
   bool tiled;
+  // Row operand, tiled: the vectors of a full block are gathered (one vector gather each) from
+  // the block's kLanes / inner row values, with the lane -> row table row_index. Writing the
+  // block's 64 values one by one and reading them back as vectors would stall on store
+  // forwarding and cost twice the loss math (boxes (N, 4) with a weight (N, 1)).
+  const A* rows = nullptr;
+  A row_values[kLanes];  // the block's row values in A, when T is narrower than A
+  Index row_index[kLanes / VS];
   uint8_t row_of[kLanes];
   bool cols_filled = false;
 
@@ -57,16 +66,29 @@ struct AuxBlock {
       : data(static_cast<const T*>(a.data)), mode(data ? a.mode : Broadcast::kAbsent),
         uniform(mode == Broadcast::kScalar ? A(data[0]) : absent), tiled(inner > 0 && kLanes % inner == 0) {
     if (mode == Broadcast::kScalar) mode = Broadcast::kAbsent;
-    if (mode == Broadcast::kRow && tiled)
-      for (int k = 0; k < kLanes; ++k) row_of[k] = uint8_t(k / inner);
+    if (mode == Broadcast::kRow && tiled) {
+      at::vec::int_same_size_t<A> index[kLanes];
+      for (int k = 0; k < kLanes; ++k) index[k] = row_of[k] = uint8_t(k / inner);
+      for (int v = 0; v < kLanes / VS; ++v) row_index[v] = Index::loadu(index + v * VS);
+    }
   }
   bool is_uniform() const { return mode == Broadcast::kAbsent; }
+  bool gathers() const { return tiled && mode == Broadcast::kRow; }
 
   // Gathers a row- or column-broadcast operand for elements [i0, i0 + m).
   void fill(int64_t i0, int m, int64_t inner) {
     if (tiled && mode == Broadcast::kRow) {
-      const T* rows = data + i0 / inner;
-      for (int k = 0; k < m; ++k) buf[k] = A(rows[row_of[k]]);
+      const T* block_rows = data + i0 / inner;
+      if (m == kLanes) {
+        if constexpr (std::is_same_v<T, A>) {
+          rows = block_rows;
+        } else {
+          for (int r = 0; r < kLanes / inner; ++r) row_values[r] = A(block_rows[r]);
+          rows = row_values;
+        }
+        return;
+      }
+      for (int k = 0; k < m; ++k) buf[k] = A(block_rows[row_of[k]]);
       return;
     }
     if (tiled && mode == Broadcast::kCol) {
@@ -90,12 +112,14 @@ struct AuxBlock {
       }
     }
   }
-  // Lanes [j, j + Vec::size()) of the block starting at element i0.
+  // Lanes [j, j + VS) of the full block starting at element i0.
   Vec vec(int64_t i0, int j) const {
     if (mode == Broadcast::kFull) return Io<T>::load(data + i0 + j);
     if (mode == Broadcast::kAbsent) return Vec(uniform);
+    if (gathers()) return at::vec::gather<sizeof(A)>(rows, row_index[j / VS]);
     return Vec::loadu(buf + j);
   }
+  // Element k of the block starting at element i0 (the partial block).
   A one(int64_t i0, int k) const {
     if (mode == Broadcast::kFull) return A(data[i0 + k]);
     if (mode == Broadcast::kAbsent) return uniform;
