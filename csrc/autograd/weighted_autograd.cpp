@@ -1,7 +1,7 @@
 // Autograd of the weighted losses: one backward node (built by hand, autograd_util.h); gradients
-// for input, target and weight from one backward pass. The parameter tensor (beta, delta, tau) and avg_factor get none
-// (an input that requires one is refused rather than given a silent zero), and the backward is
-// not differentiable again (asking for it raises).
+// for input, target and weight from one backward pass. The parameter tensor (beta, delta, tau)
+// and avg_factor get none (an input that requires one is refused rather than given a silent
+// zero), and the backward is not differentiable again (asking for it raises).
 //
 // Reduced losses on plain CPU tensors whose weight needs no gradient (the detection case) take
 // the design of the plain Smooth L1 / Huber (losses_autograd.cpp): weighted_loss_forward writes

@@ -146,11 +146,36 @@ V grad_at(const V& d, const V& p) {
   return g;
 }
 
+// The loss math of a block's lanes: one functor for every lane when the parameter is uniform
+// (the common case: a number beta; Smooth L1 with beta == 0 is L1), else the per-lane formulas
+// with each lane's parameter. vec(...) (lanes [j, j + VS) of a full block) and one(...) (element
+// k of the partial block) give an object with value(d) and grad(d).
+template <class Loss>
+struct UniformMath {
+  Loss loss;
+  template <class Block>
+  const Loss& vec(const Block&, int64_t, int) const { return loss; }
+  template <class Block>
+  const Loss& one(const Block&, int64_t, int) const { return loss; }
+};
+template <LossKind K>
+struct PerLaneMath {
+  template <class V>
+  struct Lanes {
+    V p;
+    V value(const V& d) const { return value_at<K>(d, p); }
+    V grad(const V& d) const { return grad_at<K>(d, p); }
+  };
+  template <class Block>
+  Lanes<typename Block::Vec> vec(const Block& p, int64_t i0, int j) const { return {p.vec(i0, j)}; }
+  template <class Block>
+  Lanes<typename Block::A> one(const Block& p, int64_t i0, int k) const { return {p.one(i0, k)}; }
+};
+
 // Walks the elements [b, e) of a chunk in blocks of kLanes, with the weight and parameter of each
 // element gathered. For each vector of a full block: vec(i, v, value, grad, weight), i its first
 // element, v its index in the block; for each element of the last, partial block: one(i, k, value,
-// grad, weight), k its index in the block. grad is computed with kGrad only. The parameter takes
-// one functor when uniform (the common case: a number beta), the per-lane formulas otherwise.
+// grad, weight), k its index in the block. grad is computed with kGrad only.
 template <class T, LossKind K>
 struct WeightedBlocks {
   using A = acc_t<T>;
@@ -166,28 +191,46 @@ struct WeightedBlocks {
 
   template <bool kGrad, class VecFn, class OneFn>
   void walk(const T* x, const T* y, int64_t b, int64_t e, int64_t inner, VecFn&& vec, OneFn&& one) {
+    if (!p.is_uniform()) {
+      return walk_with<kGrad>(PerLaneMath<K>{}, x, y, b, e, inner, vec, one);
+    }
+    if constexpr (K == LossKind::SmoothL1) {
+      if (p.uniform == A(0)) {
+        return walk_with<kGrad>(UniformMath<math::L1Loss>{}, x, y, b, e, inner, vec, one);
+      }
+    }
+    using Loss = decltype(math::make_loss<K, A>(A(0)));
+    walk_with<kGrad>(UniformMath<Loss>{math::make_loss<K, A>(p.uniform)}, x, y, b, e, inner, vec,
+                     one);
+  }
+
+ private:
+  template <bool kGrad, class Math, class VecFn, class OneFn>
+  void walk_with(const Math& math, const T* x, const T* y, int64_t b, int64_t e, int64_t inner,
+                 VecFn& vec, OneFn& one) {
+    constexpr bool kPerLane = std::is_same_v<Math, PerLaneMath<K>>;
     for (int64_t i0 = b; i0 < e; i0 += kLanes) {
       const int m = int(std::min<int64_t>(kLanes, e - i0));
       w.fill(i0, m, inner);
-      p.fill(i0, m, inner);
+      if constexpr (kPerLane) p.fill(i0, m, inner);
       if (m == kLanes) {
         for (int v = 0; v < NV; ++v) {
           const int j = v * VS;
           const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
-          const Vec pv = p.is_uniform() ? Vec(p.uniform) : p.vec(i0, j);
+          const auto& loss = math.vec(p, i0, j);
           Vec g;
-          if constexpr (kGrad) g = grad_at<K>(d, pv);
-          vec(i0 + j, v, value_at<K>(d, pv), g, w.vec(i0, j));
+          if constexpr (kGrad) g = loss.grad(d);
+          vec(i0 + j, v, loss.value(d), g, w.vec(i0, j));
         }
         continue;
       }
       for (int k = 0; k < m; ++k) {
         const int64_t i = i0 + k;
         const A d = A(x[i]) - A(y[i]);
-        const A pv = p.one(i0, k);
+        const auto& loss = math.one(p, i0, k);
         A g{};
-        if constexpr (kGrad) g = grad_at<K>(d, pv);
-        one(i, k, value_at<K>(d, pv), g, w.one(i0, k));
+        if constexpr (kGrad) g = loss.grad(d);
+        one(i, k, loss.value(d), g, w.one(i0, k));
       }
     }
   }
