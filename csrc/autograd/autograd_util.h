@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/csrc/dynamo/compiled_autograd.h>
 
 #include <array>
 #include <initializer_list>
@@ -74,11 +75,14 @@ inline bool needs_grad(std::initializer_list<const Tensor*> ts) {
 // The forwards of the losses (the calls a training step makes) build their autograd node by hand,
 // as torch's generated kernels do, rather than through torch::autograd::Function: no context
 // object, no string-keyed saved_data, no output wrapping. At box-regression sizes each of those
-// costs a measurable share of the call. (The double-backward Functions stay Functions.)
+// costs a measurable share of the call. (The double-backward Functions stay Functions.) Each node
+// also implements compiled_args / apply_with_saved, so compiled autograd can trace it.
 
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
+using torch::dynamo::autograd::CompiledNodeArgs;
+using torch::dynamo::autograd::SwapSavedVariables;
 
 // The pointer type of autograd nodes: std::shared_ptr<Node> in older torch releases,
 // c10::intrusive_ptr<Node> in newer ones.

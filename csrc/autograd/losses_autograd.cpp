@@ -131,6 +131,18 @@ struct L1LossBackward : Node {
     auto [gi, gt] = l1_loss_backward_op().call(grads[0], sign.unpack(), reduction, dtype, mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
   }
+  // Compiled autograd: the node's attributes, and apply() with the saved tensors swapped.
+  void compiled_args(CompiledNodeArgs& args) const override {
+    args.collect(sign, false);
+    args.collect(reduction);
+    args.collect(dtype);
+  }
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
+    saved.before(sign);
+    auto result = apply(variable_list(grads));
+    saved.after(sign);
+    return result;
+  }
 };
 
 // Bytes (fp32, 'mean', input grad): the forward reads x and y (8 B/elem) and writes the int8
@@ -324,6 +336,22 @@ struct PointwiseLossBackward : Node {
     }
     auto [gi, gt] = backward_op<Loss>().call(grads[0], x, y, reduction, param, mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
+  }
+  // Compiled autograd traces apply() on stand-in tensors: the kept gradients are not used there
+  // (is_one is false for them), the backward operator is traced.
+  void compiled_args(CompiledNodeArgs& args) const override {
+    args.collect(input, false);
+    args.collect(target, false);
+    args.collect(reduction);
+    args.collect(param);
+  }
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
+    saved.before(input);
+    saved.before(target);
+    auto result = apply(variable_list(grads));
+    saved.after(input);
+    saved.after(target);
+    return result;
   }
 };
 

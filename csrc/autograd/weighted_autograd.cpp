@@ -88,6 +88,23 @@ struct WeightedLossBackward : Node {
                                            loss_weight, reduction, mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), mask[2] ? gw : Tensor()};
   }
+  // Compiled autograd (see PointwiseLossBackward).
+  void compiled_args(CompiledNodeArgs& args) const override {
+    for (const SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) {
+      args.collect(*v, false);
+    }
+    args.collect(kind);
+    args.collect(param_value);
+    args.collect(avg_value);
+    args.collect(loss_weight);
+    args.collect(reduction);
+  }
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
+    for (SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) saved.before(*v);
+    auto result = apply(variable_list(grads));
+    for (SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) saved.after(*v);
+    return result;
+  }
 };
 
 Tensor weighted_loss_with_node(const Tensor& input, const Tensor& target, const OptTensor& weight,
