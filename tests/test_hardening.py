@@ -9,9 +9,10 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import l1ext.functional as LF
 from conftest import DEVICES, LOSS_IDS, LOSSES, REDUCTIONS, assert_close
 
 settings.register_profile("ci", max_examples=250, deadline=None, derandomize=True,
@@ -106,12 +107,35 @@ def _run(fn, x, y, reduction, kw, grads, go):
 COMPARED = {}
 
 
+def _torch_fp16_intermediate_overflows(name, dtype, param, x, y):
+    # torch's CPU Smooth L1 kernel computes float16 in float16, each operation rounded, so inside
+    # |d| < beta its 0.5 * d * d overflows to inf from |d| ~ 362 on, where the loss 0.5 d^2 / beta
+    # is finite. l1ext computes in float, as torch's CUDA kernel does (README: where they differ).
+    if name != "smooth_l1" or dtype != torch.float16:
+        return False
+    d = (x.float() - y.float()).abs()
+    return bool(((d < param) & (0.5 * d * d > torch.finfo(torch.float16).max)).any())
+
+
+def test_fp16_smooth_l1_where_torch_cpu_overflows():
+    # The one documented difference the property test assumes away, pinned down.
+    x = torch.tensor([-10000.0, 1.0], dtype=torch.float16)
+    y = torch.tensor([-5.0, 0.0], dtype=torch.float16)
+    theirs = torch.nn.functional.smooth_l1_loss(x, y, beta=10000.0, reduction="none")
+    ours = LF.smooth_l1_loss(x, y, beta=10000.0, reduction="none")
+    exact = 0.5 * 9995.0**2 / 10000.0
+    assert _torch_fp16_intermediate_overflows("smooth_l1", x.dtype, 10000.0, x, y)
+    assert torch.isinf(theirs[0]) and ours[0].item() == torch.tensor(exact).half().item()
+    assert ours[1] == theirs[1]
+
+
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_property_parity(loss):
     @given(case(loss))
     def check(c):
         loss, dtype, reduction, param, x, y, grads = c
         _, ours, theirs, pname = loss
+        assume(not _torch_fp16_intermediate_overflows(loss[0], dtype, param, x, y))
         COMPARED[loss[0]] = COMPARED.get(loss[0], 0) + 1
         kw = {pname: param} if pname else {}
         go = None
