@@ -445,6 +445,11 @@ def format_table(result):
             mems = [impls[i]["peak_memory_bytes"] for i in IMPLS if i in impls]
             line += "  " + "/".join("?" if m is None else f"{m / 2**20:.3g}" for m in mems)
         lines.append(line)
+    split = {r["loss"] for r in rows if r["pass"] != "fwdbwd" and r["loss"] != "l1"}
+    if meta["device"] == "cpu" and meta["reduction"] != "none" and split:
+        lines += ["", "On the CPU a reduced Smooth L1 / Huber forward also writes the gradient, which the "
+                      "backward hands over:", "its fwd and bwd rows split the work differently from "
+                      "torch's; compare them by fwdbwd."]
     if result["compile_seconds"]:
         cs = list(result["compile_seconds"].values())
         lines += ["", f"torch.compile time (excluded above): {sum(cs):.1f}s in all, "
