@@ -88,3 +88,21 @@ def test_plot(tmp_path):
     bench.write_plot(result, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "smooth_l1" in bench.format_table(result)
+
+
+def test_table_notes_the_cpu_design_of_smooth_l1_and_huber():
+    # The recorded CPU run: its Smooth L1 / Huber fwd and bwd rows split the work differently
+    # from torch's (the forward writes the gradient), and the table says so; a GPU table does not.
+    import copy
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "results" / "cpu-quick.json"
+    result = json.loads(path.read_text())
+    note = "compare them by fwdbwd"
+    assert note in bench.format_table(result)
+    gpu = copy.deepcopy(result)
+    gpu["meta"]["device"] = "cuda"
+    assert note not in bench.format_table(gpu)
+    fwdbwd_only = copy.deepcopy(result)
+    fwdbwd_only["rows"] = [r for r in result["rows"] if r["pass"] == "fwdbwd"]
+    assert note not in bench.format_table(fwdbwd_only)
