@@ -62,10 +62,16 @@ struct WeightedLossBackward : Node {
   int64_t reduction = 1;
   FusedGradients fused;  // kept only when the weight needs no gradient (see forward)
 
+  // The saved tensors, for the loops below (const or not, as the node).
+  template <class Self>
+  static auto operands(Self& self) {
+    return std::array{&self.input, &self.target, &self.weight, &self.param, &self.avg_factor};
+  }
+
   std::string name() const override { return "l1ext::WeightedLossBackward"; }
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) v->reset_data();
+    for (SavedVariable* v : operands(*this)) v->reset_data();
     fused.take();
   }
   variable_list apply(variable_list&& grads) override {
@@ -90,9 +96,7 @@ struct WeightedLossBackward : Node {
   }
   // Compiled autograd (see PointwiseLossBackward).
   void compiled_args(CompiledNodeArgs& args) const override {
-    for (const SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) {
-      args.collect(*v, false);
-    }
+    for (const SavedVariable* v : operands(*this)) args.collect(*v, false);
     args.collect(kind);
     args.collect(param_value);
     args.collect(avg_value);
@@ -100,9 +104,9 @@ struct WeightedLossBackward : Node {
     args.collect(reduction);
   }
   variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
-    for (SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) saved.before(*v);
+    for (SavedVariable* v : operands(*this)) saved.before(*v);
     auto result = apply(variable_list(grads));
-    for (SavedVariable* v : {&input, &target, &weight, &param, &avg_factor}) saved.after(*v);
+    for (SavedVariable* v : operands(*this)) saved.after(*v);
     return result;
   }
 };
