@@ -24,6 +24,8 @@ else
 fi
 "$PY" benchmarks/targets.py --device cuda --json "$OUT_DIR/gpu-targets.json" > "$OUT_DIR/gpu-targets.txt" 2>&1 || status=1
 tail -40 "$OUT_DIR/gpu-targets.txt"
+"$PY" benchmarks/overhead.py --device cuda --json "$OUT_DIR/gpu-overhead.json" > "$OUT_DIR/gpu-overhead.txt" 2>&1 || status=1
+tail -4 "$OUT_DIR/gpu-overhead.txt"
 "$PY" benchmarks/weighted.py --device cuda --json "$OUT_DIR/gpu-weighted.json" > "$OUT_DIR/gpu-weighted.txt" 2>&1 || status=1
 "$PY" -m l1ext.bench --device cuda --no-progress --json "$OUT_DIR/gpu-bench.json" --plot "$OUT_DIR/gpu-bench.png" \
   > "$OUT_DIR/gpu-bench.txt" 2>&1 || status=1

@@ -106,3 +106,20 @@ def test_table_notes_the_cpu_design_of_smooth_l1_and_huber():
     fwdbwd_only = copy.deepcopy(result)
     fwdbwd_only["rows"] = [r for r in result["rows"] if r["pass"] == "fwdbwd"]
     assert note not in bench.format_table(fwdbwd_only)
+
+
+def test_overhead_script_runs(tmp_path, capsys):
+    # benchmarks/overhead.py on a tiny CPU run: every row is timed and the JSON is written.
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "overhead.py"
+    spec = importlib.util.spec_from_file_location("overhead", path)
+    overhead = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overhead)
+    out = tmp_path / "o.json"
+    assert overhead.main(["--device", "cpu", "--n", "64", "--steps", "3", "--repeats", "2",
+                          "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 1 + 5 * 3 and all(r["time_s"] > 0 for r in rows)
+    assert "of eager torch's time" in capsys.readouterr().out

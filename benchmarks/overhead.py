@@ -1,0 +1,112 @@
+"""Where the time of a small forward + backward goes (box-regression sizes, N = 4096 by default):
+l1ext and eager torch per loss beside the autograd engine's own floor. Wall time per step of a
+loop of steps (a GPU synchronised once at the end of the loop: the steady state of a training
+loop, host or device bound, whichever is slower), medians over repeated loops; on a GPU also the
+kernel launches per step, counted by the profiler. Nothing asserted.
+
+    python benchmarks/overhead.py [--device cuda] [--n 4096] [--json PATH]
+
+On a GPU the issue's target is l1ext fwd+bwd <= 0.5x eager torch's time at N = 4096: this splits
+that time into forward, backward and the floor no loss can go under.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import l1ext.functional as LF
+from l1ext import bench
+
+LOSSES = {
+    "l1": (F.l1_loss, LF.l1_loss),
+    "smooth_l1": (F.smooth_l1_loss, LF.smooth_l1_loss),
+    "huber": (F.huber_loss, LF.huber_loss),
+}
+
+
+def per_step(step, device, steps, repeats):
+    """Median seconds per call of step() over `repeats` loops of `steps` calls."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(max(3, steps // 10)):
+        step()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        times.append((time.perf_counter() - t0) / steps)
+    return statistics.median(times)
+
+
+def launches_per_step(step, device, steps=20):
+    """Device kernels and memory operations per call of step(), from the profiler (GPU only)."""
+    if device.type != "cuda":
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(device_events) / steps
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--n", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--json", metavar="PATH")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    x = torch.randn(a.n, device=device, requires_grad=True)
+    xd = x.detach()
+    y = torch.randn(a.n, device=device)
+
+    def fwd_bwd(fn):
+        def step():
+            x.grad = None
+            fn(x, y).backward()
+        return step
+
+    cases = [("engine floor", "x.sum().backward()", fwd_bwd(lambda a, b: a.sum()))]
+    for name, (theirs, ours) in LOSSES.items():
+        cases += [
+            (name, "eager fwd+bwd", fwd_bwd(theirs)),
+            (name, "l1ext fwd+bwd", fwd_bwd(ours)),
+            (name, "eager fwd", lambda theirs=theirs: theirs(x, y)),
+            (name, "l1ext fwd", lambda ours=ours: ours(x, y)),
+            (name, "l1ext fwd, no grad", lambda ours=ours: ours(xd, y)),
+        ]
+    rows = []
+    print(f"time per step at N = {a.n}, {device}, loops of {a.steps} steps, median of {a.repeats}")
+    print(f"{'loss':<14}{'what':<22}{'time':>10}{'launches':>10}")
+    for loss, what, step in cases:
+        t = per_step(step, device, a.steps, a.repeats)
+        k = launches_per_step(step, device)
+        rows.append({"loss": loss, "what": what, "time_s": t, "launches": k})
+        print(f"{loss:<14}{what:<22}{bench._fmt_time(t):>10}{'' if k is None else f'{k:.1f}':>10}")
+    print()
+    by = {(r["loss"], r["what"]): r["time_s"] for r in rows}
+    for name in LOSSES:
+        ratio = by[(name, "l1ext fwd+bwd")] / by[(name, "eager fwd+bwd")]
+        print(f"{name}: l1ext fwd+bwd = {ratio:.2f} of eager torch's time")
+    if a.json:
+        meta = bench.metadata(device, argparse.Namespace(reduction="mean", quick=False))
+        with open(a.json, "w") as f:
+            json.dump({"meta": meta, "n": a.n, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
