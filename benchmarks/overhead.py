@@ -1,7 +1,8 @@
 """Where the time of a small forward + backward goes (box-regression sizes, N = 4096 by default):
 l1ext and eager torch per loss beside the autograd engine's own floor. Wall time per step of a
 loop of steps (a GPU synchronised once at the end of the loop: the steady state of a training
-loop, host or device bound, whichever is slower), medians over repeated loops; on a GPU also the
+loop, host or device bound, whichever is slower), medians over rounds that run every case in
+turn; on a GPU also the
 kernel launches per step, counted by the profiler. Nothing asserted.
 
     python benchmarks/overhead.py [--device cuda] [--n 4096] [--json PATH]
@@ -28,20 +29,23 @@ LOSSES = {
 }
 
 
-def per_step(step, device, steps, repeats):
-    """Median seconds per call of step() over `repeats` loops of `steps` calls."""
+def per_step(steps_by_case, device, steps, repeats):
+    """Median seconds per call of each case's step() over `repeats` rounds; each round runs a
+    loop of `steps` calls of every case in turn, so that drift of the machine hits all alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(max(3, steps // 10)):
-        step()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
+    for step in steps_by_case:
+        for _ in range(max(3, steps // 10)):
             step()
-        sync()
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times)
+    sync()
+    times = [[] for _ in steps_by_case]
+    for _ in range(repeats):
+        for k, step in enumerate(steps_by_case):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync()
+            times[k].append((time.perf_counter() - t0) / steps)
+    return [statistics.median(t) for t in times]
 
 
 def launches_per_step(step, device, steps=20):
@@ -89,10 +93,11 @@ def main(argv=None):
             (name, "l1ext fwd, no grad", lambda ours=ours: ours(xd, y)),
         ]
     rows = []
-    print(f"time per step at N = {a.n}, {device}, loops of {a.steps} steps, median of {a.repeats}")
+    print(f"time per step at N = {a.n}, {device}, loops of {a.steps} steps, median of {a.repeats} "
+          "rounds (all cases in each round)")
     print(f"{'loss':<14}{'what':<22}{'time':>10}{'launches':>10}")
-    for loss, what, step in cases:
-        t = per_step(step, device, a.steps, a.repeats)
+    seconds = per_step([step for _, _, step in cases], device, a.steps, a.repeats)
+    for (loss, what, step), t in zip(cases, seconds):
         k = launches_per_step(step, device)
         rows.append({"loss": loss, "what": what, "time_s": t, "launches": k})
         print(f"{loss:<14}{what:<22}{bench._fmt_time(t):>10}{'' if k is None else f'{k:.1f}':>10}")
