@@ -297,3 +297,35 @@ def test_weighted_forward_gradient_dtypes(dtype):
     gi, gt, _ = ops.weighted_loss_backward(torch.ones((), dtype=dtype), p0, t, w, None, None, SMOOTH_L1, 1 / 9,
                                            300.0, 1.0, 1, [True, True, False])
     assert torch.equal(p.grad, gi) and torch.equal(t1.grad, gt)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("beta", [1.0, 0.5, 2.0, 0.125, 2.0**-20, 1024.0, 1 / 9, 0.3])
+def test_smooth_l1_beta_power_of_two_has_the_bits_of_a_division(beta, dtype):
+    # For a power-of-two beta the CPU kernels multiply by 1 / beta instead of dividing by beta:
+    # the same real number rounded once, so the same bits. Checked against the division written
+    # out in torch's elementwise operators (computed in the accumulation type, float for
+    # bfloat16), on residuals across the range, subnormal, +-inf and NaN included; other betas
+    # (1/9, 0.3) take the division and pass the same check.
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, generator=g, dtype=acc) * torch.logspace(-30, 3, 5000, dtype=acc)
+    x[:6] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), 1e-41], dtype=acc)
+    x, y = x.to(dtype), torch.zeros(5000, dtype=dtype)
+    d = x.to(acc) - y.to(acc)
+    z = d.abs()
+    b = torch.tensor(beta, dtype=acc)
+    value = torch.where(z < b, 0.5 * z * z / b, z - 0.5 * b).to(dtype)
+    grad = torch.where(d <= -b, -1.0, torch.where(d >= b, 1.0, d / b).to(acc)).to(dtype)
+
+    def same(a, e):
+        assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a[~a.isnan()], e[~e.isnan()])
+
+    same(LF.smooth_l1_loss(x, y, beta=beta, reduction="none"), value)
+    xg = x.clone().requires_grad_()
+    LF.smooth_l1_loss(xg, y, beta=beta, reduction="sum").backward()
+    same(xg.grad, grad)
+    # The weighted kernels with a uniform beta (weight of one, reduction 'sum').
+    xw = x.clone().requires_grad_()
+    LF.smooth_l1_loss(xw, y, beta=beta, weight=torch.ones(5000, dtype=dtype), reduction="sum").backward()
+    same(xw.grad, grad)

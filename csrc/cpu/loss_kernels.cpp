@@ -195,39 +195,53 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
 template <bool B>
 using Flag = std::integral_constant<bool, B>;
 
+// Calls f(loss) with the loss functor of kind K: for Smooth L1 with a power-of-two beta, the
+// form that multiplies by 1 / beta (same bits, no division; loss_math.h).
+template <class T, LossKind K, class F>
+auto with_loss(double param, F&& f) {
+  using A = acc_t<T>;
+  if constexpr (K == LossKind::SmoothL1) {
+    const A beta(param);
+    if (math::exact_reciprocal(beta)) return f(math::SmoothL1Loss<A, true>{beta, A(1) / beta});
+  }
+  return f(make_loss<K, A>(param));
+}
+
 template <class T, LossKind K>
 double forward(const void* xv, const void* yv, int64_t n, double param, void* outv, int8_t* sign,
                void* giv, void* gtv, double grad_scale) {
-  const auto loss = make_loss<K, acc_t<T>>(param);
-  using Loss = decltype(loss);
-  const T* x = static_cast<const T*>(xv);
-  const T* y = static_cast<const T*>(yv);
-  T* out = static_cast<T*>(outv);
-  T* gi = static_cast<T*>(giv);
-  T* gt = static_cast<T*>(gtv);
-  const acc_t<T> scale(grad_scale);
-  // What the forward writes besides the loss: the int8 sign (L1 only), the gradients, or nothing.
-  auto run = [&](auto sign_flag, auto grad_flag) -> double {
-    constexpr bool kSign = decltype(sign_flag)::value;
-    constexpr bool kGrad = decltype(grad_flag)::value;
-    auto at = [](auto* p, int64_t b) { return p ? p + b : p; };
-    if (out != nullptr) {
-      for_each_chunk(n, [&](int64_t b, int64_t e) {
-        forward_chunk<T, Loss, true, kSign, kGrad>(x + b, y + b, e - b, loss, out + b, at(sign, b),
-                                                    at(gi, b), at(gt, b), scale);
+  return with_loss<T, K>(param, [&](const auto& loss) {
+    using Loss = std::decay_t<decltype(loss)>;
+    const T* x = static_cast<const T*>(xv);
+    const T* y = static_cast<const T*>(yv);
+    T* out = static_cast<T*>(outv);
+    T* gi = static_cast<T*>(giv);
+    T* gt = static_cast<T*>(gtv);
+    const acc_t<T> scale(grad_scale);
+    // What the forward writes besides the loss: the int8 sign (L1 only), the gradients, or nothing.
+    auto run = [&](auto sign_flag, auto grad_flag) -> double {
+      constexpr bool kSign = decltype(sign_flag)::value;
+      constexpr bool kGrad = decltype(grad_flag)::value;
+      auto at = [](auto* p, int64_t b) { return p ? p + b : p; };
+      if (out != nullptr) {
+        for_each_chunk(n, [&](int64_t b, int64_t e) {
+          forward_chunk<T, Loss, true, kSign, kGrad>(x + b, y + b, e - b, loss, out + b,
+                                                      at(sign, b), at(gi, b), at(gt, b), scale);
+        });
+        return 0.0;
+      }
+      return sum_over_chunks(n, [&](int64_t b, int64_t e) {
+        return forward_chunk<T, Loss, false, kSign, kGrad>(x + b, y + b, e - b, loss, nullptr,
+                                                            at(sign, b), at(gi, b), at(gt, b),
+                                                            scale);
       });
-      return 0.0;
+    };
+    if constexpr (K == LossKind::L1) {
+      if (sign != nullptr) return run(Flag<true>{}, Flag<false>{});
     }
-    return sum_over_chunks(n, [&](int64_t b, int64_t e) {
-      return forward_chunk<T, Loss, false, kSign, kGrad>(x + b, y + b, e - b, loss, nullptr,
-                                                          at(sign, b), at(gi, b), at(gt, b), scale);
-    });
-  };
-  if constexpr (K == LossKind::L1) {
-    if (sign != nullptr) return run(Flag<true>{}, Flag<false>{});
-  }
-  if (gi != nullptr || gt != nullptr) return run(Flag<false>{}, Flag<true>{});
-  return run(Flag<false>{}, Flag<false>{});
+    if (gi != nullptr || gt != nullptr) return run(Flag<false>{}, Flag<true>{});
+    return run(Flag<false>{}, Flag<false>{});
+  });
 }
 
 // g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = -g.
@@ -258,22 +272,23 @@ void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t
 template <class T, LossKind K>
 void backward(const void* xv, const void* yv, const void* gov, double scale, int64_t n,
               double param, void* giv, void* gtv) {
-  const auto loss = make_loss<K, acc_t<T>>(param);
-  using Loss = decltype(loss);
-  const T* x = static_cast<const T*>(xv);
-  const T* y = static_cast<const T*>(yv);
-  const T* go = static_cast<const T*>(gov);
-  T* gi = static_cast<T*>(giv);
-  T* gt = static_cast<T*>(gtv);
-  const acc_t<T> s(scale);
-  for_each_chunk(n, [&](int64_t b, int64_t e) {
-    T* gib = gi ? gi + b : nullptr;
-    T* gtb = gt ? gt + b : nullptr;
-    if (go) {
-      backward_chunk<T, Loss, true>(x + b, y + b, go + b, s, e - b, loss, gib, gtb);
-    } else {
-      backward_chunk<T, Loss, false>(x + b, y + b, nullptr, s, e - b, loss, gib, gtb);
-    }
+  with_loss<T, K>(param, [&](const auto& loss) {
+    using Loss = std::decay_t<decltype(loss)>;
+    const T* x = static_cast<const T*>(xv);
+    const T* y = static_cast<const T*>(yv);
+    const T* go = static_cast<const T*>(gov);
+    T* gi = static_cast<T*>(giv);
+    T* gt = static_cast<T*>(gtv);
+    const acc_t<T> s(scale);
+    for_each_chunk(n, [&](int64_t b, int64_t e) {
+      T* gib = gi ? gi + b : nullptr;
+      T* gtb = gt ? gt + b : nullptr;
+      if (go) {
+        backward_chunk<T, Loss, true>(x + b, y + b, go + b, s, e - b, loss, gib, gtb);
+      } else {
+        backward_chunk<T, Loss, false>(x + b, y + b, nullptr, s, e - b, loss, gib, gtb);
+      }
+    });
   });
 }
 

@@ -198,6 +198,11 @@ struct WeightedBlocks {
       if (p.uniform == A(0)) {
         return walk_with<kGrad>(UniformMath<math::L1Loss>{}, x, y, b, e, inner, vec, one);
       }
+      if (math::exact_reciprocal(p.uniform)) {  // a power-of-two beta: no division (loss_math.h)
+        using ByReciprocal = math::SmoothL1Loss<A, true>;
+        return walk_with<kGrad>(UniformMath<ByReciprocal>{{p.uniform, A(1) / p.uniform}}, x, y, b,
+                                e, inner, vec, one);
+      }
     }
     using Loss = decltype(math::make_loss<K, A>(A(0)));
     walk_with<kGrad>(UniformMath<Loss>{math::make_loss<K, A>(p.uniform)}, x, y, b, e, inner, vec,
