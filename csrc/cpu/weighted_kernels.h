@@ -77,7 +77,7 @@ struct AuxBlock {
 
   // Gathers a row- or column-broadcast operand for elements [i0, i0 + m).
   void fill(int64_t i0, int m, int64_t inner) {
-    if (tiled && mode == Broadcast::kRow) {
+    if (gathers()) {
       const T* block_rows = data + i0 / inner;
       if (m == kLanes) {
         if constexpr (std::is_same_v<T, A>) {
@@ -198,15 +198,12 @@ struct WeightedBlocks {
       if (p.uniform == A(0)) {
         return walk_with<kGrad>(UniformMath<math::L1Loss>{}, x, y, b, e, inner, vec, one);
       }
-      if (math::exact_reciprocal(p.uniform)) {  // a power-of-two beta: no division (loss_math.h)
-        using ByReciprocal = math::SmoothL1Loss<A, true>;
-        return walk_with<kGrad>(UniformMath<ByReciprocal>{{p.uniform, A(1) / p.uniform}}, x, y, b,
-                                e, inner, vec, one);
-      }
     }
-    using Loss = decltype(math::make_loss<K, A>(A(0)));
-    walk_with<kGrad>(UniformMath<Loss>{math::make_loss<K, A>(p.uniform)}, x, y, b, e, inner, vec,
-                     one);
+    // The plain kernels' choice of functor (with_loss: a power-of-two beta divides by none).
+    with_loss<T, K>(double(p.uniform), [&](const auto& loss) {
+      using Loss = std::decay_t<decltype(loss)>;
+      this->template walk_with<kGrad>(UniformMath<Loss>{loss}, x, y, b, e, inner, vec, one);
+    });
   }
 
  private:
