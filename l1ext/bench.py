@@ -322,13 +322,16 @@ def metadata(device, args):
     return meta
 
 
-def run(args):
+def run(args, checkpoint=None):
+    """Runs the sweep; checkpoint(result), when given, is called after each (loss, dtype, size) with
+    the rows so far (meta["complete"] is False until the sweep ends)."""
     device = torch.device(args.device)
     clock = Clock(device)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     compile_ = not args.no_compile
     impl_names = [i for i in IMPLS if compile_ or i != "compiled"]
-    result = {"meta": metadata(device, args), "compile_seconds": {}, "rows": []}
+    result = {"meta": {**metadata(device, args), "complete": False}, "compile_seconds": {},
+              "rows": []}
     result["meta"]["copy_bandwidth_Bps"] = copy_bandwidth(device, clock, args.min_time)
     total = len(args.losses) * len(args.dtypes) * len(args.sizes) * len(impl_names)
     progress = Progress(total, not args.no_progress)
@@ -396,7 +399,18 @@ def run(args):
                         }
                         result["rows"].append(row)
                 del x, y
+                if checkpoint is not None:
+                    checkpoint(result)
+    result["meta"]["complete"] = True
     return result
+
+
+def write_json(result, path):
+    """Writes result to path whole or not at all (a new file renamed over the old one)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, path)
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -495,11 +509,12 @@ def write_plot(result, path):
 
 def main(argv=None):
     args = resolve(build_parser().parse_args(argv))
-    result = run(args)
+    # With --json the rows so far are saved as they come, so a run cut short (Ctrl-C, a time
+    # limit) still leaves every figure it measured.
+    result = run(args, checkpoint=(lambda r: write_json(r, args.json)) if args.json else None)
     print(format_table(result))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(result, args.json)
         print(f"wrote {args.json}")
     if args.plot:
         write_plot(result, args.plot)

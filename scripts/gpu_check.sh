@@ -1,32 +1,124 @@
 #!/usr/bin/env bash
-# Everything the GPU issue asks of a real GPU, in one command (on a machine with CUDA torch, nvcc,
-# ninja): build, the CUDA tests (and the parity suite on CUDA), compute-sanitizer memcheck and
-# racecheck, and the benchmark. Results go to ${OUT:-benchmarks/results/gpu}.
+# Everything the GPU issue asks of a real GPU (on a machine with CUDA torch, nvcc, ninja), in
+# stages that each fit a time budget:
+#
+#   bash scripts/gpu_check.sh [STAGE ...]      (no stage: all of them, in this order)
+#
+#   build      python setup.py build_ext --inplace (later stages build first when l1ext has no
+#              CUDA kernels yet)
+#   tests      the whole test suite, which runs the CUDA tests and the parity suite on CUDA too
+#   slow       the slow tests (a tensor of more than 2^31 elements)
+#   memcheck   compute-sanitizer --tool memcheck over scripts/cuda_sanitizer_cases.py
+#   racecheck  compute-sanitizer --tool racecheck over the same cases
+#   targets    benchmarks/targets.py (the issue's speed targets, yes/no per line)
+#   overhead   benchmarks/overhead.py (a 4096-element step against the autograd engine's floor)
+#   weighted   benchmarks/weighted.py (the fused weighted box loss against the composition)
+#   bench      python -m l1ext.bench, the full sweep, with its JSON and plot (L1EXT_BENCH_ARGS adds
+#              arguments, e.g. "--losses l1 --dtypes float32,bfloat16")
+#
+# Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
+# (default 560): a stage that would outlast the budget is cut short, so the results are always
+# written. Logs and results go to ${L1EXT_RESULTS:-benchmarks/results/gpu}; where $OUT is set, a
+# summary (one line per stage, plus the end of each log) goes to $OUT/summary.txt and every result
+# file into one archive, $OUT/gpu-<stages>.tar.gz. Exit status: 0 when every stage passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-OUT_DIR=${OUT:-benchmarks/results/gpu}
-mkdir -p "$OUT_DIR"
-export PYTHONUNBUFFERED=1
+RESULTS=${L1EXT_RESULTS:-benchmarks/results/gpu}
+BUDGET=${L1EXT_CHECK_BUDGET:-560}
+ALL_STAGES=(build tests slow memcheck racecheck targets overhead weighted bench)
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL_STAGES[@]}")
+for s in "${STAGES[@]}"; do
+  case " ${ALL_STAGES[*]} " in *" $s "*) ;; *) echo "unknown stage: $s (stages: ${ALL_STAGES[*]})" >&2; exit 2 ;; esac
+done
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+START=$SECONDS
+SUMMARY="$RESULTS/summary.txt"
+: > "$SUMMARY"
 status=0
-"$PY" -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3 || exit 1
-"$PY" -c "import torch, l1ext; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), l1ext.cpu_capability())"
-"$PY" -m pytest -q -x tests/test_cuda.py tests/test_parity.py -k "cuda" 2>&1 | tee "$OUT_DIR/tests.txt" | tail -5 || status=1
-"$PY" -m pytest -q tests/test_cuda.py -m slow 2>&1 | tail -3 || status=1
-if command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 1 "$PY" scripts/cuda_sanitizer_cases.py \
-      > "$OUT_DIR/sanitizer-$tool.txt" 2>&1 || status=1
-    tail -3 "$OUT_DIR/sanitizer-$tool.txt"
-  done
-else
-  echo "compute-sanitizer not found" | tee "$OUT_DIR/sanitizer.txt"; status=1
+
+# Seconds left for a stage: its own limit, or what the budget leaves after 20 s for the archive.
+limit_for() {
+  local left=$((BUDGET - (SECONDS - START) - 20))
+  [ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+
+# run_stage NAME LIMIT COMMAND...: the command's output goes to $RESULTS/NAME.txt.
+run_stage() {
+  local name=$1 limit
+  limit=$(limit_for "$2")
+  shift 2
+  if [ "$limit" -le 10 ]; then
+    echo "$name: SKIPPED (budget spent)" | tee -a "$SUMMARY"; status=1; return
+  fi
+  local t0=$SECONDS rc
+  # bash -c runs the exported shell functions below as well as plain commands under timeout.
+  timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" > "$RESULTS/$name.txt" 2>&1
+  rc=$?
+  local verdict=passed
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then verdict="TIMED OUT after ${limit}s"; status=1
+  elif [ "$rc" -ne 0 ]; then verdict="FAILED (exit $rc)"; status=1; fi
+  echo "$name: $verdict in $((SECONDS - t0))s" | tee -a "$SUMMARY"
+  tail -n 25 "$RESULTS/$name.txt" | awk -v n="$name" '{print "  [" n "] " $0}' >> "$SUMMARY"
+}
+
+has_cuda_kernels() {
+  "$PY" -c "import torch, l1ext; import sys; sys.exit(0 if torch._C._dispatch_has_kernel_for_dispatch_key('l1ext::l1_loss', 'CUDA') else 1)" 2>/dev/null
+}
+
+# Built in place (no pip, no network); PYTHONPATH makes the checkout importable from benchmarks/.
+build() {
+  "$PY" setup.py build_ext --inplace &&
+    "$PY" -c "import torch, l1ext; print(torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name(), 'CPU', l1ext.cpu_capability())" &&
+    has_cuda_kernels
+}
+
+sanitize() {
+  compute-sanitizer --tool "$1" --error-exitcode 1 "$PY" scripts/cuda_sanitizer_cases.py
+}
+
+export -f build has_cuda_kernels sanitize
+export PY
+
+"$PY" - <<'EOF' | tee -a "$SUMMARY"
+import subprocess, torch
+name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}; commit {commit or 'unknown'}")
+EOF
+
+built=0
+for stage in "${STAGES[@]}"; do
+  if [ "$stage" = build ] || { [ "$built" -eq 0 ] && ! has_cuda_kernels; }; then
+    run_stage build 400 build
+    built=1
+    [ "$stage" = build ] && continue
+  fi
+  case $stage in
+    tests) run_stage tests 420 "$PY" -m pytest -q -rfE --maxfail=50 -p no:cacheprovider tests ;;
+    slow) run_stage slow 300 "$PY" -m pytest -q -rfE -p no:cacheprovider -m slow tests ;;
+    memcheck | racecheck)
+      if command -v compute-sanitizer > /dev/null; then
+        run_stage "sanitizer-$stage" 500 sanitize "$stage"
+      else
+        echo "sanitizer-$stage: FAILED (compute-sanitizer not found)" | tee -a "$SUMMARY"; status=1
+      fi ;;
+    targets) run_stage gpu-targets 500 "$PY" benchmarks/targets.py --device cuda --json "$RESULTS/gpu-targets.json" ;;
+    overhead) run_stage gpu-overhead 200 "$PY" benchmarks/overhead.py --device cuda --json "$RESULTS/gpu-overhead.json" ;;
+    weighted) run_stage gpu-weighted 300 "$PY" benchmarks/weighted.py --device cuda --json "$RESULTS/gpu-weighted.json" ;;
+    # shellcheck disable=SC2086  # L1EXT_BENCH_ARGS is a list of arguments
+    bench) run_stage gpu-bench 540 "$PY" -m l1ext.bench --device cuda --no-progress \
+      --json "$RESULTS/gpu-bench.json" --plot "$RESULTS/gpu-bench.png" ${L1EXT_BENCH_ARGS:-} ;;
+  esac
+done
+
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  cp "$SUMMARY" "$OUT/summary.txt"
+  tag=$(IFS=-; echo "${STAGES[*]}")
+  tar czf "$OUT/gpu-$tag.tar.gz" -C "$RESULTS" .
 fi
-"$PY" benchmarks/targets.py --device cuda --json "$OUT_DIR/gpu-targets.json" > "$OUT_DIR/gpu-targets.txt" 2>&1 || status=1
-tail -40 "$OUT_DIR/gpu-targets.txt"
-"$PY" benchmarks/overhead.py --device cuda --json "$OUT_DIR/gpu-overhead.json" > "$OUT_DIR/gpu-overhead.txt" 2>&1 || status=1
-tail -4 "$OUT_DIR/gpu-overhead.txt"
-"$PY" benchmarks/weighted.py --device cuda --json "$OUT_DIR/gpu-weighted.json" > "$OUT_DIR/gpu-weighted.txt" 2>&1 || status=1
-"$PY" -m l1ext.bench --device cuda --no-progress --json "$OUT_DIR/gpu-bench.json" --plot "$OUT_DIR/gpu-bench.png" \
-  > "$OUT_DIR/gpu-bench.txt" 2>&1 || status=1
+echo "gpu_check: $([ $status -eq 0 ] && echo passed || echo FAILED) (stages: ${STAGES[*]}; $((SECONDS - START))s)"
 exit "$status"

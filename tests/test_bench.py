@@ -63,7 +63,7 @@ def test_cli_json_schema(tmp_path):
     for key in ("date", "device", "device_name", "torch", "cuda", "l1ext", "commit", "threads",
                 "cpu_capability", "copy_bandwidth_Bps", "reduction"):
         assert key in meta
-    assert meta["device"] == "cpu" and meta["copy_bandwidth_Bps"] > 0
+    assert meta["device"] == "cpu" and meta["copy_bandwidth_Bps"] > 0 and meta["complete"] is True
     rows = data["rows"]
     assert len(rows) == 2 * 1 * 2 * 2 * 2  # losses x dtypes x sizes x passes x impls
     for r in rows:
@@ -76,6 +76,26 @@ def test_cli_json_schema(tmp_path):
     eager = {(r["loss"], r["n"], r["pass"]): r["time_s"] for r in rows if r["impl"] == "eager"}
     for r in rows:
         assert r["speedup_vs_eager"] == pytest.approx(eager[(r["loss"], r["n"], r["pass"])] / r["time_s"])
+
+
+def test_rows_are_checkpointed_as_they_come(tmp_path):
+    # --json saves the rows so far after each (loss, dtype, size): a run cut short keeps them.
+    args = bench.resolve(bench.build_parser().parse_args(
+        ["--device", "cpu", "--losses", "l1", "--dtypes", "float32", "--sizes", "64,128",
+         "--passes", "fwd", "--no-compile", "--min-time", "0.001", "--no-progress"]))
+    seen = []
+
+    def stop_after_first(result):
+        seen.append((len(result["rows"]), result["meta"]["complete"]))
+        bench.write_json(result, str(tmp_path / "r.json"))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        bench.run(args, checkpoint=stop_after_first)
+    assert seen == [(2, False)]  # eager and l1ext at the first size
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert [r["n"] for r in data["rows"]] == [64, 64] and data["meta"]["complete"] is False
+    assert not (tmp_path / "r.json.tmp").exists()
 
 
 def test_plot(tmp_path):

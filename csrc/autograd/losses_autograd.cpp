@@ -71,7 +71,12 @@ Tensor reduce(const Tensor& t, int64_t reduction, const c10::SymInt& n) {
   return reduction == kMean ? s / c10::Scalar(n) : s;
 }
 
-void mark_masked(AutogradContext* ctx, const Mask& mask, const Tensor& gi, const Tensor& gt) {
+// The double-backward Functions keep the output mask (which of the input and target gradients
+// the first backward computed): saved here, the gradients it left out marked non-differentiable,
+// and read back by saved_mask in their backward.
+void save_mask(AutogradContext* ctx, const Mask& mask, const Tensor& gi, const Tensor& gt) {
+  ctx->saved_data["mask0"] = mask[0];
+  ctx->saved_data["mask1"] = mask[1];
   if (!mask[0] && !mask[1]) {
     ctx->mark_non_differentiable({gi, gt});
   } else if (!mask[0]) {
@@ -79,6 +84,10 @@ void mark_masked(AutogradContext* ctx, const Mask& mask, const Tensor& gi, const
   } else if (!mask[1]) {
     ctx->mark_non_differentiable({gt});
   }
+}
+
+Mask saved_mask(AutogradContext* ctx) {
+  return {ctx->saved_data["mask0"].toBool(), ctx->saved_data["mask1"].toBool()};
 }
 
 // ---- L1 ----------------------------------------------------------------------------------
@@ -94,16 +103,14 @@ class L1LossBackwardFunction : public torch::autograd::Function<L1LossBackwardFu
     auto [gi, gt] = l1_loss_backward_op().call(grad_output, sign, reduction, dtype, mask);
     ctx->save_for_backward({sign});
     ctx->saved_data["reduction"] = reduction;
-    ctx->saved_data["mask0"] = mask[0];
-    ctx->saved_data["mask1"] = mask[1];
-    mark_masked(ctx, mask, gi, gt);
+    save_mask(ctx, mask, gi, gt);
     return {gi, gt};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor sign = ctx->get_saved_variables()[0];
     const int64_t reduction = ctx->saved_data["reduction"].toInt();
-    const Mask mask = {ctx->saved_data["mask0"].toBool(), ctx->saved_data["mask1"].toBool()};
+    const Mask mask = saved_mask(ctx);
     const Tensor d = combine(grads[0], grads[1], mask);
     Tensor grad_go;
     if (d.defined() && ctx->needs_input_grad(0)) {
@@ -273,9 +280,7 @@ class PointwiseLossBackwardFunction
     ctx->save_for_backward({grad_output, input, target});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["param"] = param;
-    ctx->saved_data["mask0"] = mask[0];
-    ctx->saved_data["mask1"] = mask[1];
-    mark_masked(ctx, mask, gi, gt);
+    save_mask(ctx, mask, gi, gt);
     return {gi, gt};
   }
 
@@ -286,7 +291,7 @@ class PointwiseLossBackwardFunction
     const Tensor& target = saved[2];
     const int64_t reduction = ctx->saved_data["reduction"].toInt();
     const double param = ctx->saved_data["param"].toDouble();
-    const Mask mask = {ctx->saved_data["mask0"].toBool(), ctx->saved_data["mask1"].toBool()};
+    const Mask mask = saved_mask(ctx);
     const Tensor d = combine(grads[0], grads[1], mask);
     Tensor grad_go, grad_input, grad_target;
     if (d.defined()) {

@@ -107,6 +107,23 @@ void for_each_chunk(int64_t n, const F& chunk) {
   });
 }
 
+// The chunks of a backward: chunk(has_go, b, m, gi + b, gt + b) for elements [b, b + m), with
+// has_go a compile-time bool (std::bool_constant) that says whether a grad_output tensor go is
+// read (without one, the incoming gradient is a number already folded into the scale), and a null
+// gradient pointer where that gradient is not wanted.
+template <class T, class F>
+void for_each_gradient_chunk(int64_t n, const T* go, T* gi, T* gt, const F& chunk) {
+  for_each_chunk(n, [&](int64_t b, int64_t e) {
+    T* gib = gi ? gi + b : nullptr;
+    T* gtb = gt ? gt + b : nullptr;
+    if (go) {
+      chunk(std::true_type{}, b, e - b, gib, gtb);
+    } else {
+      chunk(std::false_type{}, b, e - b, gib, gtb);
+    }
+  });
+}
+
 // kSignBytes[b]: the 8 bits of b spread into 8 bytes (byte k = bit k), for writing 8 int8 signs
 // from two lane masks at once.
 constexpr std::array<uint64_t, 256> make_sign_bytes() {
@@ -280,14 +297,9 @@ void backward(const void* xv, const void* yv, const void* gov, double scale, int
     T* gi = static_cast<T*>(giv);
     T* gt = static_cast<T*>(gtv);
     const acc_t<T> s(scale);
-    for_each_chunk(n, [&](int64_t b, int64_t e) {
-      T* gib = gi ? gi + b : nullptr;
-      T* gtb = gt ? gt + b : nullptr;
-      if (go) {
-        backward_chunk<T, Loss, true>(x + b, y + b, go + b, s, e - b, loss, gib, gtb);
-      } else {
-        backward_chunk<T, Loss, false>(x + b, y + b, nullptr, s, e - b, loss, gib, gtb);
-      }
+    for_each_gradient_chunk(n, go, gi, gt, [&](auto has_go, int64_t b, int64_t m, T* gib, T* gtb) {
+      constexpr bool kGo = decltype(has_go)::value;
+      backward_chunk<T, Loss, kGo>(x + b, y + b, kGo ? go + b : nullptr, s, m, loss, gib, gtb);
     });
   });
 }
@@ -330,14 +342,9 @@ void backward_from_sign(const int8_t* sign, const void* gov, double scale, int64
   T* gi = static_cast<T*>(giv);
   T* gt = static_cast<T*>(gtv);
   const acc_t<T> s(scale);
-  for_each_chunk(n, [&](int64_t b, int64_t e) {
-    T* gib = gi ? gi + b : nullptr;
-    T* gtb = gt ? gt + b : nullptr;
-    if (go) {
-      backward_from_sign_chunk<T, true>(sign + b, go + b, s, e - b, gib, gtb);
-    } else {
-      backward_from_sign_chunk<T, false>(sign + b, nullptr, s, e - b, gib, gtb);
-    }
+  for_each_gradient_chunk(n, go, gi, gt, [&](auto has_go, int64_t b, int64_t m, T* gib, T* gtb) {
+    constexpr bool kGo = decltype(has_go)::value;
+    backward_from_sign_chunk<T, kGo>(sign + b, kGo ? go + b : nullptr, s, m, gib, gtb);
   });
 }
 

@@ -127,23 +127,16 @@ struct AuxBlock {
   }
 };
 
-// Loss value and subgradient of residuals d (a vector or a scalar) with parameters p, one per
-// lane. Smooth L1 with beta == 0 is L1 (glue::effective does the same for a number beta).
-template <LossKind K, class V>
-V value_at(const V& d, const V& p) {
-  const V v = math::make_loss<K, V>(p).value(d);
+// of(loss, d) (the value or the subgradient) of residuals d (a vector or a scalar) with
+// parameters p, one per lane. Smooth L1 with beta == 0 is L1 (glue::effective does the same for a
+// number beta).
+template <LossKind K, class V, class Of>
+V per_lane(const V& d, const V& p, const Of& of) {
+  const V r = of(math::make_loss<K, V>(p), d);
   if constexpr (K == LossKind::SmoothL1) {
-    return math::Prim<V>::select(p == V(0), math::L1Loss{}.value(d), v);
+    return math::Prim<V>::select(p == V(0), of(math::L1Loss{}, d), r);
   }
-  return v;
-}
-template <LossKind K, class V>
-V grad_at(const V& d, const V& p) {
-  const V g = math::make_loss<K, V>(p).grad(d);
-  if constexpr (K == LossKind::SmoothL1) {
-    return math::Prim<V>::select(p == V(0), math::L1Loss{}.grad(d), g);
-  }
-  return g;
+  return r;
 }
 
 // The loss math of a block's lanes: one functor for every lane when the parameter is uniform
@@ -163,8 +156,12 @@ struct PerLaneMath {
   template <class V>
   struct Lanes {
     V p;
-    V value(const V& d) const { return value_at<K>(d, p); }
-    V grad(const V& d) const { return grad_at<K>(d, p); }
+    V value(const V& d) const {
+      return per_lane<K>(d, p, [](const auto& loss, const V& r) { return loss.value(r); });
+    }
+    V grad(const V& d) const {
+      return per_lane<K>(d, p, [](const auto& loss, const V& r) { return loss.grad(r); });
+    }
   };
   template <class Block>
   Lanes<typename Block::Vec> vec(const Block& p, int64_t i0, int j) const { return {p.vec(i0, j)}; }
