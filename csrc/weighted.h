@@ -61,12 +61,13 @@ struct Reduce {
   L1EXT_WHD double scale() const { return loss_weight / divisor(); }
 };
 
-// Index of element i = row * inner + col in an auxiliary operand of the given mode.
-L1EXT_WHD int64_t aux_index(Broadcast mode, int64_t i, int64_t row, int64_t col) {
+// Index of element i = row * inner + col in an auxiliary operand of the given mode. The row or
+// column is divided out only where the mode needs it (a 64-bit division is a long call on a GPU).
+L1EXT_WHD int64_t aux_index(Broadcast mode, int64_t i, int64_t inner) {
   switch (mode) {
     case Broadcast::kFull: return i;
-    case Broadcast::kRow: return row;
-    case Broadcast::kCol: return col;
+    case Broadcast::kRow: return i / inner;
+    case Broadcast::kCol: return i % inner;
     default: return 0;
   }
 }

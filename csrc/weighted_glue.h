@@ -22,7 +22,12 @@ struct Operand {
 };
 
 // Classifies an optional weight or parameter tensor against the (contiguous) input of the loss.
-inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input, const char* what) {
+// A weight of the input's shape without its last dimension ((N,) for boxes (N, 4)) is one weight
+// per row, beyond torch's broadcasting (rows_by_dropped_dim); a parameter (beta, delta, tau)
+// broadcasts by torch's rules alone, so a per-coordinate beta (4,) or the quantiles tau (Q,) of
+// an input (..., Q) stay per column also where the rows happen to number as many as the columns.
+inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input, const char* what,
+                        bool rows_by_dropped_dim) {
   if (!maybe.has_value() || !maybe->defined()) return {Tensor(), Broadcast::kAbsent};
   const Tensor& a = *maybe;
   TORCH_CHECK(a.device() == input.device(), "l1ext: ", what, " on ", a.device(),
@@ -35,7 +40,8 @@ inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input,
   if (d >= 1) {
     // one value per row: shape (..., 1) or the input's shape without its last dimension
     const bool row_keepdim = v.dim() == d && v.size(-1) == 1 && v.sizes().slice(0, d - 1) == s.slice(0, d - 1);
-    const bool row_dropped = v.dim() == d - 1 && v.sizes() == s.slice(0, d - 1);
+    const bool row_dropped =
+        rows_by_dropped_dim && v.dim() == d - 1 && v.sizes() == s.slice(0, d - 1);
     if (row_keepdim || row_dropped) return {v.contiguous(), Broadcast::kRow};
     // one value per column: shape (D,) or (1, ..., 1, D)
     bool col = v.size(-1) == s[d - 1] && v.dim() <= d;
@@ -96,8 +102,8 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
   Prepared s;
   s.x = input.contiguous();
   s.y = target.contiguous();
-  s.w = classify(weight, s.x, "weight");
-  s.p = classify(param, s.x, "parameter");
+  s.w = classify(weight, s.x, "weight", /*rows_by_dropped_dim=*/true);
+  s.p = classify(param, s.x, "parameter", /*rows_by_dropped_dim=*/false);
   s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
   s.inner = s.x.dim() ? s.x.size(-1) : 1;
   return s;

@@ -233,11 +233,13 @@ def smooth_l1_loss(
     Beyond torch, fused in the same pass (mmdetection's weighted-loss convention):
 
     - ``weight``: broadcasts to the input; a weight of the input's shape without its last
-      dimension, e.g. (N,) for boxes (N, 4), is one weight per row. The loss is ``loss * weight``.
+      dimension, e.g. (N,) for boxes (N, 4), is one weight per row (also for N == 4; a weight
+      (1, 4) is per coordinate there). The loss is ``loss * weight``.
     - ``avg_factor`` (a number or a one-element tensor, read without host synchronisation): 'mean'
       becomes ``sum / (avg_factor + eps)``; with 'sum' it is an error; 'none' ignores it.
     - ``loss_weight``: scales the result.
-    - ``beta`` may be a tensor broadcastable to the input (per-coordinate beta).
+    - ``beta`` may be a tensor broadcastable to the input by torch's rules (per-coordinate beta
+      (4,) for boxes (N, 4), for every N).
 
     A call with any of these on an empty input returns a zero that stays in the autograd graph.
     """

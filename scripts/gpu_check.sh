@@ -10,11 +10,12 @@
 #   slow       the slow tests (a tensor of more than 2^31 elements)
 #   memcheck   compute-sanitizer --tool memcheck over scripts/cuda_sanitizer_cases.py
 #   racecheck  compute-sanitizer --tool racecheck over the same cases
-#   targets    benchmarks/targets.py (the issue's speed targets, yes/no per line)
+#   bench      python -m l1ext.bench, the full sweep, with its JSON (saved as rows come) and plot
+#              (L1EXT_BENCH_ARGS adds arguments, e.g. "--losses l1 --min-time 0.2")
+#   targets    benchmarks/targets.py (the issue's speed targets, yes/no per line); after a complete
+#              default bench stage in the same batch, judged on its rows instead of measured again
 #   overhead   benchmarks/overhead.py (a 4096-element step against the autograd engine's floor)
 #   weighted   benchmarks/weighted.py (the fused weighted box loss against the composition)
-#   bench      python -m l1ext.bench, the full sweep, with its JSON and plot (L1EXT_BENCH_ARGS adds
-#              arguments, e.g. "--losses l1 --dtypes float32,bfloat16")
 #
 # Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
 # (default 560): a stage that would outlast the budget is cut short, so the results are always
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${L1EXT_RESULTS:-benchmarks/results/gpu}
 BUDGET=${L1EXT_CHECK_BUDGET:-560}
-ALL_STAGES=(build tests slow memcheck racecheck targets overhead weighted bench)
+ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted)
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL_STAGES[@]}")
 for s in "${STAGES[@]}"; do
@@ -90,6 +91,7 @@ print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}; co
 EOF
 
 built=0
+bench_json=
 for stage in "${STAGES[@]}"; do
   if [ "$stage" = build ] || { [ "$built" -eq 0 ] && ! has_cuda_kernels; }; then
     run_stage build 400 build
@@ -105,12 +107,21 @@ for stage in "${STAGES[@]}"; do
       else
         echo "sanitizer-$stage: FAILED (compute-sanitizer not found)" | tee -a "$SUMMARY"; status=1
       fi ;;
-    targets) run_stage gpu-targets 500 "$PY" benchmarks/targets.py --device cuda --json "$RESULTS/gpu-targets.json" ;;
+    targets)
+      if [ -n "$bench_json" ]; then  # the full sweep has every row the targets need
+        run_stage gpu-targets 60 "$PY" benchmarks/targets.py --from-json "$bench_json"
+      else
+        run_stage gpu-targets 500 "$PY" benchmarks/targets.py --device cuda --json "$RESULTS/gpu-targets.json"
+      fi ;;
     overhead) run_stage gpu-overhead 200 "$PY" benchmarks/overhead.py --device cuda --json "$RESULTS/gpu-overhead.json" ;;
     weighted) run_stage gpu-weighted 300 "$PY" benchmarks/weighted.py --device cuda --json "$RESULTS/gpu-weighted.json" ;;
     # shellcheck disable=SC2086  # L1EXT_BENCH_ARGS is a list of arguments
-    bench) run_stage gpu-bench 540 "$PY" -m l1ext.bench --device cuda --no-progress \
-      --json "$RESULTS/gpu-bench.json" --plot "$RESULTS/gpu-bench.png" ${L1EXT_BENCH_ARGS:-} ;;
+    bench)
+      run_stage gpu-bench 540 "$PY" -m l1ext.bench --device cuda --no-progress \
+        --json "$RESULTS/gpu-bench.json" --plot "$RESULTS/gpu-bench.png" ${L1EXT_BENCH_ARGS:-}
+      if [ -z "${L1EXT_BENCH_ARGS:-}" ] && grep -q '"complete": true' "$RESULTS/gpu-bench.json" 2>/dev/null; then
+        bench_json=$RESULTS/gpu-bench.json
+      fi ;;
   esac
 done
 

@@ -1,11 +1,14 @@
 """The benchmark CLI: argument handling and its JSON schema, on a tiny CPU run (no timings)."""
 import json
+import pathlib
 import subprocess
 import sys
 
 import pytest
 
 from l1ext import bench
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def test_parse_size():
@@ -128,18 +131,48 @@ def test_table_notes_the_cpu_design_of_smooth_l1_and_huber():
     assert note not in bench.format_table(fwdbwd_only)
 
 
+def _benchmark_script(name):
+    import importlib.util
+
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_overhead_script_runs(tmp_path, capsys):
     # benchmarks/overhead.py on a tiny CPU run: every row is timed and the JSON is written.
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "overhead.py"
-    spec = importlib.util.spec_from_file_location("overhead", path)
-    overhead = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(overhead)
+    overhead = _benchmark_script("overhead")
     out = tmp_path / "o.json"
     assert overhead.main(["--device", "cpu", "--n", "64", "--steps", "3", "--repeats", "2",
                           "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 + 5 * 3 and all(r["time_s"] > 0 for r in rows)
     assert "of eager torch's time" in capsys.readouterr().out
+
+
+def test_targets_judged_from_a_saved_result(tmp_path, capsys):
+    # benchmarks/targets.py --from-json judges a saved bench result (the committed CPU run; the
+    # same rows relabelled as a GPU run get the GPU targets) and names a row that is missing.
+    targets = _benchmark_script("targets")
+    saved = ROOT / "benchmarks" / "results" / "cpu-targets.json"
+    assert targets.main(["--from-json", str(saved)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum(line.endswith(("yes", "NO")) for line in lines) == 3 * 2 * 3
+    result = json.loads(saved.read_text())
+    ours = next(r for r in result["rows"] if (r["loss"], r["dtype"], r["n"], r["pass"], r["impl"])
+                == ("l1", "float32", 2**24, "fwdbwd", "l1ext"))
+    for speedup, met in ((2.99, False), (3.0, True)):
+        ours["speedup_vs_eager"] = speedup
+        label, value, ok = targets.check_targets(result)[0]
+        assert label == "l1 float32 2^24 fwdbwd vs eager >= 3.0x" and (value, ok) == (speedup, met)
+    result["meta"]["device"] = "cuda"
+    for r in result["rows"]:
+        r["n"] = 2**26 if r["n"] == 2**24 else r["n"]
+        r["fraction_of_copy"] = 0.95
+    gpu = targets.check_targets(result)
+    assert len(gpu) == 3 * 2 * 5 and sum("bandwidth" in c[0] for c in gpu) == 12
+    result["rows"] = [r for r in result["rows"] if not (r["loss"] == "huber" and r["n"] == 4096)]
+    with pytest.raises(KeyError, match="huber"):
+        targets.check_targets(result)

@@ -19,12 +19,28 @@ def _pair(n, dtype=torch.float32, device="cuda", offset=0):
     return x, y
 
 
+def _differentiable(t):
+    # A copy of t's storage as a leaf, and a view of it with t's shape, strides and storage offset:
+    # the loss sees t's (mis)alignment, which a clone (a fresh, 16-byte aligned allocation) loses.
+    t = t.detach()
+    n = t.untyped_storage().nbytes() // t.element_size()
+    leaf = t.new_empty(0).set_(t.untyped_storage(), 0, (n,), (1,)).clone().requires_grad_()
+    return leaf, leaf.as_strided(t.shape, t.stride(), t.storage_offset())
+
+
 def _fwd_bwd(fn, x, y, reduction="mean", **kw):
-    x = x.detach().clone().requires_grad_()
-    y = y.detach().clone().requires_grad_()
-    out = fn(x, y, reduction=reduction, **kw)
-    out.backward(torch.ones_like(out))
-    return out.detach(), x.grad, y.grad
+    (x_leaf, xv), (y_leaf, yv) = _differentiable(x), _differentiable(y)
+    out = fn(xv, yv, reduction=reduction, **kw)
+    go = torch.ones_like(out)
+    if out.dim() == 1 and x.storage_offset():
+        # grad_output at x's offset too, so that 'none' backwards read it through the same
+        # misaligned vector paths
+        go = torch.ones(x.storage_offset() + out.numel(), dtype=out.dtype, device=out.device)
+        go = go[x.storage_offset():]
+    out.backward(go)
+    grads = [leaf.grad.as_strided(t.shape, t.stride(), t.storage_offset())
+             for leaf, t in ((x_leaf, x), (y_leaf, y))]
+    return (out.detach(), *grads)
 
 
 # Sizes around the single-block limit, pack boundaries and several blocks.

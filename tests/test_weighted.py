@@ -172,6 +172,36 @@ def test_weighted_compile_and_opcheck(device):
             opcheck(ops.weighted_loss_forward.default, (a, t, w.detach(), None, avg, 1, 0.2, None, 1.5, red, [True, False]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [4, 5])
+def test_as_many_rows_as_columns(n, device):
+    # Boxes (4, 4): a parameter (4,) broadcasts by torch's rules (per coordinate) as for any other
+    # number of boxes; a weight (4,) is one weight per box as for any other number of boxes, and a
+    # weight (1, 4) one per coordinate.
+    kw = dict(device=device, dtype=torch.float64)
+    pred = torch.randn(n, 4, **kw, requires_grad=True)
+    target = torch.randn(n, 4, **kw)
+    beta = torch.tensor([0.1, 0.5, 2.0, 4.0], **kw)
+    for ours, theirs, name in ((LF.smooth_l1_loss, TF.smooth_l1_loss, "beta"),
+                               (LF.huber_loss, TF.huber_loss, "delta")):
+        out = ours(pred, target, reduction="none", **{name: beta})
+        ref = torch.stack([theirs(pred[:, k], target[:, k], reduction="none", **{name: float(beta[k])})
+                           for k in range(4)], dim=1)
+        torch.testing.assert_close(out, ref)
+    row_weight = torch.rand(n, **kw)
+    col_weight = torch.rand(1, 4, **kw)
+    for weight, broadcast in ((row_weight, row_weight[:, None]), (col_weight, col_weight)):
+        out = LF.smooth_l1_loss(pred, target, weight=weight, avg_factor=3.0)
+        ref = (TF.smooth_l1_loss(pred, target, reduction="none") * broadcast).sum() / (3.0 + EPS)
+        torch.testing.assert_close(out, ref)
+    # Quantiles tau (Q,) over an input (B, Q) with B == Q
+    taus = torch.tensor([0.1, 0.5, 0.9, 0.99], **kw)
+    target_b = torch.randn(n, **kw)
+    out = LF.quantile_loss(pred, target_b, taus, reduction="none")
+    ref = torch.stack([_pinball(pred[:, q], target_b, float(taus[q])) for q in range(4)], -1)
+    torch.testing.assert_close(out, ref)
+
+
 # ---- quantile --------------------------------------------------------------------------------------
 
 def _pinball(pred, target, tau):

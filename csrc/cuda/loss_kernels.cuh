@@ -10,8 +10,10 @@
 // pointer of the launch sits at the same offset from 16-byte alignment; otherwise one element at a
 // time. Sums: each thread in a fixed order, a fixed warp-shuffle and shared-memory tree per block,
 // then the last block to finish (atomic ticket) adds the block partials in a fixed order in
-// double. The grid depends only on the element count, so a loss has the same bits on every run
-// and on every GPU. Indices are 64-bit.
+// double. The grid depends only on the element count, and which thread sums which element on it
+// and on the pointers' offset from 16-byte alignment (the scalar head), so a loss has the same
+// bits on every run and every GPU for the same values at the same alignment (a slice at another
+// offset may round its sum differently). Indices are 64-bit.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -20,10 +20,10 @@ struct WeightedElement {
   int64_t inner;
 
   __device__ __forceinline__ A weight(int64_t i) const {
-    return w.data ? to_acc(static_cast<const T*>(w.data)[weighted::aux_index(w.mode, i, i / inner, i % inner)]) : A(1);
+    return w.data ? to_acc(static_cast<const T*>(w.data)[weighted::aux_index(w.mode, i, inner)]) : A(1);
   }
   __device__ __forceinline__ A param_at(int64_t i) const {
-    return p.data ? to_acc(static_cast<const T*>(p.data)[weighted::aux_index(p.mode, i, i / inner, i % inner)]) : param;
+    return p.data ? to_acc(static_cast<const T*>(p.data)[weighted::aux_index(p.mode, i, inner)]) : param;
   }
   __device__ __forceinline__ A d(int64_t i) const { return to_acc(x[i]) - to_acc(y[i]); }
   // Smooth L1 with beta == 0 is L1, element by element.
