@@ -213,8 +213,8 @@ def test_compile_reduce_overhead(loss):
 @pytest.mark.parametrize("n", [0, 5, 4096, 100_003])
 @pytest.mark.parametrize("reduction", [0, 1, 2])
 def test_forward_with_gradients_on_cuda(reduction, n, offset):
-    # On a GPU l1ext's autograd recomputes in the backward; the *_forward operators still give
-    # the gradients for an incoming gradient of one, with the backward operator's bits.
+    # The *_forward operators give the gradients for an incoming gradient of one, in the same
+    # launch as the loss, with the backward operator's bits.
     ops = torch.ops.l1ext
     x, y = _pair(n, offset=offset)
     one = torch.ones_like(x) if reduction == 0 else torch.ones((), device="cuda")
@@ -230,6 +230,44 @@ def test_forward_with_gradients_on_cuda(reduction, n, offset):
     ri, rt, _ = ops.weighted_loss_backward(one, p, t, w, None, None, 1, 0.2, avg, 1.5, reduction,
                                            [True, True, False])
     assert torch.equal(gi, ri) and torch.equal(gt, rt)
+
+
+@pytest.mark.parametrize("n", [5, 4096, 100_003])
+@pytest.mark.parametrize("loss_name", ["smooth_l1", "huber", "smooth_l1_beta0"])
+def test_kept_gradients_on_cuda(loss_name, n):
+    # A reduced Smooth L1 / Huber forward on the GPU writes the gradient for an incoming gradient
+    # of one, and the backward hands it over, or rewrites it on the device where the incoming
+    # gradient is not one: the backward operator's bits either way, and torch's values.
+    ops = torch.ops.l1ext
+    fn, bwd, param = {"smooth_l1": (LF.smooth_l1_loss, ops.smooth_l1_loss_backward, 0.5),
+                      "huber": (LF.huber_loss, ops.huber_loss_backward, 0.7),
+                      "smooth_l1_beta0": (LF.smooth_l1_loss, ops.smooth_l1_loss_backward, 0.0)}[loss_name]
+    kw = {"delta" if loss_name == "huber" else "beta": param}
+    x0, y0 = _pair(n)
+    for reduction, red in (("mean", 1), ("sum", 2)):
+        for scale in (1.0, 2.5, -1.0, 0.0):
+            x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+            out = fn(x, y, reduction=reduction, **kw)
+            go = torch.full((), scale, device="cuda")
+            out.backward(go)
+            ri, rt = bwd(go, x0, y0, red, param, [True, True])
+            assert torch.equal(x.grad, ri) and torch.equal(y.grad, rt)
+            xt, yt = x0.clone().requires_grad_(), y0.clone().requires_grad_()
+            getattr(TF, fn.__name__)(xt, yt, reduction=reduction, **kw).backward(go)
+            assert_close(x.grad, xt.grad)
+            assert_close(y.grad, yt.grad)
+        # a retained graph: the second backward recomputes, with the same bits
+        x = x0.clone().requires_grad_()
+        out = fn(x, y0, reduction=reduction, **kw)
+        first = torch.autograd.grad(out, x, retain_graph=True)[0]
+        second = torch.autograd.grad(out, x, torch.full((), 3.0, device="cuda"), retain_graph=True)[0]
+        third = torch.autograd.grad(out, x)[0]
+        assert torch.equal(first, third)
+        assert_close(second, 3 * first)
+        # create_graph: the kept gradient is not differentiable, so the backward recomputes
+        x = x0.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(x, y0, reduction=reduction, **kw), x, create_graph=True)
+        assert torch.equal(g, first) and (g.requires_grad or param == 0.0)
 
 
 def _autograd_behaviour(loss, device):

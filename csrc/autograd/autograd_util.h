@@ -58,6 +58,15 @@ inline bool is_plain_cpu(const Tensor& t) {
          t.key_set() - kPlain == c10::DispatchKeySet(c10::BackendComponent::CPUBit);
 }
 
+// The same for a CUDA tensor: its memory is read by l1ext's own kernels.
+inline bool is_plain_cuda(const Tensor& t) {
+  static const c10::DispatchKeySet kPlain({c10::DispatchKey::CUDA, c10::DispatchKey::AutogradCUDA,
+                                           c10::DispatchKey::ADInplaceOrView,
+                                           c10::DispatchKey::AutocastCUDA});
+  return t.defined() && t.layout() == c10::kStrided &&
+         t.key_set() - kPlain == c10::DispatchKeySet(c10::BackendComponent::CUDABit);
+}
+
 // Whether a plain CPU floating tensor of one element holds exactly 1.
 inline bool is_one(const Tensor& t) {
   return is_plain_cpu(t) && t.numel() == 1 && at::isFloatingType(t.scalar_type()) &&
@@ -126,6 +135,17 @@ inline bool fused_gradients_serve(const std::array<Tensor, 2>& fused, const Tens
                                   std::array<bool, 2> mask) {
   return !at::GradMode::is_enabled() && is_one(grad_output) && (!mask[0] || fused[0].defined()) &&
          (!mask[1] || fused[1].defined());
+}
+
+// On a GPU the incoming gradient's value is not known on the host (reading it would
+// synchronise): the kept gradients answer any one-element incoming gradient on their device, and
+// a kernel rewrites them there unless it is exactly one (cuda/fused_backward.h).
+inline bool fused_gradients_serve_on_device(const std::array<Tensor, 2>& fused,
+                                            const Tensor& grad_output, std::array<bool, 2> mask) {
+  const Tensor& like = fused[0].defined() ? fused[0] : fused[1];
+  return !at::GradMode::is_enabled() && like.defined() && is_plain_cuda(grad_output) &&
+         grad_output.numel() == 1 && grad_output.device() == like.device() &&
+         (!mask[0] || fused[0].defined()) && (!mask[1] || fused[1].defined());
 }
 
 }  // namespace autograd

@@ -16,6 +16,9 @@
 #include <torch/library.h>
 
 #include "autograd/autograd_util.h"
+#if defined(L1EXT_WITH_CUDA)
+#include "cuda/fused_backward.h"
+#endif
 
 #include <array>
 #include <tuple>
@@ -201,20 +204,22 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 
 // ---- Smooth L1 and Huber -------------------------------------------------------------------
 // Bytes per element (fp32, reduced loss, input grad):
-// - CPU, eager: *_loss_forward writes the gradient for an incoming gradient of one in the same
-//   pass as the loss (reads x and y: 8 B, writes 4 B), and loss.backward() hands it over without
-//   a kernel: 12 B in all, and no backward pass at box-regression sizes, where each operator call
-//   costs microseconds. The incoming gradient's value is read for free on the CPU. Any other
-//   incoming gradient, a second backward through a retained graph, or create_graph recomputes as
-//   below, with the same bits the fused gradient has for an incoming gradient of one.
-// - Otherwise (CUDA, 'none', traced or functorch calls): the forward reads x and y (8 B); the
-//   backward reads them again and writes the gradient (12 B): 20 B, and nothing is kept between
-//   the passes but references to x and y. On a GPU, scaling a gradient written in the forward
-//   would move the same 20 B (reading the incoming gradient's value would synchronise) and hold
-//   an extra buffer between the passes.
+// - Plain CPU and CUDA tensors: *_loss_forward writes the gradient for an incoming gradient of
+//   one in the same pass as the loss (reads x and y: 8 B, writes 4 B), kept in the node.
+//   loss.backward() hands it over: on the CPU without a kernel (the incoming gradient's value is
+//   read for free there), on a GPU after one launch that reads the incoming gradient on the
+//   device and finds it is one (reading it on the host would synchronise). 12 B in all, against
+//   about 32 B for torch's kernel + mean, zeros_like + backward kernel. Any other incoming
+//   gradient recomputes from x and y as below (on a GPU into the kept buffers, in the same
+//   launch), with the bits the fused gradient has for a gradient of one; so do a second backward
+//   through a retained graph and create_graph.
+// - Otherwise ('none', traced or functorch calls): the forward reads x and y (8 B); the backward
+//   reads them again and writes the gradient (12 B): 20 B, and nothing is kept between the
+//   passes but references to x and y.
 // When both input and target need gradients one pass writes both.
 
 struct SmoothL1 {
+  static constexpr LossKind kKind = LossKind::SmoothL1;
   static constexpr const char* kNodeName = "l1ext::SmoothL1LossBackward";
   static constexpr const char* kForward = "l1ext::smooth_l1_loss";
   static constexpr const char* kFusedForward = "l1ext::smooth_l1_loss_forward";
@@ -232,6 +237,7 @@ struct SmoothL1 {
 };
 
 struct Huber {
+  static constexpr LossKind kKind = LossKind::Huber;
   static constexpr const char* kNodeName = "l1ext::HuberLossBackward";
   static constexpr const char* kForward = "l1ext::huber_loss";
   static constexpr const char* kFusedForward = "l1ext::huber_loss_forward";
@@ -339,6 +345,13 @@ struct PointwiseLossBackward : Node {
     if (fused_gradients_serve(kept, grads[0], mask)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
     }
+#if defined(L1EXT_WITH_CUDA)
+    if (fused_gradients_serve_on_device(kept, grads[0], mask)) {
+      cuda::backward_unless_one(Loss::kKind, grads[0], x, y, reduction, param,
+                                mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr);
+      return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
+    }
+#endif
     auto [gi, gt] = backward_op<Loss>().call(grads[0], x, y, reduction, param, mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
   }
@@ -360,6 +373,16 @@ struct PointwiseLossBackward : Node {
   }
 };
 
+// Whether a reduced forward writes the gradients for the backward (see the byte counts above).
+inline bool writes_fused_gradients(const Tensor& input, const Tensor& target) {
+  if (is_plain_cpu(input) && is_plain_cpu(target)) return true;
+#if defined(L1EXT_WITH_CUDA)
+  return is_plain_cuda(input) && is_plain_cuda(target);
+#else
+  return false;
+#endif
+}
+
 template <class Loss>
 Tensor loss_with_node(const Tensor& input, const Tensor& target, int64_t reduction, double param) {
   const NodePtr node = make_node<PointwiseLossBackward<Loss>>();
@@ -367,7 +390,7 @@ Tensor loss_with_node(const Tensor& input, const Tensor& target, int64_t reducti
   Tensor loss;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    if (reduction != kNone && is_plain_cpu(input) && is_plain_cpu(target)) {
+    if (reduction != kNone && writes_fused_gradients(input, target)) {
       const Mask mask = {input.requires_grad(), target.requires_grad()};
       auto [l, gi, gt] = fused_forward_op<Loss>().call(input, target, reduction, param, mask);
       loss = std::move(l);

@@ -204,11 +204,23 @@ __device__ __forceinline__ void finish_sum(acc_t<T> acc, acc_t<T>* partials, uns
   }
 }
 
-template <class T, class Loss, bool kSign>
+// The gradients a reduced forward writes for an incoming gradient of one (kGrad): gi = grad(d) *
+// (1 / divisor), gt = -gi, the expression backward_kernel evaluates for that gradient, so the bits
+// are the same. A null pointer: that gradient is not wanted.
+template <class T>
+struct ForwardGradients {
+  T* __restrict__ gi;
+  T* __restrict__ gt;
+  acc_t<T> scale;
+};
+
+// One pass over x and y: the loss summed in a fixed order, and where asked the int8 sign (L1's
+// saved state, kSign) or the gradients (kGrad): 8 B/elem read (fp32), 1 or 4 B/elem written.
+template <class T, class Loss, bool kSign, bool kGrad>
 __global__ void __launch_bounds__(kThreads)
     forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
-                          int8_t* __restrict__ sign, acc_t<T>* partials, unsigned int* ticket,
-                          T* out, double divisor) {
+                          int8_t* __restrict__ sign, ForwardGradients<T> g, acc_t<T>* partials,
+                          unsigned int* ticket, T* out, double divisor) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
   A acc = A(0);
@@ -218,18 +230,31 @@ __global__ void __launch_bounds__(kThreads)
         const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
         const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
         SignPack<P> sp;
+        Pack<T> gip, gtp;
 #pragma unroll
         for (int k = 0; k < P; ++k) {
           const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
           acc += loss.value(d);
           if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
+          if (kGrad) {
+            const A v = loss.grad(d) * g.scale;
+            gip.v[k] = from_acc<T>(v);
+            gtp.v[k] = from_acc<T>(-v);
+          }
         }
         if (kSign) store_signs<P>(sign, i, sp, s);
+        if (kGrad && g.gi) *reinterpret_cast<Pack<T>*>(g.gi + i) = gip;
+        if (kGrad && g.gt) *reinterpret_cast<Pack<T>*>(g.gt + i) = gtp;
       },
       [&](int64_t i) {
         const A d = to_acc(x[i]) - to_acc(y[i]);
         acc += loss.value(d);
         if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+        if (kGrad) {
+          const A v = loss.grad(d) * g.scale;
+          if (g.gi) g.gi[i] = from_acc<T>(v);
+          if (g.gt) g.gt[i] = from_acc<T>(-v);
+        }
       });
   finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
 }
@@ -300,13 +325,17 @@ struct FromSign {
 };
 
 // gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device; a
-// null go (not per element) stands for an incoming gradient of one.
+// null go (not per element) stands for an incoming gradient of one. unless_one (one go, not per
+// element): gi / gt already hold the gradients for an incoming gradient of one (a forward wrote
+// them), and are rewritten only where go[0] is not exactly one; otherwise every block returns
+// at once, having read one value.
 template <class T, class Source, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Source src, const T* __restrict__ go, double divisor, Span s,
-                    T* __restrict__ gi, T* __restrict__ gt) {
+                    T* __restrict__ gi, T* __restrict__ gt, bool unless_one) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
+  if (!kPerElement && unless_one && to_acc(go[0]) == A(1)) return;
   const A scale = kPerElement ? A(1) : A((go ? double(to_acc(go[0])) : 1.0) / divisor);
   for_each_owned<T>(
       s,
@@ -347,10 +376,14 @@ inline size_t reduce_workspace_bytes(int64_t n) {
 }
 
 // Loss summed (divided by divisor) into *out, on the device. workspace: reduce_workspace_bytes.
+// sign (L1's int8 signs), gi, gt (the gradients for an incoming gradient of one): null where not
+// wanted.
 template <class T, class Loss>
 cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, double divisor,
-                           T* out, int8_t* sign, void* workspace, cudaStream_t stream) {
-  const Span s = with_sign(make_span<T>(n, {x, y}), sign);
+                           T* out, int8_t* sign, T* gi, T* gt, void* workspace,
+                           cudaStream_t stream) {
+  if (sign && (gi || gt)) return cudaErrorInvalidValue;  // one or the other: no caller needs both
+  const Span s = with_sign(make_span<T>(n, {x, y, gi, gt}), sign);
   int blocks = 1;
   unsigned int* ticket = nullptr;
   acc_t<T>* partials = nullptr;
@@ -362,12 +395,16 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
     const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
     if (err != cudaSuccess) return err;
   }
-  if (sign) {
-    forward_reduce_kernel<T, Loss, true>
-        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, partials, ticket, out, divisor);
+  const ForwardGradients<T> g{gi, gt, acc_t<T>(1.0 / divisor)};
+  if (gi || gt) {
+    forward_reduce_kernel<T, Loss, false, true>
+        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
+  } else if (sign) {
+    forward_reduce_kernel<T, Loss, true, false>
+        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   } else {
-    forward_reduce_kernel<T, Loss, false>
-        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, nullptr, partials, ticket, out, divisor);
+    forward_reduce_kernel<T, Loss, false, false>
+        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   }
   return cudaGetLastError();
 }
@@ -388,25 +425,30 @@ cudaError_t forward_pointwise(const T* x, const T* y, int64_t n, const Loss& los
 template <class T, class Source>
 cudaError_t launch_backward(const Source& src, std::initializer_list<const void*> pointers,
                             const int8_t* sign, const T* go, bool per_element, double divisor,
-                            int64_t n, T* gi, T* gt, cudaStream_t stream) {
+                            int64_t n, T* gi, T* gt, bool unless_one, cudaStream_t stream) {
   const Span s = with_sign(make_span<T>(n, pointers), sign);
   const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
   if (per_element) {
-    backward_kernel<T, Source, true><<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt);
+    backward_kernel<T, Source, true>
+        <<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt, false);
   } else {
-    backward_kernel<T, Source, false><<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt);
+    backward_kernel<T, Source, false>
+        <<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt, unless_one);
   }
   return cudaGetLastError();
 }
 
 // Backward recomputing the subgradient from x and y. go: n elements (per_element) or one (null:
-// one of value 1).
+// one of value 1). unless_one (one go, not null): gi / gt hold the gradients for an incoming
+// gradient of one and are rewritten only where go is not one (see backward_kernel).
 template <class T, class Loss>
 cudaError_t backward(const T* x, const T* y, const T* go, bool per_element, double divisor,
-                     int64_t n, const Loss& loss, T* gi, T* gt, cudaStream_t stream) {
+                     int64_t n, const Loss& loss, T* gi, T* gt, cudaStream_t stream,
+                     bool unless_one = false) {
   const FromResidual<T, Loss> src{x, y, loss};
   return launch_backward<T>(src, {x, y, per_element ? go : nullptr, gi, gt}, nullptr, go,
-                            per_element, divisor, n, gi, gt, stream);
+                            per_element, divisor, n, gi, gt, unless_one && go && !per_element,
+                            stream);
 }
 
 // L1 backward from the int8 sign of the forward.
@@ -416,7 +458,7 @@ cudaError_t backward_from_sign(const int8_t* sign, const T* go, bool per_element
   const FromSign<T> src{sign};
   const void* first = gi ? static_cast<const void*>(gi) : static_cast<const void*>(gt);
   return launch_backward<T>(src, {first, per_element ? go : nullptr, gi, gt}, sign, go,
-                            per_element, divisor, n, gi, gt, stream);
+                            per_element, divisor, n, gi, gt, false, stream);
 }
 
 }  // namespace cuda

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "cuda/dispatch.cuh"
+#include "cuda/fused_backward.h"
 #include "cuda/loss_kernels.cuh"
 #include "glue.h"
 
@@ -26,9 +27,9 @@ struct CudaBackend {
 
   static void prepare_output(Tensor&) {}
 
-  // Gradients requested of a forward (gi, gt) come from a second launch, the backward kernel
-  // with an incoming gradient of one: l1ext's autograd asks for them on the CPU only, where they
-  // save the backward pass; on a GPU recomputing in the backward moves the same bytes.
+  // Gradients requested of a reduced forward (gi, gt) are written by the same launch that sums
+  // the loss (fp32: 8 B/elem read, 4 B/elem written per gradient), with the bits the backward
+  // kernel gives for an incoming gradient of one.
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
@@ -41,12 +42,8 @@ struct CudaBackend {
       dispatch_kind(kind, [&](auto k) {
         const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
         C10_CUDA_CHECK(forward_reduce<T>(in<T>(x), in<T>(y), n, loss, divisor, out_or_null<T>(&out),
-                                         sign_or_null(sign), bytes ? workspace.data_ptr() : nullptr,
-                                         stream));
-        if (gi || gt) {
-          C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), nullptr, false, divisor, n, loss,
-                                           out_or_null<T>(gi), out_or_null<T>(gt), stream));
-        }
+                                         sign_or_null(sign), out_or_null<T>(gi), out_or_null<T>(gt),
+                                         bytes ? workspace.data_ptr() : nullptr, stream));
       });
     });
   }
@@ -101,6 +98,40 @@ struct CudaBackend {
 };
 
 }  // namespace
+
+void backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor& input,
+                         const Tensor& target, int64_t reduction, double param, Tensor* gi,
+                         Tensor* gt) {
+  // The operands as backward_impl sees them (the forward's layout, so the kept gradients are in
+  // the order the kernel walks).
+  const Operands ops = checked_operands<CudaBackend>(kind, "backward", input, target, reduction,
+                                                     param);
+  TORCH_CHECK(reduction != kNone, "l1ext: backward_unless_one is for a reduced loss");
+  const int64_t n = ops.x.numel();
+  if (n == 0 || !(gi || gt)) return;
+  check_grad_output_scalar(grad_output, ops.x);
+  // The kept gradients come from forward_impl on these same operands: the same kernel layout.
+  for (Tensor* g : {gi, gt}) {
+    TORCH_CHECK(!g || (g->numel() == n && g->scalar_type() == ops.x.scalar_type() &&
+                       g->device() == ops.x.device() && g->is_non_overlapping_and_dense()),
+                "l1ext: backward_unless_one: a kept gradient does not match its operands");
+  }
+  const c10::cuda::CUDAGuard guard(ops.x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_elem(ops.x.scalar_type(), "backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Tensor g = grad_output.scalar_type() == ops.x.scalar_type()
+                         ? grad_output
+                         : grad_output.to(ops.x.scalar_type());
+    dispatch_kind(kind, [&](auto k) {
+      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
+      C10_CUDA_CHECK(cuda::backward<T>(in<T>(ops.x), in<T>(ops.y), in<T>(g), false,
+                                       reduction == kMean ? double(n) : 1.0, n, loss,
+                                       out_or_null<T>(gi), out_or_null<T>(gt), stream,
+                                       /*unless_one=*/true));
+    });
+  });
+}
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) { L1EXT_REGISTER_OPERATORS(m, CudaBackend); }
 
