@@ -138,19 +138,20 @@ def resolve(args):
 
 # ---- what a design must move -------------------------------------------------------------------
 
-def design_bytes(loss, n, elem_size, reduction, pass_, device="cuda"):
-    """Bytes the l1ext design must move for one pass with the input's gradient only.
+def design_bytes(loss, n, elem_size, reduction, pass_):
+    """Bytes the l1ext design must move for one pass with the input's gradient only (the same on
+    every device).
 
     Forward reads input and target; 'none' writes the loss; L1 also writes its int8 sign.
-    Backward: L1 reads the sign, Smooth L1 / Huber re-read input and target; both write the
-    gradient, and 'none' reads the incoming gradient. On the CPU a reduced Smooth L1 / Huber
-    forward writes the gradient instead, and a backward with an incoming gradient of one (as
-    here) moves nothing."""
+    Backward: L1 reads the sign, Smooth L1 / Huber ('none') re-read input and target; both write
+    the gradient, and 'none' reads the incoming gradient. A reduced Smooth L1 / Huber forward
+    writes the gradient instead, and a backward with an incoming gradient of one (as here) moves
+    nothing (on a GPU it reads that one value)."""
     fwd = 2 * n * elem_size + (n * elem_size if reduction == "none" else 0)
     if loss == "l1":
         fwd += n  # int8 sign
         bwd = n + n * elem_size
-    elif device == "cpu" and reduction != "none":
+    elif reduction != "none":
         fwd += n * elem_size
         bwd = 0
     else:
@@ -385,7 +386,7 @@ def run(args, checkpoint=None):
                     fresh()
                     times[("mem", impl)] = peak_memory(device, step)
                 for pass_ in args.passes:
-                    nbytes = design_bytes(loss, n, elem, red, pass_, device.type)
+                    nbytes = design_bytes(loss, n, elem, red, pass_)
                     for impl in impl_names:
                         t, reps = times[(pass_, impl)]
                         row = {
@@ -460,9 +461,9 @@ def format_table(result):
             line += "  " + "/".join("?" if m is None else f"{m / 2**20:.3g}" for m in mems)
         lines.append(line)
     split = {r["loss"] for r in rows if r["pass"] != "fwdbwd" and r["loss"] != "l1"}
-    if meta["device"] == "cpu" and meta["reduction"] != "none" and split:
-        lines += ["", "On the CPU a reduced Smooth L1 / Huber forward also writes the gradient, which the "
-                      "backward hands over:", "its fwd and bwd rows split the work differently from "
+    if meta["reduction"] != "none" and split:
+        lines += ["", "A reduced Smooth L1 / Huber forward also writes the gradient, which the backward "
+                      "hands over:", "its fwd and bwd rows split the work differently from "
                       "torch's; compare them by fwdbwd."]
     if result["compile_seconds"]:
         cs = list(result["compile_seconds"].values())

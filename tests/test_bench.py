@@ -45,12 +45,13 @@ def test_design_bytes():
     # L1 fwd: x, y read + int8 sign; bwd: sign read + grad written.
     assert bench.design_bytes("l1", n, 4, "mean", "fwd") == 8 * n + n
     assert bench.design_bytes("l1", n, 4, "mean", "bwd") == n + 4 * n
-    assert bench.design_bytes("smooth_l1", n, 2, "mean", "fwdbwd") == 4 * n + 6 * n
     assert bench.design_bytes("huber", n, 4, "none", "fwd") == 12 * n
-    # CPU, reduced: the forward writes the gradient; a backward of one moves nothing
-    assert bench.design_bytes("smooth_l1", n, 4, "mean", "fwd", "cpu") == 12 * n
-    assert bench.design_bytes("huber", n, 4, "sum", "bwd", "cpu") == 0
-    assert bench.design_bytes("huber", n, 4, "none", "fwdbwd", "cpu") == 12 * n + 16 * n
+    assert bench.design_bytes("huber", n, 4, "none", "bwd") == 16 * n
+    # Reduced: the forward writes the gradient; a backward of one moves nothing
+    assert bench.design_bytes("smooth_l1", n, 4, "mean", "fwd") == 12 * n
+    assert bench.design_bytes("huber", n, 4, "sum", "bwd") == 0
+    assert bench.design_bytes("smooth_l1", n, 2, "mean", "fwdbwd") == 6 * n
+    assert bench.design_bytes("huber", n, 4, "none", "fwdbwd") == 12 * n + 16 * n
 
 
 def test_cli_json_schema(tmp_path):
@@ -113,9 +114,10 @@ def test_plot(tmp_path):
     assert "smooth_l1" in bench.format_table(result)
 
 
-def test_table_notes_the_cpu_design_of_smooth_l1_and_huber():
+def test_table_notes_the_design_of_smooth_l1_and_huber():
     # The recorded CPU run: its Smooth L1 / Huber fwd and bwd rows split the work differently
-    # from torch's (the forward writes the gradient), and the table says so; a GPU table does not.
+    # from torch's (the forward writes the gradient), and the table says so; a table of
+    # fwdbwd rows alone, or of 'none' losses, does not.
     import copy
     import pathlib
 
@@ -125,7 +127,10 @@ def test_table_notes_the_cpu_design_of_smooth_l1_and_huber():
     assert note in bench.format_table(result)
     gpu = copy.deepcopy(result)
     gpu["meta"]["device"] = "cuda"
-    assert note not in bench.format_table(gpu)
+    assert note in bench.format_table(gpu)
+    unreduced = copy.deepcopy(result)
+    unreduced["meta"]["reduction"] = "none"
+    assert note not in bench.format_table(unreduced)
     fwdbwd_only = copy.deepcopy(result)
     fwdbwd_only["rows"] = [r for r in result["rows"] if r["pass"] == "fwdbwd"]
     assert note not in bench.format_table(fwdbwd_only)
