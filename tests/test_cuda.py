@@ -270,6 +270,35 @@ def test_kept_gradients_on_cuda(loss_name, n):
         assert torch.equal(g, first) and (g.requires_grad or param == 0.0)
 
 
+@pytest.mark.parametrize("avg", ["number", "cuda", "cpu"])
+@pytest.mark.parametrize("n", [3, 1000, 40_000])
+def test_kept_weighted_gradients_on_cuda(n, avg):
+    # The weighted forward (a weight that needs no gradient) also writes the input and target
+    # gradients on the GPU; the backward hands them over or rewrites them on the device where the
+    # incoming gradient is not one: the backward operator's bits, and the composition's values.
+    ops = torch.ops.l1ext
+    p0, t0 = torch.randn(n, 4, device="cuda"), torch.randn(n, 4, device="cuda")
+    w = torch.rand(n, 1, device="cuda")
+    avg_factor = {"number": 7.0, "cuda": torch.tensor(7.0, device="cuda"), "cpu": torch.tensor(7.0)}[avg]
+    avg_tensor = avg_factor if isinstance(avg_factor, torch.Tensor) else None
+    avg_value = None if avg_tensor is not None else avg_factor
+    for scale in (1.0, 2.5, 0.0):
+        p, t = p0.clone().requires_grad_(), t0.clone().requires_grad_()
+        out = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=avg_factor, loss_weight=1.5)
+        go = torch.full((), scale, device="cuda")
+        out.backward(go)
+        ri, rt, _ = ops.weighted_loss_backward(go, p0, t0, w, None, avg_tensor, 1, 0.2, avg_value,
+                                               1.5, 1, [True, True, False])
+        assert torch.equal(p.grad, ri) and torch.equal(t.grad, rt)
+        pc, tc = p0.clone().requires_grad_(), t0.clone().requires_grad_()
+        eps = torch.finfo(torch.float32).eps
+        ref = 1.5 * (TF.smooth_l1_loss(pc, tc, beta=0.2, reduction="none") * w).sum() / (7.0 + eps)
+        ref.backward(go)
+        assert_close(out, ref)
+        assert_close(p.grad, pc.grad)
+        assert_close(t.grad, tc.grad)
+
+
 def _autograd_behaviour(loss, device):
     # The hand-built autograd nodes on a device: a backward after an in-place change of a saved
     # operand raises where torch's does, and compiled autograd gives torch's gradients.

@@ -3,11 +3,12 @@
 // and avg_factor get none (an input that requires one is refused rather than given a silent
 // zero), and the backward is not differentiable again (asking for it raises).
 //
-// Reduced losses on plain CPU tensors whose weight needs no gradient (the detection case) take
-// the design of the plain Smooth L1 / Huber (losses_autograd.cpp): weighted_loss_forward writes
-// the input/target gradients for an incoming gradient of one in the forward pass, and
-// loss.backward() hands them over without a backward pass (fp32 boxes (N, 4) with a per-box
-// weight: 9 + 4 B per element instead of 9 + 13).
+// Reduced losses on plain CPU or CUDA tensors whose weight needs no gradient (the detection case)
+// take the design of the plain Smooth L1 / Huber (losses_autograd.cpp): weighted_loss_forward
+// writes the input/target gradients for an incoming gradient of one in the forward pass, and
+// loss.backward() hands them over without a backward pass on the CPU, after one launch that
+// finds the incoming gradient is one on a GPU (fp32 boxes (N, 4) with a per-box weight: 9 + 4 B
+// per element instead of 9 + 13).
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -17,6 +18,9 @@
 #include <tuple>
 
 #include "autograd/autograd_util.h"
+#if defined(L1EXT_WITH_CUDA)
+#include "cuda/fused_backward.h"
+#endif
 
 namespace l1ext {
 namespace autograd {
@@ -51,6 +55,28 @@ OptTensor as_optional(const Tensor& t) { return t.defined() ? OptTensor(t) : std
 
 bool plain_cpu_or_absent(const OptTensor& t) {
   return !t.has_value() || !t->defined() || is_plain_cpu(*t);
+}
+
+// Whether a reduced forward writes the input/target gradients for the backward: operands whose
+// memory l1ext's kernels read directly (an avg_factor on the host for a loss on a GPU is read on
+// the host), and a weight that needs no gradient.
+bool writes_fused_gradients(const Tensor& input, const Tensor& target, const OptTensor& weight,
+                            const OptTensor& param, const OptTensor& avg_factor) {
+  if (weight.has_value() && weight->defined() && weight->requires_grad()) return false;
+  if (is_plain_cpu(input)) {
+    return is_plain_cpu(target) && plain_cpu_or_absent(weight) && plain_cpu_or_absent(param) &&
+           plain_cpu_or_absent(avg_factor);
+  }
+#if defined(L1EXT_WITH_CUDA)
+  const auto plain_cuda_or_absent = [](const OptTensor& t) {
+    return !t.has_value() || !t->defined() || is_plain_cuda(*t);
+  };
+  return is_plain_cuda(input) && is_plain_cuda(target) && plain_cuda_or_absent(weight) &&
+         plain_cuda_or_absent(param) &&
+         (plain_cuda_or_absent(avg_factor) || is_plain_cpu(*avg_factor));
+#else
+  return false;
+#endif
 }
 
 struct WeightedLossBackward : Node {
@@ -89,6 +115,15 @@ struct WeightedLossBackward : Node {
         fused_gradients_serve(kept, grads[0], {mask[0], mask[1]})) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
     }
+#if defined(L1EXT_WITH_CUDA)
+    if (!mask[2] && fused_gradients_serve_on_device(kept, grads[0], {mask[0], mask[1]})) {
+      cuda::weighted_backward_unless_one(grads[0], x, y, as_optional(w), as_optional(p),
+                                         as_optional(a), kind, param_value, avg_value,
+                                         loss_weight, reduction, mask[0] ? &kept[0] : nullptr,
+                                         mask[1] ? &kept[1] : nullptr);
+      return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
+    }
+#endif
     auto [gi, gt, gw] = backward_op().call(grads[0], x, y, as_optional(w), as_optional(p),
                                            as_optional(a), kind, param_value, avg_value,
                                            loss_weight, reduction, mask);
@@ -121,9 +156,7 @@ Tensor weighted_loss_with_node(const Tensor& input, const Tensor& target, const 
   Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView guard;
-    if (reduction != 0 && !(w.defined() && w.requires_grad()) && is_plain_cpu(input) &&
-        is_plain_cpu(target) && plain_cpu_or_absent(weight) && plain_cpu_or_absent(param) &&
-        plain_cpu_or_absent(avg_factor)) {
+    if (reduction != 0 && writes_fused_gradients(input, target, weight, param, avg_factor)) {
       const std::array<bool, 2> mask = {input.requires_grad(), target.requires_grad()};
       auto [loss, gi, gt] = forward_with_gradients_op().call(input, target, weight, param,
                                                              avg_factor, kind, param_value,

@@ -5,6 +5,7 @@
 #include <torch/library.h>
 
 #include "cuda/dispatch.cuh"
+#include "cuda/fused_backward.h"
 #include "cuda/weighted_kernels.cuh"
 #include "weighted_glue.h"
 
@@ -20,8 +21,8 @@ struct CudaWeightedBackend {
   static void check_dtype(at::ScalarType t, const char* name) { dispatch_elem(t, name, [](auto) {}); }
   static void prepare_output(Tensor&) {}
 
-  // Gradients requested of a forward (gi, gt) come from a second launch, the backward kernel with
-  // an incoming gradient of one (l1ext's autograd asks for them on the CPU only).
+  // Gradients requested of a forward (gi, gt): for a reduced loss written by the same launch as
+  // the loss; for 'none' by a second launch, the backward kernel with an incoming gradient of one.
   static void forward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
                       int64_t inner, const Reduce& r, Tensor& out, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
@@ -34,10 +35,12 @@ struct CudaWeightedBackend {
       dispatch_kind(kind, [&](auto k) {
         constexpr LossKind K = decltype(k)::value;
         const WeightedElement<T, K> e{in<T>(x), in<T>(y), w, p, acc_t<T>(param), inner};
-        const cudaError_t err = weighted_forward<T, K>(e, n, r, out_or_null<T>(&out),
-                                                       bytes ? workspace.data_ptr() : nullptr, stream);
+        const bool fused = r.reduction != 0;
+        const cudaError_t err = weighted_forward<T, K>(
+            e, n, r, out_or_null<T>(&out), bytes ? workspace.data_ptr() : nullptr, stream,
+            fused ? out_or_null<T>(gi) : nullptr, fused ? out_or_null<T>(gt) : nullptr);
         C10_CUDA_CHECK(err);
-        if (gi || gt) {
+        if (!fused && (gi || gt)) {
           const cudaError_t grad_err = weighted_backward<T, K>(
               e, n, r, nullptr, out_or_null<T>(gi), out_or_null<T>(gt), nullptr, stream);
           C10_CUDA_CHECK(grad_err);
@@ -65,6 +68,44 @@ struct CudaWeightedBackend {
 };
 
 }  // namespace
+
+void weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input,
+                                  const Tensor& target, const std::optional<Tensor>& weight,
+                                  const std::optional<Tensor>& param,
+                                  const std::optional<Tensor>& avg_factor, int64_t kind,
+                                  double param_value, std::optional<double> avg_value,
+                                  double loss_weight, int64_t reduction, Tensor* gi, Tensor* gt) {
+  const weighted::Prepared s =
+      weighted::prepare<CudaWeightedBackend>("weighted_loss_backward", input, target, weight, param,
+                                             avg_factor, kind, avg_value, loss_weight, reduction);
+  TORCH_CHECK(reduction != 0, "l1ext: weighted_backward_unless_one is for a reduced loss");
+  const int64_t n = s.x.numel();
+  if (n == 0 || !(gi || gt)) return;
+  glue::check_grad_output_scalar(grad_output, s.x);
+  // The kept gradients come from forward_with_gradients_impl on these same operands.
+  for (Tensor* g : {gi, gt}) {
+    TORCH_CHECK(!g || (g->numel() == n && g->scalar_type() == s.x.scalar_type() &&
+                       g->device() == s.x.device() && g->is_contiguous()),
+                "l1ext: weighted_backward_unless_one: a kept gradient does not match its operands");
+  }
+  const c10::cuda::CUDAGuard guard(s.x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_elem(s.x.scalar_type(), "weighted_loss_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Tensor go = grad_output.scalar_type() == s.x.scalar_type()
+                          ? grad_output
+                          : grad_output.to(s.x.scalar_type());
+    dispatch_kind(LossKind(kind), [&](auto k) {
+      constexpr LossKind K = decltype(k)::value;
+      const WeightedElement<T, K> e{in<T>(s.x), in<T>(s.y), s.w.aux(), s.p.aux(),
+                                    acc_t<T>(param_value), s.inner};
+      const cudaError_t err = weighted_backward<T, K>(e, n, s.r, in<T>(go), out_or_null<T>(gi),
+                                                      out_or_null<T>(gt), nullptr, stream,
+                                                      /*unless_one=*/true);
+      C10_CUDA_CHECK(err);
+    });
+  });
+}
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) {
   m.impl("weighted_loss", &weighted::forward_impl<CudaWeightedBackend>);

@@ -39,10 +39,13 @@ struct WeightedElement {
   }
 };
 
+// A reduced forward also writes gi / gt (either may be null) where asked: the gradients for an
+// incoming gradient of one, in the backward kernel's expression for it (the same bits).
 template <class T, LossKind K>
 __global__ void __launch_bounds__(kThreads)
     weighted_forward_kernel(WeightedElement<T, K> e, int64_t n, weighted::Reduce r, T* out,
-                            acc_t<T>* partials, unsigned int* ticket) {
+                            acc_t<T>* partials, unsigned int* ticket, T* __restrict__ gi,
+                            T* __restrict__ gt) {
   using A = acc_t<T>;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
@@ -52,7 +55,18 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   A acc = A(0);
-  for (int64_t i = t; i < n; i += stride) acc += e.weight(i) * e.value(i);
+  if (gi || gt) {
+    const A scale = A(1.0 * r.scale());
+    for (int64_t i = t; i < n; i += stride) {
+      const A w = e.weight(i);
+      acc += w * e.value(i);
+      const A g = w * e.grad(i) * scale;
+      if (gi) gi[i] = from_acc<T>(g);
+      if (gt) gt[i] = from_acc<T>(-g);
+    }
+  } else {
+    for (int64_t i = t; i < n; i += stride) acc += e.weight(i) * e.value(i);
+  }
   finish_sum<T>(acc, partials, ticket, out, [r](double v) { return A(v * r.scale()); });
 }
 
@@ -60,9 +74,12 @@ template <class T, LossKind K>
 __global__ void __launch_bounds__(kThreads)
     weighted_backward_kernel(WeightedElement<T, K> e, int64_t n, weighted::Reduce r,
                              const T* __restrict__ go, T* __restrict__ gi, T* __restrict__ gt,
-                             T* __restrict__ gw) {
+                             T* __restrict__ gw, bool unless_one) {
   using A = acc_t<T>;
   const bool per_element = r.reduction == 0;
+  // unless_one (a reduced loss, one go): gi / gt hold the forward's gradients for an incoming
+  // gradient of one, rewritten only where go[0] is not exactly one.
+  if (unless_one && !per_element && go && to_acc(go[0]) == A(1)) return;
   // A null go stands for an incoming gradient of one (a forward asked for its gradients).
   const A scale = per_element ? A(r.loss_weight) : A((go ? double(to_acc(go[0])) : 1.0) * r.scale());
   const int64_t stride = int64_t(gridDim.x) * kThreads;
@@ -83,9 +100,12 @@ inline size_t weighted_workspace_bytes(int64_t n) {
   return 16 + size_t(blocks_for(n / 4, kMaxReduceBlocks)) * sizeof(acc_t<T>);
 }
 
+// gi / gt (a reduced loss; null where not wanted): the gradients for an incoming gradient of
+// one, written by the same launch.
 template <class T, LossKind K>
 cudaError_t weighted_forward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
-                             T* out, void* workspace, cudaStream_t stream) {
+                             T* out, void* workspace, cudaStream_t stream, T* gi = nullptr,
+                             T* gt = nullptr) {
   int blocks = 1;
   unsigned int* ticket = nullptr;
   acc_t<T>* partials = nullptr;
@@ -98,15 +118,18 @@ cudaError_t weighted_forward(const WeightedElement<T, K>& e, int64_t n, const we
     const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
     if (err != cudaSuccess) return err;
   }
-  weighted_forward_kernel<T, K><<<blocks, kThreads, 0, stream>>>(e, n, r, out, partials, ticket);
+  if (r.reduction == 0 && (gi || gt)) return cudaErrorInvalidValue;  // reduced losses only
+  weighted_forward_kernel<T, K>
+      <<<blocks, kThreads, 0, stream>>>(e, n, r, out, partials, ticket, gi, gt);
   return cudaGetLastError();
 }
 
 template <class T, LossKind K>
 cudaError_t weighted_backward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
-                              const T* go, T* gi, T* gt, T* gw, cudaStream_t stream) {
-  weighted_backward_kernel<T, K>
-      <<<blocks_for(n, kMaxPointwiseBlocks), kThreads, 0, stream>>>(e, n, r, go, gi, gt, gw);
+                              const T* go, T* gi, T* gt, T* gw, cudaStream_t stream,
+                              bool unless_one = false) {
+  weighted_backward_kernel<T, K><<<blocks_for(n, kMaxPointwiseBlocks), kThreads, 0, stream>>>(
+      e, n, r, go, gi, gt, gw, unless_one);
   return cudaGetLastError();
 }
 
