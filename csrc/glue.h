@@ -115,6 +115,25 @@ inline void check_grad_output_scalar(const Tensor& grad_output, const Tensor& li
               grad_output.device(), " for a loss on ", like.device());
 }
 
+// t in the given dtype (t itself when it has it already).
+inline Tensor in_dtype(const Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
+// Whether gradients a forward wrote and l1ext's autograd kept can be rewritten in place for the
+// operands `like` (as the backward sees them, in kernel layout): the same element count, dtype,
+// device and strides, so the kernel's walk over `like` is a walk over them. (A saved-tensor hook
+// may hand the backward its operands in another layout than the forward had.)
+inline bool kept_gradients_match(std::initializer_list<const Tensor*> kept, const Tensor& like) {
+  for (const Tensor* g : kept) {
+    if (g && !(g->numel() == like.numel() && g->scalar_type() == like.scalar_type() &&
+               g->device() == like.device() && g->strides() == like.strides())) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // What a forward returns: the loss; the int8 sign (L1's saved state) or an empty tensor; the
 // gradients for an incoming gradient of one (see *_loss_forward in ops.cpp) or empty tensors.
 struct Forward {

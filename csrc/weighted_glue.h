@@ -32,7 +32,7 @@ inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input,
   const Tensor& a = *maybe;
   TORCH_CHECK(a.device() == input.device(), "l1ext: ", what, " on ", a.device(),
               " for an input on ", input.device());
-  const Tensor v = a.scalar_type() == input.scalar_type() ? a : a.to(input.scalar_type());
+  const Tensor v = glue::in_dtype(a, input.scalar_type());
   const auto s = input.sizes();
   const int64_t d = input.dim();
   if (v.numel() == 1) return {v.reshape({1}).contiguous(), Broadcast::kScalar};
@@ -167,7 +167,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
     go = glue::grad_in_layout(grad_output, x, x.scalar_type());
   } else {
     glue::check_grad_output_scalar(grad_output, x);
-    go = grad_output.scalar_type() == x.scalar_type() ? grad_output : grad_output.to(x.scalar_type());
+    go = glue::in_dtype(grad_output, x.scalar_type());
   }
   if (x.numel() > 0 && (mask[0] || mask[1] || want_w)) {
     for (Tensor* t : {&gi, &gt, &gw_full})

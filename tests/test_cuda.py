@@ -232,41 +232,65 @@ def test_forward_with_gradients_on_cuda(reduction, n, offset):
     assert torch.equal(gi, ri) and torch.equal(gt, rt)
 
 
+KEPT_LOSSES = {  # name: (operator, backward operator, torch's function, parameter name, value)
+    "smooth_l1": ("smooth_l1_loss", "smooth_l1_loss_backward", TF.smooth_l1_loss, "beta", 0.5),
+    "huber": ("huber_loss", "huber_loss_backward", TF.huber_loss, "delta", 0.7),
+    "smooth_l1_beta0": ("smooth_l1_loss", "smooth_l1_loss_backward", TF.smooth_l1_loss, "beta", 0.0),
+}
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n", [5, 4096, 100_003])
-@pytest.mark.parametrize("loss_name", ["smooth_l1", "huber", "smooth_l1_beta0"])
-def test_kept_gradients_on_cuda(loss_name, n):
-    # A reduced Smooth L1 / Huber forward on the GPU writes the gradient for an incoming gradient
-    # of one, and the backward hands it over, or rewrites it on the device where the incoming
-    # gradient is not one: the backward operator's bits either way, and torch's values.
-    ops = torch.ops.l1ext
-    fn, bwd, param = {"smooth_l1": (LF.smooth_l1_loss, ops.smooth_l1_loss_backward, 0.5),
-                      "huber": (LF.huber_loss, ops.huber_loss_backward, 0.7),
-                      "smooth_l1_beta0": (LF.smooth_l1_loss, ops.smooth_l1_loss_backward, 0.0)}[loss_name]
-    kw = {"delta" if loss_name == "huber" else "beta": param}
-    x0, y0 = _pair(n)
+@pytest.mark.parametrize("loss_name", list(KEPT_LOSSES))
+def test_kept_gradients_on_cuda(loss_name, n, dtype, offset):
+    # A reduced Smooth L1 / Huber forward on the GPU writes the gradients for an incoming gradient
+    # of one (the memory it keeps says so), and the backward hands them over, or rewrites them on
+    # the device where the incoming gradient is not one: the backward operator's bits either way,
+    # and torch's values. The operator is called directly: the functional sends beta == 0 to L1.
+    name, bwd_name, theirs, pname, param = KEPT_LOSSES[loss_name]
+    op, bwd = getattr(torch.ops.l1ext, name), getattr(torch.ops.l1ext, bwd_name)
+    x0, y0 = _pair(n, dtype, offset=offset)
     for reduction, red in (("mean", 1), ("sum", 2)):
-        for scale in (1.0, 2.5, -1.0, 0.0):
-            x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-            out = fn(x, y, reduction=reduction, **kw)
-            go = torch.full((), scale, device="cuda")
-            out.backward(go)
-            ri, rt = bwd(go, x0, y0, red, param, [True, True])
-            assert torch.equal(x.grad, ri) and torch.equal(y.grad, rt)
-            xt, yt = x0.clone().requires_grad_(), y0.clone().requires_grad_()
-            getattr(TF, fn.__name__)(xt, yt, reduction=reduction, **kw).backward(go)
-            assert_close(x.grad, xt.grad)
-            assert_close(y.grad, yt.grad)
-        # a retained graph: the second backward recomputes, with the same bits
+        for scale in (1.0, 2.5, 0.0):
+            for target_grad in (True, False):
+                (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
+                if not target_grad:
+                    y = y0
+                before = torch.cuda.memory_allocated()
+                out = op(x, y, red, param)
+                kept = torch.cuda.memory_allocated() - before
+                assert kept >= (1 + target_grad) * n * x0.element_size()
+                go = torch.full((), scale, device="cuda", dtype=dtype)
+                out.backward(go)
+                ri, rt = bwd(go, x0, y0, red, param, [True, True])
+                gx = x_leaf.grad.as_strided(x0.shape, x0.stride(), x0.storage_offset())
+                assert torch.equal(gx, ri)
+                if target_grad:
+                    gy = y_leaf.grad.as_strided(y0.shape, y0.stride(), y0.storage_offset())
+                    assert torch.equal(gy, rt)
+                xt = x0.detach().clone().requires_grad_()
+                theirs(xt, y0, reduction=reduction, **{pname: param}).backward(go)
+                assert_close(gx, xt.grad)
+
+
+@pytest.mark.parametrize("loss_name", list(KEPT_LOSSES))
+def test_kept_gradients_retained_graph_and_create_graph_on_cuda(loss_name):
+    # The kept gradient serves the first backward only: a second one through a retained graph
+    # recomputes, with the same bits, and create_graph (a differentiable gradient) recomputes.
+    name, _, _, _, param = KEPT_LOSSES[loss_name]
+    op = getattr(torch.ops.l1ext, name)
+    x0, y0 = _pair(100_003)
+    for red in (1, 2):
         x = x0.clone().requires_grad_()
-        out = fn(x, y0, reduction=reduction, **kw)
+        out = op(x, y0, red, param)
         first = torch.autograd.grad(out, x, retain_graph=True)[0]
         second = torch.autograd.grad(out, x, torch.full((), 3.0, device="cuda"), retain_graph=True)[0]
         third = torch.autograd.grad(out, x)[0]
         assert torch.equal(first, third)
         assert_close(second, 3 * first)
-        # create_graph: the kept gradient is not differentiable, so the backward recomputes
         x = x0.clone().requires_grad_()
-        (g,) = torch.autograd.grad(fn(x, y0, reduction=reduction, **kw), x, create_graph=True)
+        (g,) = torch.autograd.grad(op(x, y0, red, param), x, create_graph=True)
         assert torch.equal(g, first) and (g.requires_grad or param == 0.0)
 
 
@@ -284,7 +308,9 @@ def test_kept_weighted_gradients_on_cuda(n, avg):
     avg_value = None if avg_tensor is not None else avg_factor
     for scale in (1.0, 2.5, 0.0):
         p, t = p0.clone().requires_grad_(), t0.clone().requires_grad_()
+        before = torch.cuda.memory_allocated()
         out = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=avg_factor, loss_weight=1.5)
+        assert torch.cuda.memory_allocated() - before >= 2 * p0.numel() * 4  # the kept gradients
         go = torch.full((), scale, device="cuda")
         out.backward(go)
         ri, rt, _ = ops.weighted_loss_backward(go, p0, t0, w, None, avg_tensor, 1, 0.2, avg_value,

@@ -46,25 +46,26 @@ inline bool needs_torch_composite(std::initializer_list<const Tensor*> ts) {
   return false;
 }
 
-// A tensor whose memory this process reads directly: dense, on the CPU, and none of fake, traced,
-// functionalized, functorch-wrapped, or carrying a lazy negation/conjugation/zero bit (those have
-// dispatch keys beyond those every CPU tensor has).
+// A tensor whose memory l1ext's kernels read directly: dense, on the given backend, and none of
+// fake, traced, functionalized, functorch-wrapped, or carrying a lazy negation/conjugation/zero
+// bit (those have dispatch keys beyond `plain`, the keys every tensor of that backend has).
+inline bool has_plain_keys(const Tensor& t, const c10::DispatchKeySet& plain,
+                           c10::BackendComponent backend) {
+  // (operator- removes functionality bits only; the backend bit stays.)
+  return t.defined() && t.layout() == c10::kStrided &&
+         t.key_set() - plain == c10::DispatchKeySet(backend);
+}
 inline bool is_plain_cpu(const Tensor& t) {
   static const c10::DispatchKeySet kPlain({c10::DispatchKey::CPU, c10::DispatchKey::AutogradCPU,
                                            c10::DispatchKey::ADInplaceOrView,
                                            c10::DispatchKey::AutocastCPU});
-  // (operator- removes functionality bits only; the CPU backend bit stays.)
-  return t.defined() && t.layout() == c10::kStrided &&
-         t.key_set() - kPlain == c10::DispatchKeySet(c10::BackendComponent::CPUBit);
+  return has_plain_keys(t, kPlain, c10::BackendComponent::CPUBit);
 }
-
-// The same for a CUDA tensor: its memory is read by l1ext's own kernels.
 inline bool is_plain_cuda(const Tensor& t) {
   static const c10::DispatchKeySet kPlain({c10::DispatchKey::CUDA, c10::DispatchKey::AutogradCUDA,
                                            c10::DispatchKey::ADInplaceOrView,
                                            c10::DispatchKey::AutocastCUDA});
-  return t.defined() && t.layout() == c10::kStrided &&
-         t.key_set() - kPlain == c10::DispatchKeySet(c10::BackendComponent::CUDABit);
+  return has_plain_keys(t, kPlain, c10::BackendComponent::CUDABit);
 }
 
 // Whether a plain CPU floating tensor of one element holds exactly 1.

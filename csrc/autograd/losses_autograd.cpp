@@ -346,9 +346,9 @@ struct PointwiseLossBackward : Node {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
     }
 #if defined(L1EXT_WITH_CUDA)
-    if (fused_gradients_serve_on_device(kept, grads[0], mask)) {
-      cuda::backward_unless_one(Loss::kKind, grads[0], x, y, reduction, param,
-                                mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr);
+    if (fused_gradients_serve_on_device(kept, grads[0], mask) &&
+        cuda::backward_unless_one(Loss::kKind, grads[0], x, y, reduction, param,
+                                  mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
     }
 #endif

@@ -16,14 +16,16 @@ namespace cuda {
 // gi / gt (either may be null) hold the forward's gradients for an incoming gradient of one; one
 // launch reads grad_output on the device and rewrites them in place, as the backward operator
 // would write them, only where grad_output is not exactly one. No host synchronisation; with
-// loss.backward()'s gradient of one it reads one value and writes nothing.
-void backward_unless_one(LossKind kind, const at::Tensor& grad_output, const at::Tensor& input,
+// loss.backward()'s gradient of one it reads one value and writes nothing. Returns false, having
+// launched nothing, where the kept gradients are not in the layout of the operands it is given
+// (kept_gradients_match): the caller then runs the backward operator.
+bool backward_unless_one(LossKind kind, const at::Tensor& grad_output, const at::Tensor& input,
                          const at::Tensor& target, int64_t reduction, double param, at::Tensor* gi,
                          at::Tensor* gt);
 
 // The same for a reduced weighted loss (a weight that needs no gradient), with the operands of
 // the weighted_loss operator.
-void weighted_backward_unless_one(const at::Tensor& grad_output, const at::Tensor& input,
+bool weighted_backward_unless_one(const at::Tensor& grad_output, const at::Tensor& input,
                                   const at::Tensor& target,
                                   const std::optional<at::Tensor>& weight,
                                   const std::optional<at::Tensor>& param,

@@ -207,11 +207,20 @@ __device__ __forceinline__ void finish_sum(acc_t<T> acc, acc_t<T>* partials, uns
 // The gradients a reduced forward writes for an incoming gradient of one (kGrad): gi = grad(d) *
 // (1 / divisor), gt = -gi, the expression backward_kernel evaluates for that gradient, so the bits
 // are the same. A null pointer: that gradient is not wanted.
+// packs: gi and gt sit at x's offset from 16-byte alignment, so a pack of x is a pack of them
+// (else they are stored one element at a time; the work split, and so the loss's bits, follow x
+// and y alone, as without gradients).
 template <class T>
 struct ForwardGradients {
   T* __restrict__ gi;
   T* __restrict__ gt;
   acc_t<T> scale;
+  bool packs;
+
+  __device__ __forceinline__ void store(int64_t i, acc_t<T> v) const {
+    if (gi) gi[i] = from_acc<T>(v);
+    if (gt) gt[i] = from_acc<T>(-v);
+  }
 };
 
 // One pass over x and y: the loss summed in a fixed order, and where asked the int8 sign (L1's
@@ -243,18 +252,22 @@ __global__ void __launch_bounds__(kThreads)
           }
         }
         if (kSign) store_signs<P>(sign, i, sp, s);
-        if (kGrad && g.gi) *reinterpret_cast<Pack<T>*>(g.gi + i) = gip;
-        if (kGrad && g.gt) *reinterpret_cast<Pack<T>*>(g.gt + i) = gtp;
+        if (kGrad && g.packs) {
+          if (g.gi) *reinterpret_cast<Pack<T>*>(g.gi + i) = gip;
+          if (g.gt) *reinterpret_cast<Pack<T>*>(g.gt + i) = gtp;
+        } else if (kGrad) {
+#pragma unroll
+          for (int k = 0; k < P; ++k) {
+            if (g.gi) g.gi[i + k] = gip.v[k];
+            if (g.gt) g.gt[i + k] = gtp.v[k];
+          }
+        }
       },
       [&](int64_t i) {
         const A d = to_acc(x[i]) - to_acc(y[i]);
         acc += loss.value(d);
         if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
-        if (kGrad) {
-          const A v = loss.grad(d) * g.scale;
-          if (g.gi) g.gi[i] = from_acc<T>(v);
-          if (g.gt) g.gt[i] = from_acc<T>(-v);
-        }
+        if (kGrad) g.store(i, loss.grad(d) * g.scale);
       });
   finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
 }
@@ -383,7 +396,7 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
                            T* out, int8_t* sign, T* gi, T* gt, void* workspace,
                            cudaStream_t stream) {
   if (sign && (gi || gt)) return cudaErrorInvalidValue;  // one or the other: no caller needs both
-  const Span s = with_sign(make_span<T>(n, {x, y, gi, gt}), sign);
+  const Span s = with_sign(make_span<T>(n, {x, y}), sign);
   int blocks = 1;
   unsigned int* ticket = nullptr;
   acc_t<T>* partials = nullptr;
@@ -395,7 +408,11 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
     const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
     if (err != cudaSuccess) return err;
   }
-  const ForwardGradients<T> g{gi, gt, acc_t<T>(1.0 / divisor)};
+  const uintptr_t x_offset = reinterpret_cast<uintptr_t>(x) % 16;
+  const auto at_x_offset = [x_offset](const T* p) {
+    return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == x_offset;
+  };
+  const ForwardGradients<T> g{gi, gt, acc_t<T>(1.0 / divisor), at_x_offset(gi) && at_x_offset(gt)};
   if (gi || gt) {
     forward_reduce_kernel<T, Loss, false, true>
         <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);

@@ -72,7 +72,7 @@ struct CudaBackend {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
       using T = decltype(tag);
-      const Tensor g = go.scalar_type() == x.scalar_type() ? go : go.to(x.scalar_type());
+      const Tensor g = in_dtype(go, x.scalar_type());
       dispatch_kind(kind, [&](auto k) {
         const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
         C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), in<T>(g), per_element, divisor,
@@ -89,7 +89,7 @@ struct CudaBackend {
     const Tensor& like = gi ? *gi : *gt;
     dispatch_elem(like.scalar_type(), "", [&](auto tag) {
       using T = decltype(tag);
-      const Tensor g = go.scalar_type() == like.scalar_type() ? go : go.to(like.scalar_type());
+      const Tensor g = in_dtype(go, like.scalar_type());
       C10_CUDA_CHECK(cuda::backward_from_sign<T>(sign.const_data_ptr<int8_t>(), in<T>(g), per_element,
                                                  divisor, sign.numel(), out_or_null<T>(gi),
                                                  out_or_null<T>(gt), stream));
@@ -99,7 +99,7 @@ struct CudaBackend {
 
 }  // namespace
 
-void backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor& input,
+bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor& input,
                          const Tensor& target, int64_t reduction, double param, Tensor* gi,
                          Tensor* gt) {
   // The operands as backward_impl sees them (the forward's layout, so the kept gradients are in
@@ -108,21 +108,14 @@ void backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor&
                                                      param);
   TORCH_CHECK(reduction != kNone, "l1ext: backward_unless_one is for a reduced loss");
   const int64_t n = ops.x.numel();
-  if (n == 0 || !(gi || gt)) return;
+  if (!kept_gradients_match({gi, gt}, ops.x)) return false;
+  if (n == 0 || !(gi || gt)) return true;
   check_grad_output_scalar(grad_output, ops.x);
-  // The kept gradients come from forward_impl on these same operands: the same kernel layout.
-  for (Tensor* g : {gi, gt}) {
-    TORCH_CHECK(!g || (g->numel() == n && g->scalar_type() == ops.x.scalar_type() &&
-                       g->device() == ops.x.device() && g->is_non_overlapping_and_dense()),
-                "l1ext: backward_unless_one: a kept gradient does not match its operands");
-  }
   const c10::cuda::CUDAGuard guard(ops.x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_elem(ops.x.scalar_type(), "backward", [&](auto tag) {
     using T = decltype(tag);
-    const Tensor g = grad_output.scalar_type() == ops.x.scalar_type()
-                         ? grad_output
-                         : grad_output.to(ops.x.scalar_type());
+    const Tensor g = in_dtype(grad_output, ops.x.scalar_type());
     dispatch_kind(kind, [&](auto k) {
       const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
       C10_CUDA_CHECK(cuda::backward<T>(in<T>(ops.x), in<T>(ops.y), in<T>(g), false,
@@ -131,6 +124,7 @@ void backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor&
                                        /*unless_one=*/true));
     });
   });
+  return true;
 }
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) { L1EXT_REGISTER_OPERATORS(m, CudaBackend); }

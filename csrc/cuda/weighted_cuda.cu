@@ -69,7 +69,7 @@ struct CudaWeightedBackend {
 
 }  // namespace
 
-void weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input,
+bool weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input,
                                   const Tensor& target, const std::optional<Tensor>& weight,
                                   const std::optional<Tensor>& param,
                                   const std::optional<Tensor>& avg_factor, int64_t kind,
@@ -80,21 +80,14 @@ void weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input
                                              avg_factor, kind, avg_value, loss_weight, reduction);
   TORCH_CHECK(reduction != 0, "l1ext: weighted_backward_unless_one is for a reduced loss");
   const int64_t n = s.x.numel();
-  if (n == 0 || !(gi || gt)) return;
+  if (!glue::kept_gradients_match({gi, gt}, s.x)) return false;
+  if (n == 0 || !(gi || gt)) return true;
   glue::check_grad_output_scalar(grad_output, s.x);
-  // The kept gradients come from forward_with_gradients_impl on these same operands.
-  for (Tensor* g : {gi, gt}) {
-    TORCH_CHECK(!g || (g->numel() == n && g->scalar_type() == s.x.scalar_type() &&
-                       g->device() == s.x.device() && g->is_contiguous()),
-                "l1ext: weighted_backward_unless_one: a kept gradient does not match its operands");
-  }
   const c10::cuda::CUDAGuard guard(s.x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_elem(s.x.scalar_type(), "weighted_loss_backward", [&](auto tag) {
     using T = decltype(tag);
-    const Tensor go = grad_output.scalar_type() == s.x.scalar_type()
-                          ? grad_output
-                          : grad_output.to(s.x.scalar_type());
+    const Tensor go = glue::in_dtype(grad_output, s.x.scalar_type());
     dispatch_kind(LossKind(kind), [&](auto k) {
       constexpr LossKind K = decltype(k)::value;
       const WeightedElement<T, K> e{in<T>(s.x), in<T>(s.y), s.w.aux(), s.p.aux(),
@@ -105,6 +98,7 @@ void weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input
       C10_CUDA_CHECK(err);
     });
   });
+  return true;
 }
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) {
