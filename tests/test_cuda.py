@@ -247,12 +247,14 @@ def test_kept_gradients_on_cuda(loss_name, n, dtype, offset):
     # A reduced Smooth L1 / Huber forward on the GPU writes the gradients for an incoming gradient
     # of one (the memory it keeps says so), and the backward hands them over, or rewrites them on
     # the device where the incoming gradient is not one: the backward operator's bits either way,
-    # and torch's values. The operator is called directly: the functional sends beta == 0 to L1.
+    # and torch's values. Scales: one (handed over), powers of two (scaled in place), others
+    # (recomputed). The operator is called directly: the functional sends beta == 0 to L1.
     name, bwd_name, theirs, pname, param = KEPT_LOSSES[loss_name]
     op, bwd = getattr(torch.ops.l1ext, name), getattr(torch.ops.l1ext, bwd_name)
     x0, y0 = _pair(n, dtype, offset=offset)
+    x0[:3] = y0[:3]  # zero residuals: kept zeros are recomputed, not scaled
     for reduction, red in (("mean", 1), ("sum", 2)):
-        for scale in (1.0, 2.5, 0.0):
+        for scale in (1.0, 2.0, 0.5, -1.0, 65536.0, 2.0**-140, 2.5, 0.0):
             for target_grad in (True, False):
                 (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
                 if not target_grad:
