@@ -22,6 +22,7 @@
 # written. Logs and results go to ${L1EXT_RESULTS:-benchmarks/results/gpu}; where $OUT is set, a
 # summary (one line per stage, plus the end of each log) goes to $OUT/summary.txt and every result
 # file into one archive, $OUT/gpu-<stages>.tar.gz. Exit status: 0 when every stage passed.
+# L1EXT_COMMIT names the commit where the checkout has no git metadata (results record it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -84,9 +85,10 @@ export -f build has_cuda_kernels sanitize
 export PY
 
 "$PY" - <<'EOF' | tee -a "$SUMMARY"
-import subprocess, torch
+import os, subprocess, torch
 name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+commit = os.environ.get("L1EXT_COMMIT") or subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 print(f"device: {name}; torch {torch.__version__}, CUDA {torch.version.cuda}; commit {commit or 'unknown'}")
 EOF
 
