@@ -211,8 +211,8 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 //   device and finds it is one (reading it on the host would synchronise). 12 B in all, against
 //   about 32 B for torch's kernel + mean, zeros_like + backward kernel. Any other incoming
 //   gradient recomputes from x and y as below (on a GPU into the kept buffers, in the same
-//   launch), with the bits the fused gradient has for a gradient of one; so do a second backward
-//   through a retained graph and create_graph.
+//   launch; a power of two scales them there instead, 8 B), with the bits the fused gradient has
+//   for a gradient of one; so do a second backward through a retained graph and create_graph.
 // - Otherwise ('none', traced or functorch calls): the forward reads x and y (8 B); the backward
 //   reads them again and writes the gradient (12 B): 20 B, and nothing is kept between the
 //   passes but references to x and y.
