@@ -300,15 +300,16 @@ def test_kept_gradients_retained_graph_and_create_graph_on_cuda(loss_name):
 @pytest.mark.parametrize("n", [3, 1000, 40_000])
 def test_kept_weighted_gradients_on_cuda(n, avg):
     # The weighted forward (a weight that needs no gradient) also writes the input and target
-    # gradients on the GPU; the backward hands them over or rewrites them on the device where the
-    # incoming gradient is not one: the backward operator's bits, and the composition's values.
+    # gradients on the GPU; the backward hands them over, scales them (powers of two) or rewrites
+    # them on the device: the backward operator's bits, and the composition's values.
     ops = torch.ops.l1ext
     p0, t0 = torch.randn(n, 4, device="cuda"), torch.randn(n, 4, device="cuda")
     w = torch.rand(n, 1, device="cuda")
     avg_factor = {"number": 7.0, "cuda": torch.tensor(7.0, device="cuda"), "cpu": torch.tensor(7.0)}[avg]
     avg_tensor = avg_factor if isinstance(avg_factor, torch.Tensor) else None
     avg_value = None if avg_tensor is not None else avg_factor
-    for scale in (1.0, 2.5, 0.0):
+    p0[:2] = t0[:2]  # zero residuals: kept zeros are recomputed, not scaled
+    for scale in (1.0, 2.0, 0.25, 65536.0, 2.5, 0.0):
         p, t = p0.clone().requires_grad_(), t0.clone().requires_grad_()
         before = torch.cuda.memory_allocated()
         out = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=avg_factor, loss_weight=1.5)

@@ -77,12 +77,27 @@ __global__ void __launch_bounds__(kThreads)
                              T* __restrict__ gw, bool unless_one) {
   using A = acc_t<T>;
   const bool per_element = r.reduction == 0;
-  // unless_one (a reduced loss, one go): gi / gt hold the forward's gradients for an incoming
-  // gradient of one, rewritten only where go[0] is not exactly one.
-  if (unless_one && !per_element && go && to_acc(go[0]) == A(1)) return;
   // A null go stands for an incoming gradient of one (a forward asked for its gradients).
   const A scale = per_element ? A(r.loss_weight) : A((go ? double(to_acc(go[0])) : 1.0) * r.scale());
   const int64_t stride = int64_t(gridDim.x) * kThreads;
+  // unless_one (a reduced loss, one go): gi / gt hold the forward's gradients for an incoming
+  // gradient of one. Nothing to do for go[0] == 1; for a power of two they are scaled in place
+  // with the recomputation's bits (see rescale_kept in loss_kernels.cuh); otherwise rewritten.
+  if (unless_one && !per_element && go) {
+    const A g0 = to_acc(go[0]);
+    if (g0 == A(1)) return;
+    if (is_power_of_two(g0) && is_normal<A>(scale)) {
+      for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
+        const A v = gi ? to_acc(gi[i]) : -to_acc(gt[i]);
+        const A rv = v * g0;
+        const bool exact = rounded_from_normal<T>(v) && is_normal<T>(rv);
+        const A g = exact ? rv : e.weight(i) * e.grad(i) * scale;
+        if (gi) gi[i] = from_acc<T>(g);
+        if (gt) gt[i] = from_acc<T>(-g);
+      }
+      return;
+    }
+  }
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
     const A s = per_element && go ? to_acc(go[i]) * scale : scale;
     if (gi || gt) {
