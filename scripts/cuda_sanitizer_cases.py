@@ -23,7 +23,14 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
                     out = fn(x, y, reduction=reduction)
                     out.backward(torch.ones_like(out))
                     count += 1
-# The forwards that also write gradients (a second, backward launch on the GPU) and the weighted
+                    if reduction != "none" and fn is not LF.l1_loss:
+                        # The gradients a reduced forward kept, scaled in place (a power of two)
+                        # or rewritten (any other value) by the backward.
+                        for scale in (2.0, 2.5):
+                            out = fn(x, y, reduction=reduction)
+                            out.backward(torch.full_like(out, scale))
+                            count += 1
+# The *_forward operators (for 'none' the gradients come from a second launch) and the weighted
 # losses, per box row and per coordinate.
 ops = torch.ops.l1ext
 for n in (0, 5, 4096, 1 << 20):
@@ -40,6 +47,14 @@ for n in (0, 5, 4096, 1 << 20):
             kw = dict(reduction=["none", "mean", "sum"][reduction], weight=w, avg_factor=avg, loss_weight=2.0)
             out = LF.smooth_l1_loss(p, t, beta=torch.rand(4, device="cuda"), **kw)
             out.backward(torch.ones_like(out))
+            if reduction != 0:
+                # a weight without gradient: the kept input gradient, scaled and rewritten
+                for scale in (1.0, 0.5, 3.0):
+                    q = p.detach().requires_grad_()
+                    out = LF.smooth_l1_loss(q, t, beta=0.3, reduction=kw["reduction"],
+                                            weight=w.detach(), avg_factor=avg, loss_weight=2.0)
+                    out.backward(torch.full_like(out, scale))
+                    count += 1
             ops.weighted_loss_forward(p.detach(), t, w.detach(), None, None, 1, 0.2, avg, 1.0, reduction,
                                       [True, True])
             count += 3
