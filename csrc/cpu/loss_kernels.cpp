@@ -107,19 +107,22 @@ void for_each_chunk(int64_t n, const F& chunk) {
   });
 }
 
-// The chunks of a backward: chunk(has_go, b, m, gi + b, gt + b) for elements [b, b + m), with
-// has_go a compile-time bool (std::bool_constant) that says whether a grad_output tensor go is
-// read (without one, the incoming gradient is a number already folded into the scale), and a null
-// gradient pointer where that gradient is not wanted.
+// The chunks of a backward over the gradient outputs gi / gt (null where not wanted) and the
+// incoming gradient go (null: a number, already folded into the scale), all of element type T:
+// chunk(has_go, b, m, go + b, gi + b, gt + b) for elements [b, b + m), with has_go a
+// compile-time bool (std::bool_constant) saying whether go is read, and null pointers kept null.
 template <class T, class F>
-void for_each_gradient_chunk(int64_t n, const T* go, T* gi, T* gt, const F& chunk) {
+void for_each_gradient_chunk(int64_t n, const void* gov, void* giv, void* gtv, const F& chunk) {
+  const T* go = static_cast<const T*>(gov);
+  T* gi = static_cast<T*>(giv);
+  T* gt = static_cast<T*>(gtv);
   for_each_chunk(n, [&](int64_t b, int64_t e) {
     T* gib = gi ? gi + b : nullptr;
     T* gtb = gt ? gt + b : nullptr;
     if (go) {
-      chunk(std::true_type{}, b, e - b, gib, gtb);
+      chunk(std::true_type{}, b, e - b, go + b, gib, gtb);
     } else {
-      chunk(std::false_type{}, b, e - b, gib, gtb);
+      chunk(std::false_type{}, b, e - b, static_cast<const T*>(nullptr), gib, gtb);
     }
   });
 }
@@ -293,13 +296,10 @@ void backward(const void* xv, const void* yv, const void* gov, double scale, int
     using Loss = std::decay_t<decltype(loss)>;
     const T* x = static_cast<const T*>(xv);
     const T* y = static_cast<const T*>(yv);
-    const T* go = static_cast<const T*>(gov);
-    T* gi = static_cast<T*>(giv);
-    T* gt = static_cast<T*>(gtv);
     const acc_t<T> s(scale);
-    for_each_gradient_chunk(n, go, gi, gt, [&](auto has_go, int64_t b, int64_t m, T* gib, T* gtb) {
-      constexpr bool kGo = decltype(has_go)::value;
-      backward_chunk<T, Loss, kGo>(x + b, y + b, kGo ? go + b : nullptr, s, m, loss, gib, gtb);
+    for_each_gradient_chunk<T>(n, gov, giv, gtv, [&](auto has_go, int64_t b, int64_t m,
+                                                     const T* gob, T* gib, T* gtb) {
+      backward_chunk<T, Loss, decltype(has_go)::value>(x + b, y + b, gob, s, m, loss, gib, gtb);
     });
   });
 }
@@ -338,13 +338,10 @@ void backward_from_sign_chunk(const int8_t* sign, const T* go, acc_t<T> scale, i
 template <class T>
 void backward_from_sign(const int8_t* sign, const void* gov, double scale, int64_t n, void* giv,
                         void* gtv) {
-  const T* go = static_cast<const T*>(gov);
-  T* gi = static_cast<T*>(giv);
-  T* gt = static_cast<T*>(gtv);
   const acc_t<T> s(scale);
-  for_each_gradient_chunk(n, go, gi, gt, [&](auto has_go, int64_t b, int64_t m, T* gib, T* gtb) {
-    constexpr bool kGo = decltype(has_go)::value;
-    backward_from_sign_chunk<T, kGo>(sign + b, kGo ? go + b : nullptr, s, m, gib, gtb);
+  for_each_gradient_chunk<T>(n, gov, giv, gtv, [&](auto has_go, int64_t b, int64_t m,
+                                                   const T* gob, T* gib, T* gtb) {
+    backward_from_sign_chunk<T, decltype(has_go)::value>(sign + b, gob, s, m, gib, gtb);
   });
 }
 

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 
 #include "loss_math.h"
 
@@ -337,16 +338,11 @@ struct FromSign {
   __device__ __forceinline__ acc_t<T> one(int64_t i) const { return acc_t<T>(sign[i]); }
 };
 
-// The range of T's normal numbers, in its accumulation type.
+// The range of T's normal numbers, in its accumulation type (numeric_limits for float and
+// double; the two 16-bit types have none on the device).
 template <class T>
-struct NormalRange;
-template <>
-struct NormalRange<float> {
-  static constexpr float kMin = 1.17549435e-38f, kMax = 3.40282347e38f;
-};
-template <>
-struct NormalRange<double> {
-  static constexpr double kMin = 2.2250738585072014e-308, kMax = 1.7976931348623157e308;
+struct NormalRange {
+  static constexpr T kMin = std::numeric_limits<T>::min(), kMax = std::numeric_limits<T>::max();
 };
 template <>
 struct NormalRange<__half> {
