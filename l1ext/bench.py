@@ -138,17 +138,28 @@ def resolve(args):
 
 # ---- what a design must move -------------------------------------------------------------------
 
-def design_bytes(loss, n, elem_size, reduction, pass_):
-    """Bytes the l1ext design must move for one pass with the input's gradient only (the same on
-    every device).
+def l1_keeps_gradient(device, dtype, n, reduction):
+    """Whether a reduced L1 forward with gradients keeps the gradient rather than the int8 sign:
+    on a GPU, where the signs survive the rounding of 1 / n (float16 'mean' loses them from
+    n = 2^25 - 1 on). Mirrors keeps_l1_gradients in csrc/autograd/losses_autograd.cpp."""
+    if torch.device(device).type != "cuda" or reduction == "none":
+        return False
+    if dtype == torch.float16 and reduction == "mean":
+        return bool(torch.tensor(1.0 / n, dtype=torch.float32).half() != 0)
+    return True
+
+
+def design_bytes(loss, n, elem_size, reduction, pass_, l1_kept=False):
+    """Bytes the l1ext design must move for one pass with the input's gradient only.
 
     Forward reads input and target; 'none' writes the loss; L1 also writes its int8 sign.
     Backward: L1 reads the sign, Smooth L1 / Huber ('none') re-read input and target; both write
     the gradient, and 'none' reads the incoming gradient. A reduced Smooth L1 / Huber forward
-    writes the gradient instead, and a backward with an incoming gradient of one (as here) moves
-    nothing (on a GPU it reads that one value)."""
+    (and with l1_kept, l1_keeps_gradient, a reduced L1 forward) writes the gradient instead, and
+    a backward with an incoming gradient of one (as here) moves nothing (on a GPU it reads that
+    one value)."""
     fwd = 2 * n * elem_size + (n * elem_size if reduction == "none" else 0)
-    if loss == "l1":
+    if loss == "l1" and not (l1_kept and reduction != "none"):
         fwd += n  # int8 sign
         bwd = n + n * elem_size
     elif reduction != "none":
@@ -386,7 +397,8 @@ def run(args, checkpoint=None):
                     fresh()
                     times[("mem", impl)] = peak_memory(device, step)
                 for pass_ in args.passes:
-                    nbytes = design_bytes(loss, n, elem, red, pass_)
+                    nbytes = design_bytes(loss, n, elem, red, pass_,
+                                          l1_kept=l1_keeps_gradient(device, dtype, n, red))
                     for impl in impl_names:
                         t, reps = times[(pass_, impl)]
                         row = {

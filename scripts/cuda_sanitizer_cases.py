@@ -23,12 +23,13 @@ for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
                     out = fn(x, y, reduction=reduction)
                     out.backward(torch.ones_like(out))
                     count += 1
-                    if reduction != "none" and fn is not LF.l1_loss:
+                    if reduction != "none":
                         # The gradients a reduced forward kept, scaled in place (a power of two)
-                        # or rewritten (any other value) by the backward.
+                        # or rewritten (any other value; L1 from their signs) by the backward,
+                        # and for L1 written to new tensors where the graph is retained.
                         for scale in (2.0, 2.5):
                             out = fn(x, y, reduction=reduction)
-                            out.backward(torch.full_like(out, scale))
+                            out.backward(torch.full_like(out, scale), retain_graph=scale == 2.5)
                             count += 1
 # The *_forward operators (for 'none' the gradients come from a second launch) and the weighted
 # losses, per box row and per coordinate.

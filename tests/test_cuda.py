@@ -296,6 +296,113 @@ def test_kept_gradients_retained_graph_and_create_graph_on_cuda(loss_name):
         assert torch.equal(g, first) and (g.requires_grad or param == 0.0)
 
 
+INT_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+          torch.float64: torch.int64}
+
+
+def _same_bits(a, b):
+    # Bitwise equality: the sign of a zero and NaN payloads count (torch.equal does not see them).
+    return a.dtype == b.dtype and torch.equal(a.view(INT_OF[a.dtype]), b.view(INT_OF[b.dtype]))
+
+
+def _kept_l1_case(n, dtype, offset, device="cuda"):
+    # A reduced L1 forward on the GPU keeps the gradients for an incoming gradient of one (the
+    # memory it keeps says so: the int8-sign design keeps n bytes), and the backward hands them
+    # over or rewrites them from their own signs: the bits of the backward operator from the int8
+    # sign (zeros' signs included), and torch's values, for every incoming gradient.
+    ops = torch.ops.l1ext
+    x0, y0 = _pair(n, dtype, device=device, offset=offset)
+    x0[:3] = y0[:3]  # zero residuals: a zero sign
+    for reduction, red in (("mean", 1), ("sum", 2)):
+        sign = ops.l1_loss_forward(x0, y0, red)[1]
+        for scale in (1.0, 2.0, 0.5, -1.0, 65536.0, 2.0**-140, 2.5, 0.0, float("nan")):
+            for target_grad in (True, False):
+                (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
+                if not target_grad:
+                    y = y0
+                before = torch.cuda.memory_allocated() if device == "cuda" else 0
+                out = ops.l1_loss(x, y, red)
+                if device == "cuda" and n >= 4096:
+                    assert torch.cuda.memory_allocated() - before >= (1 + target_grad) * n * x0.element_size()
+                go = torch.full((), scale, device=device, dtype=dtype)
+                out.backward(go)
+                ri, rt = ops.l1_loss_backward(go, sign, red, dtype, [True, True])
+                gx = x_leaf.grad.as_strided(x0.shape, x0.stride(), x0.storage_offset())
+                assert _same_bits(gx, ri)
+                if target_grad:
+                    gy = y_leaf.grad.as_strided(y0.shape, y0.stride(), y0.storage_offset())
+                    assert _same_bits(gy, rt)
+                xt = x0.detach().clone().requires_grad_()
+                TF.l1_loss(xt, y0, reduction=reduction).backward(go)
+                assert_close(gx, xt.grad)
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("n", [5, 4096, 100_003])
+def test_kept_l1_gradients_on_cuda(n, dtype, offset):
+    _kept_l1_case(n, dtype, offset)
+
+
+def _kept_l1_retained_and_create_graph(device="cuda"):
+    # A backward that may run again (retain_graph) leaves the kept gradients as they are and hands
+    # over new tensors: changing what it returned changes nothing later. create_graph gives
+    # torch's gradient of the gradient with respect to grad_output.
+    ops = torch.ops.l1ext
+    x0, y0 = _pair(100_003, device=device)
+    x0[:3] = y0[:3]
+    for reduction, red in (("mean", 1), ("sum", 2)):
+        x = x0.clone().requires_grad_()
+        out = ops.l1_loss(x, y0, red)
+        first = torch.autograd.grad(out, x, retain_graph=True)[0]
+        reference = first.clone()
+        first.mul_(7)  # the caller's tensor, not the node's
+        three = torch.full((), 3.0, device=device)
+        second = torch.autograd.grad(out, x, three, retain_graph=True)[0]
+        out.backward(retain_graph=True)
+        out.backward(retain_graph=True)
+        assert torch.equal(x.grad, 2 * reference)
+        last = torch.autograd.grad(out, x)[0]  # the graph is freed after this one
+        assert _same_bits(last, reference)
+        sign = ops.l1_loss_forward(x0, y0, red)[1]
+        assert _same_bits(second, ops.l1_loss_backward(three, sign, red, x0.dtype, [True, False])[0])
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            torch.autograd.grad(out, x)
+        # create_graph: the gradient is differentiable in grad_output, as torch's
+        grads = []
+        for fn in (TF.l1_loss, LF.l1_loss):
+            xc = x0.clone().requires_grad_()
+            go = torch.full((), 2.0, device=device, requires_grad=True)
+            (g,) = torch.autograd.grad(fn(xc, y0, reduction=reduction), xc, go, create_graph=True)
+            (g * torch.arange(g.numel(), device=device)).sum().backward()
+            grads.append((g.detach(), go.grad))
+        assert_close(grads[1][0], grads[0][0])
+        assert_close(grads[1][1], grads[0][1])
+
+
+def test_kept_l1_gradients_retained_graph_and_create_graph_on_cuda():
+    _kept_l1_retained_and_create_graph()
+
+
+def test_l1_float16_signs_lost_to_rounding_on_cuda():
+    # 1 / n rounded to float, then to float16, is zero from n = 2^25 - 1 on: a kept 'mean'
+    # gradient would carry no signs, so the forward keeps the int8 sign there (n bytes, not 2n),
+    # with torch's values either side.
+    for n, keeps_gradient in ((2**25 - 2, True), (2**25 - 1, False)):
+        x0, y0 = _pair(n, torch.float16)
+        x = x0.clone().requires_grad_()
+        before = torch.cuda.memory_allocated()
+        out = LF.l1_loss(x, y0)
+        kept = torch.cuda.memory_allocated() - before
+        assert (kept >= 2 * n) == keeps_gradient
+        go = torch.full((), 65536.0, device="cuda", dtype=torch.float16)
+        out.backward(go)
+        xt = x0.clone().requires_grad_()
+        TF.l1_loss(xt, y0).backward(go)
+        assert_close(x.grad, xt.grad)
+        del x, xt, out
+
+
 @pytest.mark.parametrize("avg", ["number", "cuda", "cpu"])
 @pytest.mark.parametrize("n", [3, 1000, 40_000])
 def test_kept_weighted_gradients_on_cuda(n, avg):

@@ -2,6 +2,7 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/FuncTorchTLS.h>
+#include <ATen/SavedTensorHooks.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
@@ -113,6 +114,15 @@ template <class... Inputs>
 void connect(const NodePtr& node, const Tensor& out, const Inputs&... inputs) {
   node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
   torch::autograd::set_history(out, node);
+}
+
+// Whether a forward may keep tensors in its node outside saved variables (the gradients below):
+// not while saved-tensor hooks are set (torch.autograd.graph.saved_tensors_hooks, save_on_cpu,
+// non-reentrant checkpointing). Those expect everything kept between forward and backward to pass
+// through them, to be offloaded or dropped, so the forward saves what its backward reads through
+// them instead, as torch's own losses do.
+inline bool no_saved_tensor_hooks() {
+  return !at::SavedTensorDefaultHooks::get_hooks().has_value();
 }
 
 // Gradients a forward wrote for an incoming gradient of one (the CPU design of Smooth L1, Huber

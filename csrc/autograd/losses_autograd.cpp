@@ -1,7 +1,8 @@
 // Autograd for every l1ext operator, registered in C++ for the Autograd key so that a
 // forward + backward never enters Python (it matters at box-regression sizes, where dispatch
 // dominates):
-//   l1_loss, l1_loss_forward   -> node L1LossBackward          (saves only the int8 sign)
+//   l1_loss, l1_loss_forward   -> node L1LossBackward          (keeps the int8 sign, or on a
+//                                 GPU for a reduced loss the gradients themselves, see below)
 //   l1_loss_backward           -> L1LossBackwardFunction       (double backward)
 //   smooth_l1_loss, huber_loss -> node PointwiseLossBackward<Loss>
 //                                 (on the CPU through *_loss_forward, see below)
@@ -13,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include "autograd/autograd_util.h"
@@ -123,9 +125,20 @@ class L1LossBackwardFunction : public torch::autograd::Function<L1LossBackwardFu
   }
 };
 
-// Backward node of L1: g = sign * grad_output (/ n for 'mean'), from the int8 sign alone.
+// The int8 signs of the residuals, from gradients an L1 forward kept (the input's, else the
+// target's negated): what l1_loss_backward reads.
+Tensor signs_of_kept(const std::array<Tensor, 2>& kept) {
+  const Tensor s = kept[0].defined() ? at::sign(kept[0]) : at::neg(at::sign(kept[1]));
+  return s.to(at::kChar);
+}
+
+// Backward node of L1: g = sign * grad_output (/ n for 'mean'), from the int8 sign alone, or
+// (kept_gradients: reduced, plain CUDA tensors) from the signs of the gradients the forward wrote
+// for an incoming gradient of one.
 struct L1LossBackward : Node {
   SavedVariable sign;
+  FusedGradients fused;
+  bool kept_gradients = false;
   int64_t reduction = kMean;
   at::ScalarType dtype = at::kFloat;
 
@@ -133,25 +146,57 @@ struct L1LossBackward : Node {
   void release_variables() override {
     std::lock_guard<std::mutex> lock(mutex_);
     sign.reset_data();
+    fused.take();
   }
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
     const Mask mask = {task_should_compute_output(0), task_should_compute_output(1)};
     if (!grads[0].defined()) return {Tensor(), Tensor()};
-    auto [gi, gt] = l1_loss_backward_op().call(grads[0], sign.unpack(), reduction, dtype, mask);
+    Tensor gi, gt;
+    if (kept_gradients) {
+      std::tie(gi, gt) = from_kept(grads[0], mask);
+    } else {
+      std::tie(gi, gt) = l1_loss_backward_op().call(grads[0], sign.unpack(), reduction, dtype, mask);
+    }
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
   }
   // Compiled autograd: the node's attributes, and apply() with the saved tensors swapped.
   void compiled_args(CompiledNodeArgs& args) const override {
     args.collect(sign, false);
+    args.collect(fused.kept[0]);
+    args.collect(fused.kept[1]);
+    args.collect(kept_gradients);
     args.collect(reduction);
     args.collect(dtype);
   }
   variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
     saved.before(sign);
+    saved.before(fused.kept[0]);
+    saved.before(fused.kept[1]);
     auto result = apply(variable_list(grads));
     saved.after(sign);
+    saved.after(fused.kept[0]);
+    saved.after(fused.kept[1]);
     return result;
+  }
+
+ private:
+  std::tuple<Tensor, Tensor> from_kept(const Tensor& grad_output, const Mask& mask) {
+    // A retained graph (retain_graph, create_graph) may run this backward again: then the kept
+    // gradients stay as they are and new tensors are handed over (a caller may change those in
+    // place). Otherwise they are taken, rewritten in place where needed, and handed over.
+    const bool keep = torch::autograd::get_current_graph_task_keep_graph();
+    const std::array<Tensor, 2> kept = keep ? fused.kept : fused.take();
+    TORCH_CHECK(kept[0].defined() || kept[1].defined(), torch::autograd::ERR_BACKWARD_TWICE);
+#if defined(L1EXT_WITH_CUDA)
+    if (fused_gradients_serve_on_device(kept, grad_output, mask)) {
+      auto out = cuda::l1_backward_from_kept(grad_output, reduction, kept, mask, !keep);
+      return {out[0], out[1]};
+    }
+#endif
+    // create_graph (a differentiable gradient), or traced by compiled autograd: the backward
+    // operator from the signs.
+    return l1_loss_backward_op().call(grad_output, signs_of_kept(kept), reduction, dtype, mask);
   }
 };
 
@@ -159,6 +204,12 @@ struct L1LossBackward : Node {
 // sign (1 B); the backward reads the sign (1 B) and writes the gradient (4 B). 14 B/elem, vs
 // about 48 B/elem for torch's sub/abs/mean + expand/div/sgn/mul, which also keeps a full
 // difference tensor alive between forward and backward instead of one byte per element.
+// On a GPU a reduced loss keeps the gradients instead (keeps_l1_gradients): 12 B/elem (6 B for
+// bfloat16, where the sign design's 8 B would be only 3x torch's 24 B): the forward writes the
+// gradient for an incoming gradient of one, which loss.backward() hands over after one launch
+// that reads the incoming gradient on the device and finds it is one; any other value rewrites
+// the gradient in place from its own signs (8 B), never from x and y. The kept gradient takes
+// the place of torch's difference tensor (the same bytes).
 std::tuple<Tensor, Tensor> l1_loss_forward_with_node(const Tensor& input, const Tensor& target,
                                                      int64_t reduction) {
   const NodePtr node = make_node<L1LossBackward>();
@@ -175,6 +226,45 @@ std::tuple<Tensor, Tensor> l1_loss_forward_with_node(const Tensor& input, const 
   return {loss, sign};
 }
 
+// Whether a reduced L1 forward keeps its gradients rather than the int8 sign: plain CUDA operands
+// the kernels take as they are (anything else goes to l1_loss_forward, for its own errors) whose
+// gradient signs survive the rounding of 1 / n.
+bool keeps_l1_gradients(const Tensor& input, const Tensor& target, int64_t reduction) {
+#if defined(L1EXT_WITH_CUDA)
+  const at::ScalarType t = input.scalar_type();
+  return (reduction == kMean || reduction == kSum) && no_saved_tensor_hooks() &&
+         is_plain_cuda(input) && is_plain_cuda(target) && input.device() == target.device() &&
+         target.scalar_type() == t && input.sizes() == target.sizes() &&
+         (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble) &&
+         cuda::l1_signs_survive(t, input.numel(), reduction);
+#else
+  (void)input, (void)target, (void)reduction;
+  return false;
+#endif
+}
+
+// Smooth L1 with beta 0 is L1 (glue::effective): its fused forward writes L1's loss and
+// gradients in one launch.
+Tensor l1_loss_keeping_gradients(const Tensor& input, const Tensor& target, int64_t reduction) {
+  const NodePtr node = make_node<L1LossBackward>();
+  auto& n = static_cast<L1LossBackward&>(*node);
+  Tensor loss;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static const auto fused_forward = op<std::tuple<Tensor, Tensor, Tensor>(
+        const Tensor&, const Tensor&, int64_t, double, Mask)>("l1ext::smooth_l1_loss_forward");
+    const Mask mask = {input.requires_grad(), target.requires_grad()};
+    auto [l, gi, gt] = fused_forward.call(input, target, reduction, 0.0, mask);
+    loss = std::move(l);
+    n.fused.keep(std::move(gi), std::move(gt), mask);
+  }
+  n.kept_gradients = true;
+  n.reduction = reduction;
+  n.dtype = input.scalar_type();
+  connect(node, loss, input, target);
+  return loss;
+}
+
 std::tuple<Tensor, Tensor> l1_loss_forward_autograd(const Tensor& input, const Tensor& target,
                                                     int64_t reduction) {
   if (needs_grad({&input, &target})) return l1_loss_forward_with_node(input, target, reduction);
@@ -185,6 +275,9 @@ std::tuple<Tensor, Tensor> l1_loss_forward_autograd(const Tensor& input, const T
 Tensor l1_loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction) {
   if (needs_torch_composite({&input, &target})) return at::l1_loss(input, target, reduction);
   if (needs_grad({&input, &target})) {
+    if (keeps_l1_gradients(input, target, reduction)) {
+      return l1_loss_keeping_gradients(input, target, reduction);
+    }
     return std::get<0>(l1_loss_forward_with_node(input, target, reduction));
   }
   at::AutoDispatchBelowADInplaceOrView guard;
@@ -375,6 +468,7 @@ struct PointwiseLossBackward : Node {
 
 // Whether a reduced forward writes the gradients for the backward (see the byte counts above).
 inline bool writes_fused_gradients(const Tensor& input, const Tensor& target) {
+  if (!no_saved_tensor_hooks()) return false;
   if (is_plain_cpu(input) && is_plain_cpu(target)) return true;
 #if defined(L1EXT_WITH_CUDA)
   return is_plain_cuda(input) && is_plain_cuda(target);

@@ -63,6 +63,7 @@ bool plain_cpu_or_absent(const OptTensor& t) {
 bool writes_fused_gradients(const Tensor& input, const Tensor& target, const OptTensor& weight,
                             const OptTensor& param, const OptTensor& avg_factor) {
   if (weight.has_value() && weight->defined() && weight->requires_grad()) return false;
+  if (!no_saved_tensor_hooks()) return false;
   if (is_plain_cpu(input)) {
     return is_plain_cpu(target) && plain_cpu_or_absent(weight) && plain_cpu_or_absent(param) &&
            plain_cpu_or_absent(avg_factor);

@@ -2,9 +2,15 @@
 // (losses_cuda.cu) knows tensors. The per-element math is loss_math.h, shared with the CPU.
 //
 // Memory traffic (float32, 'mean', input gradient; bytes per element):
-//   L1 forward        reads x, y (8), writes the int8 sign (1)   one launch
-//   L1 backward       reads the sign (1), writes the gradient (4) one launch
-//   Smooth L1 / Huber forward reads x, y (8); backward re-reads them and writes the gradient (12)
+//   reduced loss with gradients (what l1ext's autograd asks for on plain tensors): the forward
+//     reads x, y (8) and writes the gradient for an incoming gradient of one (4), one launch;
+//     the backward reads the incoming gradient on the device and returns at once if it is one
+//     (0), else rewrites the kept gradient in place: L1 from its signs (8), Smooth L1 / Huber by
+//     a power of two (8) or from x and y (12)
+//   L1 otherwise      forward reads x, y (8), writes the int8 sign (1); backward reads the sign
+//                     (1), writes the gradient (4)
+//   Smooth L1 / Huber otherwise: forward reads x, y (8); backward re-reads them and writes the
+//                     gradient (12)
 //
 // Loads and stores are 16-byte packs (float4, 8 x half) between a scalar head and tail, when every
 // pointer of the launch sits at the same offset from 16-byte alignment; otherwise one element at a
@@ -420,13 +426,20 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
 // them). For go[0] exactly one every block returns at once, having read one value; for a power of
 // two (loss scaling, loss weights of 0.5 or 2) they are scaled in place (rescale_kept); otherwise
 // rewritten from the source.
+// The factor a backward applies to the subgradient of a reduced loss: grad_output / divisor (go
+// null: a grad_output of one), rounded once to the accumulation type.
+template <class T>
+__device__ __forceinline__ acc_t<T> reduced_scale(const T* go, double divisor) {
+  return acc_t<T>((go ? double(to_acc(go[0])) : 1.0) / divisor);
+}
+
 template <class T, class Source, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Source src, const T* __restrict__ go, double divisor, Span s,
                     T* __restrict__ gi, T* __restrict__ gt, bool unless_one) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
-  const A scale = kPerElement ? A(1) : A((go ? double(to_acc(go[0])) : 1.0) / divisor);
+  const A scale = kPerElement ? A(1) : reduced_scale(go, divisor);
   if (!kPerElement && unless_one) {
     const A g0 = to_acc(go[0]);
     if (g0 == A(1)) return;
@@ -458,6 +471,48 @@ __global__ void __launch_bounds__(kThreads)
         A v = src.one(i);
         if (kPerElement) v = v * to_acc(go[i]);
         v = v * scale;
+        if (gi) gi[i] = from_acc<T>(v);
+        if (gt) gt[i] = from_acc<T>(-v);
+      });
+}
+
+// Backward of a reduced L1 loss from the gradients its forward wrote for an incoming gradient of
+// one: kept (the input's, or with kept_negated the target's) is sgn(d) * (1 / divisor) rounded
+// to T, so its sign is sgn(d) wherever 1 / divisor does not round to zero in T (the caller's
+// condition), and gi = sgn(d) * scale is what backward_from_sign writes, bit for bit, reading 4
+// B/elem (fp32) instead of x and y. unless_one: gi / gt are the kept buffers themselves, rewritten
+// in place, and a go of exactly one returns at once (they hold its gradients already); else they
+// are new buffers and kept stays as it is. No __restrict__: kept may be gi or gt.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    l1_backward_from_kept_kernel(const T* kept, bool kept_negated, const T* __restrict__ go,
+                                 double divisor, Span s, T* gi, T* gt, bool unless_one) {
+  using A = acc_t<T>;
+  constexpr int P = Pack<T>::kSize;
+  if (unless_one && to_acc(go[0]) == A(1)) return;
+  const A scale = reduced_scale(go, divisor);
+  // sgn(d) is +0 at d == 0 whichever gradient it is read from (a negated +0 would be -0, and
+  // give a zero of the other sign than the int8 design).
+  const auto gradient = [&](T k) {
+    const A v = to_acc(k);
+    return math::Prim<A>::sign(kept_negated ? -v : v) * scale;
+  };
+  for_each_owned<T>(
+      s,
+      [&](int64_t i) {
+        const Pack<T> k = *reinterpret_cast<const Pack<T>*>(kept + i);
+        Pack<T> a, b;
+#pragma unroll
+        for (int j = 0; j < P; ++j) {
+          const A v = gradient(k.v[j]);
+          a.v[j] = from_acc<T>(v);
+          b.v[j] = from_acc<T>(-v);
+        }
+        if (gi) *reinterpret_cast<Pack<T>*>(gi + i) = a;
+        if (gt) *reinterpret_cast<Pack<T>*>(gt + i) = b;
+      },
+      [&](int64_t i) {
+        const A v = gradient(kept[i]);
         if (gi) gi[i] = from_acc<T>(v);
         if (gt) gt[i] = from_acc<T>(-v);
       });
@@ -561,6 +616,17 @@ cudaError_t backward_from_sign(const int8_t* sign, const T* go, bool per_element
   const void* first = gi ? static_cast<const void*>(gi) : static_cast<const void*>(gt);
   return launch_backward<T>(src, {first, per_element ? go : nullptr, gi, gt}, sign, go,
                             per_element, divisor, n, gi, gt, false, stream);
+}
+
+// L1 backward from the kept gradients of a reduced forward (l1_backward_from_kept_kernel).
+template <class T>
+cudaError_t l1_backward_from_kept(const T* kept, bool kept_negated, const T* go, double divisor,
+                                  int64_t n, T* gi, T* gt, bool unless_one, cudaStream_t stream) {
+  const Span s = make_span<T>(n, {kept, gi, gt});
+  const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
+  l1_backward_from_kept_kernel<T>
+      <<<blocks, kThreads, 0, stream>>>(kept, kept_negated, go, divisor, s, gi, gt, unless_one);
+  return cudaGetLastError();
 }
 
 }  // namespace cuda

@@ -127,6 +127,39 @@ bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor&
   return true;
 }
 
+bool l1_signs_survive(at::ScalarType dtype, int64_t n, int64_t reduction) {
+  if (reduction != kMean || dtype != at::kHalf) return true;
+  // 1 / n rounded as the kernels round it: to float, then to half (both to nearest even).
+  return float(c10::Half(float(1.0 / double(n)))) != 0.0f;
+}
+
+std::array<Tensor, 2> l1_backward_from_kept(const Tensor& grad_output, int64_t reduction,
+                                            const std::array<Tensor, 2>& kept,
+                                            std::array<bool, 2> mask, bool in_place) {
+  const Tensor& source = kept[0].defined() ? kept[0] : kept[1];
+  TORCH_CHECK(source.defined() && reduction != kNone && (!mask[0] || kept[0].defined()) &&
+                  (!mask[1] || kept[1].defined()),
+              "l1ext: l1_backward_from_kept needs the kept gradients of a reduced L1 forward");
+  check_grad_output_scalar(grad_output, source);
+  std::array<Tensor, 2> out;
+  for (int i = 0; i < 2; ++i) {
+    if (mask[i]) out[i] = in_place ? kept[i] : at::empty_like(kept[i]);
+  }
+  const int64_t n = source.numel();
+  if (n == 0 || !(mask[0] || mask[1])) return out;
+  const c10::cuda::CUDAGuard guard(source.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_elem(source.scalar_type(), "l1_loss_backward", [&](auto tag) {
+    using T = decltype(tag);
+    const Tensor g = in_dtype(grad_output, source.scalar_type());
+    C10_CUDA_CHECK(cuda::l1_backward_from_kept<T>(
+        in<T>(source), /*kept_negated=*/!kept[0].defined(), in<T>(g),
+        reduction == kMean ? double(n) : 1.0, n, out_or_null<T>(mask[0] ? &out[0] : nullptr),
+        out_or_null<T>(mask[1] ? &out[1] : nullptr), /*unless_one=*/in_place, stream));
+  });
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) { L1EXT_REGISTER_OPERATORS(m, CudaBackend); }
 
 }  // namespace cuda
