@@ -420,12 +420,6 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
       });
 }
 
-// gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device; a
-// null go (not per element) stands for an incoming gradient of one. unless_one (one go, not per
-// element): gi / gt already hold the gradients for an incoming gradient of one (a forward wrote
-// them). For go[0] exactly one every block returns at once, having read one value; for a power of
-// two (loss scaling, loss weights of 0.5 or 2) they are scaled in place (rescale_kept); otherwise
-// rewritten from the source.
 // The factor a backward applies to the subgradient of a reduced loss: grad_output / divisor (go
 // null: a grad_output of one), rounded once to the accumulation type.
 template <class T>
@@ -433,6 +427,12 @@ __device__ __forceinline__ acc_t<T> reduced_scale(const T* go, double divisor) {
   return acc_t<T>((go ? double(to_acc(go[0])) : 1.0) / divisor);
 }
 
+// gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device; a
+// null go (not per element) stands for an incoming gradient of one. unless_one (one go, not per
+// element): gi / gt already hold the gradients for an incoming gradient of one (a forward wrote
+// them). For go[0] exactly one every block returns at once, having read one value; for a power of
+// two (loss scaling, loss weights of 0.5 or 2) they are scaled in place (rescale_kept); otherwise
+// rewritten from the source.
 template <class T, class Source, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Source src, const T* __restrict__ go, double divisor, Span s,
