@@ -153,4 +153,3 @@ def test_activation_checkpointing_and_saved_tensor_hooks(loss):
         out = l1ext_fn(torch.randn(16, requires_grad=True), torch.randn(16))
     out.backward()
     assert packed  # every l1ext forward saves something (the sign, or input and target)
-

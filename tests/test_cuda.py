@@ -309,47 +309,49 @@ def _kept_l1_case(n, dtype, offset, device="cuda"):
     # A reduced L1 forward on the GPU keeps the gradients for an incoming gradient of one (the
     # memory it keeps says so: the int8-sign design keeps n bytes), and the backward hands them
     # over or rewrites them from their own signs: the bits of the backward operator from the int8
-    # sign (zeros' signs included), and torch's values, for every incoming gradient.
+    # sign (zeros' signs included), and torch's values, for every incoming gradient, with the
+    # input's gradient, the target's, both, or only the target's asked of a loss that has both.
     ops = torch.ops.l1ext
     x0, y0 = _pair(n, dtype, device=device, offset=offset)
     x0[:3] = y0[:3]  # zero residuals: a zero sign
+    scales = (1.0, 2.0, 0.5, -1.0, 65536.0, 2.0**-140, 2.5, 0.0, -0.0, float("inf"), float("nan"))
     for reduction, red in (("mean", 1), ("sum", 2)):
         sign = ops.l1_loss_forward(x0, y0, red)[1]
-        for scale in (1.0, 2.0, 0.5, -1.0, 65536.0, 2.0**-140, 2.5, 0.0, float("nan")):
-            for target_grad in (True, False):
+        for scale in scales:
+            go = torch.full((), scale, device=device, dtype=dtype)
+            ri, rt = ops.l1_loss_backward(go, sign, red, dtype, [True, True])
+            xt, yt = x0.detach().clone().requires_grad_(), y0.detach().clone().requires_grad_()
+            TF.l1_loss(xt, yt, reduction=reduction).backward(go)
+            for needs, asked in (("x", "x"), ("y", "y"), ("xy", "xy"), ("xy", "y")):
                 (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
-                if not target_grad:
-                    y = y0
+                x, y = (x if "x" in needs else x0), (y if "y" in needs else y0)
                 before = torch.cuda.memory_allocated() if device == "cuda" else 0
                 out = ops.l1_loss(x, y, red)
                 if device == "cuda" and n >= 4096:
-                    assert torch.cuda.memory_allocated() - before >= (1 + target_grad) * n * x0.element_size()
-                go = torch.full((), scale, device=device, dtype=dtype)
-                out.backward(go)
-                ri, rt = ops.l1_loss_backward(go, sign, red, dtype, [True, True])
-                gx = x_leaf.grad.as_strided(x0.shape, x0.stride(), x0.storage_offset())
-                assert _same_bits(gx, ri)
-                if target_grad:
-                    gy = y_leaf.grad.as_strided(y0.shape, y0.stride(), y0.storage_offset())
-                    assert _same_bits(gy, rt)
-                xt = x0.detach().clone().requires_grad_()
-                TF.l1_loss(xt, y0, reduction=reduction).backward(go)
-                assert_close(gx, xt.grad)
+                    kept = torch.cuda.memory_allocated() - before
+                    assert kept >= len(needs) * n * x0.element_size()
+                leaves = [leaf for leaf, name in ((x_leaf, "x"), (y_leaf, "y")) if name in asked]
+                grads = torch.autograd.grad(out, leaves, go)
+                for name, g in zip(asked, grads):
+                    like = x0 if name == "x" else y0
+                    g = g.as_strided(like.shape, like.stride(), like.storage_offset())
+                    assert _same_bits(g, ri if name == "x" else rt)
+                    assert_close(g, xt.grad if name == "x" else yt.grad)
 
 
 @pytest.mark.parametrize("offset", [0, 1])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [5, 4096, 100_003])
 def test_kept_l1_gradients_on_cuda(n, dtype, offset):
     _kept_l1_case(n, dtype, offset)
 
 
-def _kept_l1_retained_and_create_graph(device="cuda"):
+def _kept_l1_retained_and_create_graph(dtype=torch.float32, device="cuda"):
     # A backward that may run again (retain_graph) leaves the kept gradients as they are and hands
     # over new tensors: changing what it returned changes nothing later. create_graph gives
     # torch's gradient of the gradient with respect to grad_output.
     ops = torch.ops.l1ext
-    x0, y0 = _pair(100_003, device=device)
+    x0, y0 = _pair(100_003, dtype, device=device)
     x0[:3] = y0[:3]
     for reduction, red in (("mean", 1), ("sum", 2)):
         x = x0.clone().requires_grad_()
@@ -357,7 +359,7 @@ def _kept_l1_retained_and_create_graph(device="cuda"):
         first = torch.autograd.grad(out, x, retain_graph=True)[0]
         reference = first.clone()
         first.mul_(7)  # the caller's tensor, not the node's
-        three = torch.full((), 3.0, device=device)
+        three = torch.full((), 3.0, device=device, dtype=dtype)
         second = torch.autograd.grad(out, x, three, retain_graph=True)[0]
         out.backward(retain_graph=True)
         out.backward(retain_graph=True)
@@ -372,16 +374,17 @@ def _kept_l1_retained_and_create_graph(device="cuda"):
         grads = []
         for fn in (TF.l1_loss, LF.l1_loss):
             xc = x0.clone().requires_grad_()
-            go = torch.full((), 2.0, device=device, requires_grad=True)
+            go = torch.full((), 2.0, device=device, dtype=dtype, requires_grad=True)
             (g,) = torch.autograd.grad(fn(xc, y0, reduction=reduction), xc, go, create_graph=True)
-            (g * torch.arange(g.numel(), device=device)).sum().backward()
+            (g * (torch.arange(g.numel(), device=device) % 7).to(dtype)).sum().backward()
             grads.append((g.detach(), go.grad))
         assert_close(grads[1][0], grads[0][0])
         assert_close(grads[1][1], grads[0][1])
 
 
-def test_kept_l1_gradients_retained_graph_and_create_graph_on_cuda():
-    _kept_l1_retained_and_create_graph()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_kept_l1_gradients_retained_graph_and_create_graph_on_cuda(dtype):
+    _kept_l1_retained_and_create_graph(dtype)
 
 
 def test_l1_float16_signs_lost_to_rounding_on_cuda():
@@ -395,8 +398,11 @@ def test_l1_float16_signs_lost_to_rounding_on_cuda():
         out = LF.l1_loss(x, y0)
         kept = torch.cuda.memory_allocated() - before
         assert (kept >= 2 * n) == keeps_gradient
-        go = torch.full((), 65536.0, device="cuda", dtype=torch.float16)
+        go = torch.full((), 1024.0, device="cuda", dtype=torch.float16)  # finite in float16
         out.backward(go)
+        sign = torch.ops.l1ext.l1_loss_forward(x0, y0, 1)[1]
+        ri = torch.ops.l1ext.l1_loss_backward(go, sign, 1, torch.float16, [True, False])[0]
+        assert _same_bits(x.grad, ri)
         xt = x0.clone().requires_grad_()
         TF.l1_loss(xt, y0).backward(go)
         assert_close(x.grad, xt.grad)
