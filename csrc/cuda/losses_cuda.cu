@@ -11,6 +11,7 @@
 #include "cuda/dispatch.cuh"
 #include "cuda/fused_backward.h"
 #include "cuda/loss_kernels.cuh"
+#include "cuda/workspace.h"
 #include "glue.h"
 
 namespace l1ext {
@@ -37,13 +38,13 @@ struct CudaBackend {
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
       using T = decltype(tag);
       const int64_t n = x.numel();
-      const size_t bytes = reduce_workspace_bytes<T>(n);
-      Tensor workspace = bytes ? at::empty({int64_t(bytes)}, x.options().dtype(at::kByte)) : Tensor();
+      Tensor holder;
+      void* workspace = reduce_workspace(x, reduce_workspace_bytes<T>(n), stream, holder);
       dispatch_kind(kind, [&](auto k) {
         const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
         C10_CUDA_CHECK(forward_reduce<T>(in<T>(x), in<T>(y), n, loss, divisor, out_or_null<T>(&out),
                                          sign_or_null(sign), out_or_null<T>(gi), out_or_null<T>(gt),
-                                         bytes ? workspace.data_ptr() : nullptr, stream));
+                                         workspace, stream));
       });
     });
   }

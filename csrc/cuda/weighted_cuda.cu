@@ -7,6 +7,7 @@
 #include "cuda/dispatch.cuh"
 #include "cuda/fused_backward.h"
 #include "cuda/weighted_kernels.cuh"
+#include "cuda/workspace.h"
 #include "weighted_glue.h"
 
 namespace l1ext {
@@ -30,14 +31,15 @@ struct CudaWeightedBackend {
     dispatch_elem(x.scalar_type(), "weighted_loss", [&](auto tag) {
       using T = decltype(tag);
       const int64_t n = x.numel();
-      const size_t bytes = r.reduction == 0 ? 0 : weighted_workspace_bytes<T>(n);
-      Tensor workspace = bytes ? at::empty({int64_t(bytes)}, x.options().dtype(at::kByte)) : Tensor();
+      Tensor holder;
+      void* workspace = reduce_workspace(
+          x, r.reduction == 0 ? 0 : weighted_workspace_bytes<T>(n), stream, holder);
       dispatch_kind(kind, [&](auto k) {
         constexpr LossKind K = decltype(k)::value;
         const WeightedElement<T, K> e{in<T>(x), in<T>(y), w, p, acc_t<T>(param), inner};
         const bool fused = r.reduction != 0;
         const cudaError_t err = weighted_forward<T, K>(
-            e, n, r, out_or_null<T>(&out), bytes ? workspace.data_ptr() : nullptr, stream,
+            e, n, r, out_or_null<T>(&out), workspace, stream,
             fused ? out_or_null<T>(gi) : nullptr, fused ? out_or_null<T>(gt) : nullptr);
         C10_CUDA_CHECK(err);
         if (!fused && (gi || gt)) {
