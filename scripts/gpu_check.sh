@@ -36,6 +36,9 @@ for s in "${STAGES[@]}"; do
 done
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# torch takes the toolkit's root from where nvcc is found; an nvcc wrapper outside the toolkit
+# (/usr/local/bin/nvcc on some images) would send it to /usr/local/lib64 for libcudart.
+if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then export CUDA_HOME=/usr/local/cuda; fi
 START=$SECONDS
 SUMMARY="$RESULTS/summary.txt"
 : > "$SUMMARY"
