@@ -1,7 +1,7 @@
 // The CUDA entries that l1ext's autograd calls directly rather than through the dispatcher: the
 // backward of a reduced loss (L1, Smooth L1, Huber, weighted) whose forward, on plain CUDA
-// tensors, wrote the gradients for an incoming gradient of one, kept by the autograd node. Declared here
-// so that the autograd code needs no CUDA headers; defined in losses_cuda.cu and
+// tensors, wrote the gradients for an incoming gradient of one, kept by the autograd node.
+// Declared here so that the autograd code needs no CUDA headers; defined in losses_cuda.cu and
 // weighted_cuda.cu.
 #pragma once
 #include <ATen/ATen.h>
