@@ -115,6 +115,11 @@ inline void check_grad_output_scalar(const Tensor& grad_output, const Tensor& li
               grad_output.device(), " for a loss on ", like.device());
 }
 
+// What a reduced loss over n elements is divided by: n for 'mean', 1 for 'sum'.
+inline double reduction_divisor(int64_t reduction, int64_t n) {
+  return reduction == kMean ? double(n) : 1.0;
+}
+
 // t in the given dtype (t itself when it has it already).
 inline Tensor in_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
@@ -179,7 +184,7 @@ Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const
   }
   f.loss = at::empty({}, ops.x.options());
   // 'mean' of nothing is 0 / 0 = nan, as torch.
-  Backend::reduce(kind, ops.x, ops.y, param, reduction == kMean ? double(n) : 1.0, f.loss, sign,
+  Backend::reduce(kind, ops.x, ops.y, param, reduction_divisor(reduction, n), f.loss, sign,
                   gi, gt);
   return f;
 }
@@ -199,7 +204,7 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
   const bool per_element = reduction == kNone;
   if (!per_element) check_grad_output_scalar(grad_output, ops.x);
   const Tensor go = per_element ? grad_in_layout(grad_output, ops.x, ops.x.scalar_type()) : grad_output;
-  Backend::backward(kind, ops.x, ops.y, go, per_element, reduction == kMean ? double(n) : 1.0,
+  Backend::backward(kind, ops.x, ops.y, go, per_element, reduction_divisor(reduction, n),
                     param, mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
   return {gi, gt};
 }
@@ -224,7 +229,7 @@ std::tuple<Tensor, Tensor> backward_from_sign_impl(const Tensor& grad_output, co
   const bool per_element = reduction == kNone;
   if (!per_element) check_grad_output_scalar(grad_output, s);
   const Tensor go = per_element ? grad_in_layout(grad_output, s, dtype) : grad_output;
-  Backend::backward_from_sign(s, go, per_element, reduction == kMean ? double(n) : 1.0,
+  Backend::backward_from_sign(s, go, per_element, reduction_divisor(reduction, n),
                               mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
   return {gi, gt};
 }

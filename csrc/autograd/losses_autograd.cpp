@@ -226,62 +226,11 @@ std::tuple<Tensor, Tensor> l1_loss_forward_with_node(const Tensor& input, const 
   return {loss, sign};
 }
 
-// Whether a reduced L1 forward keeps its gradients rather than the int8 sign: plain CUDA operands
-// the kernels take as they are (anything else goes to l1_loss_forward, for its own errors) whose
-// gradient signs survive the rounding of 1 / n.
-bool keeps_l1_gradients(const Tensor& input, const Tensor& target, int64_t reduction) {
-#if defined(L1EXT_WITH_CUDA)
-  const at::ScalarType t = input.scalar_type();
-  return (reduction == kMean || reduction == kSum) && no_saved_tensor_hooks() &&
-         is_plain_cuda(input) && is_plain_cuda(target) && input.device() == target.device() &&
-         target.scalar_type() == t && input.sizes() == target.sizes() &&
-         (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble) &&
-         cuda::l1_signs_survive(t, input.numel(), reduction);
-#else
-  (void)input, (void)target, (void)reduction;
-  return false;
-#endif
-}
-
-// Smooth L1 with beta 0 is L1 (glue::effective): its fused forward writes L1's loss and
-// gradients in one launch.
-Tensor l1_loss_keeping_gradients(const Tensor& input, const Tensor& target, int64_t reduction) {
-  const NodePtr node = make_node<L1LossBackward>();
-  auto& n = static_cast<L1LossBackward&>(*node);
-  Tensor loss;
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    static const auto fused_forward = op<std::tuple<Tensor, Tensor, Tensor>(
-        const Tensor&, const Tensor&, int64_t, double, Mask)>("l1ext::smooth_l1_loss_forward");
-    const Mask mask = {input.requires_grad(), target.requires_grad()};
-    auto [l, gi, gt] = fused_forward.call(input, target, reduction, 0.0, mask);
-    loss = std::move(l);
-    n.fused.keep(std::move(gi), std::move(gt), mask);
-  }
-  n.kept_gradients = true;
-  n.reduction = reduction;
-  n.dtype = input.scalar_type();
-  connect(node, loss, input, target);
-  return loss;
-}
-
 std::tuple<Tensor, Tensor> l1_loss_forward_autograd(const Tensor& input, const Tensor& target,
                                                     int64_t reduction) {
   if (needs_grad({&input, &target})) return l1_loss_forward_with_node(input, target, reduction);
   at::AutoDispatchBelowADInplaceOrView guard;
   return l1_loss_forward_op().call(input, target, reduction);
-}
-
-Tensor l1_loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction) {
-  if (needs_torch_composite({&input, &target})) return at::l1_loss(input, target, reduction);
-  if (needs_grad({&input, &target})) {
-    if (keeps_l1_gradients(input, target, reduction)) {
-      return l1_loss_keeping_gradients(input, target, reduction);
-    }
-    return std::get<0>(l1_loss_forward_with_node(input, target, reduction));
-  }
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return l1_loss_op().call(input, target, reduction);
 }
 
 std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, const Tensor& sign,
@@ -361,6 +310,57 @@ template <class Loss>
 const c10::TypedOperatorHandle<LossBackwardSig>& backward_op() {
   static const auto h = op<LossBackwardSig>(Loss::kBackward);
   return h;
+}
+
+// ---- L1 on a GPU, through the Smooth L1 fused forward ----------------------------------------
+
+// Whether a reduced L1 forward keeps its gradients rather than the int8 sign: plain CUDA operands
+// the kernels take as they are (anything else goes to l1_loss_forward, for its own errors) whose
+// gradient signs survive the rounding of 1 / n.
+bool keeps_l1_gradients(const Tensor& input, const Tensor& target, int64_t reduction) {
+#if defined(L1EXT_WITH_CUDA)
+  const at::ScalarType t = input.scalar_type();
+  return (reduction == kMean || reduction == kSum) && no_saved_tensor_hooks() &&
+         is_plain_cuda(input) && is_plain_cuda(target) && input.device() == target.device() &&
+         target.scalar_type() == t && input.sizes() == target.sizes() &&
+         (t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble) &&
+         cuda::l1_signs_survive(t, input.numel(), reduction);
+#else
+  (void)input, (void)target, (void)reduction;
+  return false;
+#endif
+}
+
+// Smooth L1 with beta 0 is L1 (glue::effective): its fused forward writes L1's loss and
+// gradients in one launch.
+Tensor l1_loss_keeping_gradients(const Tensor& input, const Tensor& target, int64_t reduction) {
+  const NodePtr node = make_node<L1LossBackward>();
+  auto& n = static_cast<L1LossBackward&>(*node);
+  Tensor loss;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    const Mask mask = {input.requires_grad(), target.requires_grad()};
+    auto [l, gi, gt] = fused_forward_op<SmoothL1>().call(input, target, reduction, 0.0, mask);
+    loss = std::move(l);
+    n.fused.keep(std::move(gi), std::move(gt), mask);
+  }
+  n.kept_gradients = true;
+  n.reduction = reduction;
+  n.dtype = input.scalar_type();
+  connect(node, loss, input, target);
+  return loss;
+}
+
+Tensor l1_loss_autograd(const Tensor& input, const Tensor& target, int64_t reduction) {
+  if (needs_torch_composite({&input, &target})) return at::l1_loss(input, target, reduction);
+  if (needs_grad({&input, &target})) {
+    if (keeps_l1_gradients(input, target, reduction)) {
+      return l1_loss_keeping_gradients(input, target, reduction);
+    }
+    return std::get<0>(l1_loss_forward_with_node(input, target, reduction));
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return l1_loss_op().call(input, target, reduction);
 }
 
 // Backward of a pointwise loss: g = grad(d) * grad_output (/ n). Its derivatives: in

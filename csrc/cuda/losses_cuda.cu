@@ -120,7 +120,7 @@ bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor&
     dispatch_kind(kind, [&](auto k) {
       const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
       C10_CUDA_CHECK(cuda::backward<T>(in<T>(ops.x), in<T>(ops.y), in<T>(g), false,
-                                       reduction == kMean ? double(n) : 1.0, n, loss,
+                                       reduction_divisor(reduction, n), n, loss,
                                        out_or_null<T>(gi), out_or_null<T>(gt), stream,
                                        /*unless_one=*/true));
     });
@@ -155,7 +155,7 @@ std::array<Tensor, 2> l1_backward_from_kept(const Tensor& grad_output, int64_t r
     const Tensor g = in_dtype(grad_output, source.scalar_type());
     C10_CUDA_CHECK(cuda::l1_backward_from_kept<T>(
         in<T>(source), /*kept_negated=*/!kept[0].defined(), in<T>(g),
-        reduction == kMean ? double(n) : 1.0, n, out_or_null<T>(mask[0] ? &out[0] : nullptr),
+        reduction_divisor(reduction, n), n, out_or_null<T>(mask[0] ? &out[0] : nullptr),
         out_or_null<T>(mask[1] ? &out[1] : nullptr), /*unless_one=*/in_place, stream));
   });
   return out;
