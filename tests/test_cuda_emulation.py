@@ -1,0 +1,601 @@
+"""The CUDA kernels and launchers of csrc/cuda, run on the CPU by a host emulation of the CUDA
+features they use (tests/cuda_emulation/cuda_runtime.h): blocks in any order, threads as fibers
+meeting at barriers and warp shuffles. Not a substitute for the GPU suite (tests/test_cuda.py):
+it checks the kernels' logic (16-byte pack paths with their scalar heads and tails, grid-stride
+loops, block and last-block-done sums, the gradients a forward keeps, the in-place backward paths)
+where no GPU is present. Every buffer sits just before an inaccessible page, the bytes around it
+poisoned (NaN for floating types), so a read outside it shows in the result or faults, and a write
+outside it is found afterwards.
+
+Built with the host C++ compiler against the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h);
+skipped where either is missing."""
+import ctypes
+import functools
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import l1ext.functional as LF
+
+from conftest import assert_close
+
+ROOT = Path(__file__).resolve().parent.parent
+EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
+KERNEL_HEADERS = ["loss_kernels.cuh", "weighted_kernels.cuh"]
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+# (name, LossKind, parameter)
+KINDS = [("l1", 0, 0.0), ("smooth_l1", 1, 1.0), ("smooth_l1_beta_0.3", 1, 0.3),
+         ("huber", 2, 1.0), ("huber_delta_2.5", 2, 2.5), ("quantile_0.3", 3, 0.3)]
+KIND_IDS = [k[0] for k in KINDS]
+# Sizes around a 16-byte pack (2 to 8 elements), a warp, a block, the single-block reduction limit
+# (2^15) and several blocks.
+SIZES = [1, 3, 7, 9, 33, 257, 4099, 32768, 32769, 100_003]
+# Block and thread orders: in order, reversed, two seeded shuffles. A fixed-order sum gives the
+# same bits under each.
+SCHEDULES = [0, -1, 1, 2]
+
+
+def _cuda_include():
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        roots.append(str(Path(nvcc).resolve().parent.parent))
+    for root in filter(None, roots):
+        inc = Path(root) / "include"
+        if (inc / "cuda_fp16.h").exists() and (inc / "cuda_runtime_api.h").exists():
+            return inc
+    return None
+
+
+def _rewrite_launches(text):
+    # kernel<<<grid, block, smem, stream>>>(args) -> kernel | Config(grid, ...) | args(args)
+    return re.sub(r"<<<(.*?)>>>\s*\(", r" | ::l1ext_emu::Config(\1) | ::l1ext_emu::args(", text,
+                  flags=re.S)
+
+
+@functools.lru_cache(maxsize=None)
+def _build():
+    include = _cuda_include()
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if include is None or cxx is None:
+        return None, "needs a C++ compiler and the CUDA toolkit's headers"
+    sources = [EMULATION / "cuda_runtime.h", EMULATION / "harness.cpp", ROOT / "csrc/loss_math.h",
+               ROOT / "csrc/loss_kind.h", ROOT / "csrc/weighted.h"]
+    sources += [ROOT / "csrc/cuda" / h for h in KERNEL_HEADERS]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + cxx.encode()).hexdigest()
+    out = Path(os.environ.get("L1EXT_EMULATION_DIR", ROOT / "build" / "cuda_emulation")) / digest[:16]
+    lib = out / "harness.so"
+    if not lib.exists():
+        (out / "cuda").mkdir(parents=True, exist_ok=True)
+        for h in KERNEL_HEADERS:
+            (out / "cuda" / h).write_text(_rewrite_launches((ROOT / "csrc/cuda" / h).read_text()))
+        (out / "harness.cpp").write_text(_rewrite_launches((EMULATION / "harness.cpp").read_text()))
+        # The same half / bfloat16 switches as the CUDA build; no FMA contraction, so the host
+        # arithmetic is IEEE single and double rounding per operation.
+        cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
+               "-Wno-unknown-pragmas", "-D__CUDA_NO_HALF_OPERATORS__",
+               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
+               "-D__CUDA_NO_HALF2_OPERATORS__", f"-I{EMULATION}", f"-I{out}", f"-I{ROOT / 'csrc'}",
+               f"-I{include}", str(out / "harness.cpp"), "-o", str(out / "partial.so")]
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-4000:]
+        os.replace(out / "partial.so", lib)
+    return str(lib), None
+
+
+class EmulationError(RuntimeError):
+    pass
+
+
+class Kernels:
+    """The harness's C entry points; every call raises EmulationError on a non-zero cudaError_t."""
+
+    _P, _I, _L, _D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    SIGNATURES = {
+        "emu_forward_reduce": [_I, _I, _D, _P, _P, _L, _D, _P, _P, _P, _P, _P],
+        "emu_forward_pointwise": [_I, _I, _D, _P, _P, _L, _P, _P],
+        "emu_backward": [_I, _I, _D, _P, _P, _P, _I, _D, _L, _P, _P, _I],
+        "emu_backward_from_sign": [_I, _P, _P, _I, _D, _L, _P, _P],
+        "emu_l1_backward_from_kept": [_I, _P, _I, _P, _D, _L, _P, _P, _I],
+        "emu_weighted_forward": [_I, _I, _P, _P, _P, _I, _P, _I, _D, _L, _L, _I, _D, _I, _D, _P,
+                                 _P, _P, _P, _P],
+        "emu_weighted_backward": [_I, _I, _P, _P, _P, _I, _P, _I, _D, _L, _L, _I, _D, _I, _D, _P,
+                                  _P, _P, _P, _P, _I],
+        "emu_self_test": [_I],
+    }
+
+    def __init__(self, path):
+        self.lib = ctypes.CDLL(path)
+        for name, args in self.SIGNATURES.items():
+            getattr(self.lib, name).argtypes = args
+            getattr(self.lib, name).restype = ctypes.c_int
+        self.lib.emu_message.restype = ctypes.c_char_p
+        self.lib.emu_map.restype = ctypes.c_void_p
+        self.lib.emu_map.argtypes = [ctypes.c_size_t]
+        self.lib.emu_unmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        for name in ("emu_reduce_workspace_bytes", "emu_weighted_workspace_bytes"):
+            getattr(self.lib, name).restype = ctypes.c_size_t
+            getattr(self.lib, name).argtypes = [ctypes.c_int, ctypes.c_int64]
+        self.lib.emu_schedule.argtypes = [ctypes.c_int]
+
+    def schedule(self, s):
+        self.lib.emu_schedule(s)
+
+    def __getattr__(self, name):
+        fn = getattr(self.lib, "emu_" + name)
+
+        def call(*args):
+            self.lib.emu_clear_message()
+            err = fn(*[a.ptr if isinstance(a, Buffer) else a for a in args])
+            if err != 0:
+                raise EmulationError(f"{name}: cudaError {err}: {self.lib.emu_message().decode()}")
+        return call
+
+
+@pytest.fixture(scope="module")
+def emu():
+    path, why = _build()
+    if path is None:
+        pytest.skip(why)
+    return Kernels(path)
+
+
+class Buffer:
+    """numel elements of dtype, `offset` elements past a 16-byte boundary, ending as close to an
+    inaccessible page as that allows; every other byte of its pages holds `poison` (0xFF: NaN in
+    every floating type)."""
+
+    def __init__(self, emu, numel, dtype, offset=0, data=None, poison=0xFF):
+        self.emu, self.dtype, self.poison = emu, dtype, poison
+        item = torch.empty(0, dtype=dtype).element_size()
+        nbytes = numel * item
+        page = os.sysconf("SC_PAGE_SIZE")
+        self.mapped = (nbytes + 64 + page - 1) // page * page
+        self.base = emu.lib.emu_map(self.mapped)
+        assert self.base, "mmap failed"
+        region = (ctypes.c_uint8 * self.mapped).from_address(self.base)
+        self.region = torch.frombuffer(region, dtype=torch.uint8)
+        self.region.fill_(poison)
+        start = self.mapped - nbytes
+        start -= (start - offset * item) % 16
+        self.start, self.nbytes = start, nbytes
+        self.ptr = self.base + start
+        self.t = self.region[start:start + nbytes].view(dtype)
+        if data is not None:
+            self.t.copy_(data)
+
+    def check_untouched(self):
+        outside = torch.cat([self.region[:self.start], self.region[self.start + self.nbytes:]])
+        assert bool((outside == self.poison).all()), "a write outside the buffer"
+
+    def value(self):
+        return self.t.clone()
+
+    def __del__(self):
+        self.emu.lib.emu_unmap(self.base, self.mapped)
+
+
+# ---- oracles (float64) -----------------------------------------------------------------------------
+
+def _elementwise(kind, param, x, y):
+    """Loss and its gradient w.r.t. x per element, in float64: torch's built-ins, and l1ext's CPU
+    quantile loss (checked against its formula in test_weighted.py)."""
+    xd = x.double().requires_grad_()
+    yd = y.double()
+    if kind == 0 or (kind == 1 and param == 0):
+        v = TF.l1_loss(xd, yd, reduction="none")
+    elif kind == 1:
+        v = TF.smooth_l1_loss(xd, yd, reduction="none", beta=param)
+    elif kind == 2:
+        v = TF.huber_loss(xd, yd, reduction="none", delta=param)
+    else:
+        v = LF.quantile_loss(xd, yd, param, reduction="none")
+    (g,) = torch.autograd.grad(v.sum(), xd)
+    return v.detach(), g
+
+
+def _operands(n, dtype, seed, special=False):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, generator=g) * 2).to(dtype)
+    y = (torch.randn(n, generator=g) * 2).to(dtype)
+    y[::11] = x[::11]  # zero residuals: sgn 0
+    if special and n >= 16:
+        x[1], x[2], y[3], y[4] = float("inf"), float("-inf"), float("nan"), float("inf")
+        x[5], y[5] = 1.0, 0.0  # residual exactly 1 = beta = delta
+        x[6], y[6] = -2.5, 0.0  # residual -2.5 = -delta
+    return x, y
+
+
+def _scale(go, divisor):
+    return go / divisor
+
+
+# ---- forward -----------------------------------------------------------------------------------
+
+def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign=False,
+                    grads=(False, False), grad_offset=None):
+    # grad_offset: where the gradients sit (default: at x's offset, so a pack of x is a pack of
+    # them; elsewhere they are stored one element at a time)
+    n = x.numel()
+    grad_offset = offsets[0] if grad_offset is None else grad_offset
+    bx = Buffer(emu, n, dtype, offsets[0], x)
+    by = Buffer(emu, n, dtype, offsets[1], y)
+    out = Buffer(emu, 1, dtype)
+    bs = Buffer(emu, n, torch.int8, offsets[0], poison=0x7F) if sign else None
+    bgi = Buffer(emu, n, dtype, grad_offset) if grads[0] else None
+    bgt = Buffer(emu, n, dtype, grad_offset) if grads[1] else None
+    ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[dtype], n), torch.uint8,
+                poison=0x5A)
+    emu.forward_reduce(DTYPE_CODE[dtype], kind, param, bx, by, n, divisor, out, bs, bgi, bgt, ws)
+    for b in (bx, by, out, bs, bgi, bgt, ws):
+        if b is not None:
+            b.check_untouched()
+    assert torch.equal(bx.t, x) and torch.equal(by.t, y), "an input was modified"
+    return [b.value() if b is not None else None for b in (out, bs, bgi, bgt)]
+
+
+def _same_bits(a, b):
+    """Bit for bit, zeros' signs included; NaNs match NaNs (their sign and payload carry nothing)."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a.dtype == torch.int8:
+        return torch.equal(a, b)
+    nan = a.isnan()
+    if not torch.equal(nan, b.isnan()):
+        return False
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.view(bits)[~nan], b.view(bits)[~nan])
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_reduce_against_torch(emu, dtype, kind):
+    _, k, param = kind
+    pack = 16 // torch.empty(0, dtype=dtype).element_size()
+    for n in SIZES:
+        x, y = _operands(n, dtype, seed=n)
+        value, grad = _elementwise(k, param, x, y)
+        for offsets in [(0, 0), (1, 1), (pack - 1, pack - 1), (0, 1)]:
+            for divisor in (float(n), 1.0):
+                if n < 32769 and offsets != (0, 0) and divisor == 1.0:
+                    continue
+                want = (value.sum() / divisor).to(dtype).reshape(1)
+                # L1 keeps either its int8 sign or its gradients (the launcher takes one or the
+                # other)
+                sign = k == 0 and offsets == (1, 1)
+                grads = (not sign, offsets == (0, 0))
+                grad_offset = offsets[0] + 1 if offsets == (pack - 1, pack - 1) else None
+                out, s, gi, gt = _forward_reduce(emu, k, param, dtype, x, y, divisor, offsets,
+                                                 sign, grads, grad_offset)
+                where = f"n={n} offsets={offsets} divisor={divisor}"
+                assert_close(out, want), where
+                if sign:
+                    assert torch.equal(s, torch.sgn(x.double() - y.double()).nan_to_num(0).to(torch.int8)), where
+                # The gradient for an incoming gradient of one, in T.
+                if gi is not None:
+                    assert_close(gi, (grad / divisor).to(dtype)), where
+                if gt is not None and gi is not None:
+                    assert _same_bits(gt, -gi), where
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_reduce_same_bits_in_any_block_and_thread_order(emu, dtype):
+    for k, param in [(0, 0.0), (1, 1.0), (3, 0.3)]:
+        for n in [4099, 32769, 100_003]:
+            x, y = _operands(n, dtype, seed=7 + n)
+            results = []
+            for s in SCHEDULES:
+                emu.schedule(s)
+                try:
+                    results.append(_forward_reduce(emu, k, param, dtype, x, y, float(n), (1, 1),
+                                                   sign=k == 0, grads=(k != 0, k != 0)))
+                finally:
+                    emu.schedule(0)
+            for r in results[1:]:
+                assert all(_same_bits(a, b) for a, b in zip(results[0], r)), (k, n)
+
+
+def test_forward_reduce_at_the_block_cap(emu):
+    # 1024 blocks at most (kMaxReduceBlocks): 5 * 2^20 float32 elements is beyond it.
+    n = 5 * (1 << 20) + 3
+    x, y = _operands(n, torch.float32, seed=3)
+    out, *_ = _forward_reduce(emu, 1, 1.0, torch.float32, x, y, float(n), (1, 1))
+    assert_close(out, TF.smooth_l1_loss(x.double(), y.double()).float().reshape(1))
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_pointwise_against_torch(emu, dtype, kind):
+    _, k, param = kind
+    pack = 16 // torch.empty(0, dtype=dtype).element_size()
+    for n in [0, 1, 7, 9, 33, 4099, 100_003]:
+        x, y = _operands(n, dtype, seed=n, special=True)
+        value, _ = _elementwise(k, param, x, y)
+        for offsets in [(0, 0, 0), (1, 1, 1), (pack - 1, pack - 1, pack - 1), (0, 0, 1)]:
+            bx = Buffer(emu, n, dtype, offsets[0], x)
+            by = Buffer(emu, n, dtype, offsets[1], y)
+            out = Buffer(emu, n, dtype, offsets[2])
+            bs = Buffer(emu, n, torch.int8, 0, poison=0x7F) if k == 0 else None
+            emu.forward_pointwise(DTYPE_CODE[dtype], k, param, bx, by, n, out, bs)
+            for b in (bx, by, out, bs):
+                if b is not None:
+                    b.check_untouched()
+            assert_close(out.t, value.to(dtype)), (n, offsets)
+            if bs is not None:
+                want = torch.sgn(x.double() - y.double()).nan_to_num(0).to(torch.int8)
+                assert torch.equal(bs.t, want), (n, offsets)
+
+
+# ---- backward ----------------------------------------------------------------------------------
+
+# Incoming gradients of a reduced loss: one (the kept gradients stand), powers of two (scaled in
+# place), others (rewritten), and the special values.
+GRAD_OUTPUTS = [1.0, 2.0, 0.5, -1.0, 2.0 ** -20, 3.0, 0.1, 0.0, -0.0, float("inf"), float("nan")]
+
+
+def _backward(emu, dtype, k, param, x, y, go, per_element, divisor, offsets, want, kept=None):
+    """The backward from x and y into fresh buffers (want: which of gi, gt), and with kept (the
+    forward's gradients for an incoming gradient of one) rewritten in place (unless_one)."""
+    n = x.numel()
+    bx = Buffer(emu, n, dtype, offsets[0], x)
+    by = Buffer(emu, n, dtype, offsets[1], y)
+    bgo = Buffer(emu, n if per_element else 1, dtype, offsets[0], go)
+    outs = [Buffer(emu, n, dtype, offsets[0], None if kept is None else kept[i]) if want[i]
+            else None for i in range(2)]
+    emu.backward(DTYPE_CODE[dtype], k, param, bx, by, bgo, int(per_element), divisor, n,
+                 outs[0], outs[1], int(kept is not None))
+    for b in (bx, by, bgo, *outs):
+        if b is not None:
+            b.check_untouched()
+    return [b.value() if b is not None else None for b in outs]
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_backward_against_torch(emu, dtype, kind):
+    _, k, param = kind
+    for n in [0, 1, 9, 33, 4099, 100_003]:
+        x, y = _operands(n, dtype, seed=n + 1, special=True)
+        _, grad = _elementwise(k, param, x, y)
+        for offsets in [(0, 0), (1, 1), (0, 1)]:
+            go = torch.randn(n).to(dtype)
+            gi, gt = _backward(emu, dtype, k, param, x, y, go, True, 1.0, offsets, (True, True))
+            want = grad * go.double()
+            assert_close(gi, want.to(dtype)), (n, offsets)
+            assert _same_bits(gt, -gi)
+            for g0 in (2.0, -0.75):
+                gi, _ = _backward(emu, dtype, k, param, x, y, torch.tensor([g0]).to(dtype), False,
+                                  float(max(n, 1)), offsets, (True, False))
+                assert_close(gi, (grad * (g0 / max(n, 1))).to(dtype)), (n, offsets, g0)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_kept_gradients_rewritten_in_place_have_the_bits_of_a_recomputation(emu, dtype, kind):
+    # The forward's gradients for an incoming gradient of one, then backward_kernel's unless_one
+    # path (return at once for one, scale in place for a power of two, else recompute) against a
+    # backward into fresh buffers with the same incoming gradient.
+    _, k, param = kind
+    for n in [9, 4099, 32769]:
+        for divisor in (float(n), 1.0):
+            x, y = _operands(n, dtype, seed=n + 2)
+            _, _, gi1, gt1 = _forward_reduce(emu, k, param, dtype, x, y, divisor, (1, 1),
+                                             grads=(True, True))
+            ones = torch.ones(1, dtype=dtype)
+            fresh = _backward(emu, dtype, k, param, x, y, ones, False, divisor, (1, 1), (True, True))
+            assert _same_bits(fresh[0], gi1) and _same_bits(fresh[1], gt1), (n, divisor)
+            for g0 in GRAD_OUTPUTS:
+                go = torch.tensor([g0]).to(dtype)
+                for want in [(True, True), (True, False), (False, True)]:
+                    kept = [gi1, gt1]
+                    fresh = _backward(emu, dtype, k, param, x, y, go, False, divisor, (1, 1), want)
+                    inplace = _backward(emu, dtype, k, param, x, y, go, False, divisor, (1, 1), want,
+                                        kept=kept)
+                    for a, b in zip(fresh, inplace):
+                        assert _same_bits(a, b), (n, divisor, g0, want)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_l1_backward_from_sign_and_from_kept(emu, dtype):
+    # backward_from_sign (the int8 design) has the bits of the recomputation from x and y;
+    # l1_backward_from_kept (the kept-gradient design) has the bits of backward_from_sign, in
+    # place and into new buffers, from the input's or the target's kept gradient.
+    for n in [1, 9, 33, 4099, 100_003]:
+        x, y = _operands(n, dtype, seed=n + 3)
+        for divisor in (float(n), 1.0):
+            _, s, _, _ = _forward_reduce(emu, 0, 0.0, dtype, x, y, divisor, (0, 0), sign=True)
+            _, _, gi1, gt1 = _forward_reduce(emu, 0, 0.0, dtype, x, y, divisor, (0, 0),
+                                             grads=(True, True))
+            for g0 in GRAD_OUTPUTS:
+                go = torch.tensor([g0]).to(dtype)
+                recomputed = _backward(emu, dtype, 0, 0.0, x, y, go, False, divisor, (0, 0),
+                                       (True, True))
+                bs = Buffer(emu, n, torch.int8, 0, s)
+                bgo = Buffer(emu, 1, dtype, 0, go)
+                from_sign = [Buffer(emu, n, dtype) for _ in range(2)]
+                emu.backward_from_sign(DTYPE_CODE[dtype], bs, bgo, 0, divisor, n, *from_sign)
+                for a, b in zip(recomputed, from_sign):
+                    b.check_untouched()
+                    assert _same_bits(a, b.t), (n, divisor, g0)
+                for negated, kept in ((0, gi1), (1, gt1)):
+                    for in_place in (0, 1):
+                        bk = Buffer(emu, n, dtype, 0, kept)
+                        other = Buffer(emu, n, dtype, 0, None if not in_place else (gt1, gi1)[negated])
+                        outs = (bk, other) if not negated else (other, bk)
+                        if not in_place:  # at another alignment than kept: element at a time
+                            outs = (Buffer(emu, n, dtype, 1), Buffer(emu, n, dtype, 1))
+                        emu.l1_backward_from_kept(DTYPE_CODE[dtype], bk, negated, bgo, divisor, n,
+                                                  outs[0], outs[1], in_place)
+                        for a, b in zip(recomputed, outs):
+                            b.check_untouched()
+                            assert _same_bits(a, b.t), (n, divisor, g0, negated, in_place)
+                        if not in_place:
+                            assert _same_bits(bk.t, kept), "the kept gradient was changed"
+
+
+# ---- weighted ----------------------------------------------------------------------------------
+
+# weighted::Broadcast
+ABSENT, FULL, ROW, COL, SCALAR = 0, 1, 2, 3, 4
+EPS32 = torch.finfo(torch.float32).eps
+
+
+# Per-element parameters (beta, delta, tau) drawn from a few values: beta 0 is L1 per element.
+PARAM_VALUES = {1: [0.0, 0.25, 1.0, 2.5], 2: [0.25, 1.0, 2.5], 3: [0.1, 0.5, 0.9]}
+
+
+def _aux_values(mode, rows, inner, gen, dtype, choices=None):
+    shape = {ABSENT: (0,), FULL: (rows * inner,), ROW: (rows,), COL: (inner,), SCALAR: (1,)}[mode]
+    if choices is None:
+        return (torch.rand(shape, generator=gen) * 2).to(dtype)
+    pick = torch.randint(len(choices), shape, generator=gen)
+    return torch.tensor(choices)[pick].to(dtype)
+
+
+def _aux_expand(v, mode, rows, inner):
+    if mode == ABSENT:
+        return None
+    if mode == FULL:
+        return v.reshape(rows, inner)
+    if mode == ROW:
+        return v.reshape(rows, 1).expand(rows, inner)
+    if mode == COL:
+        return v.reshape(1, inner).expand(rows, inner)
+    return v.reshape(1, 1).expand(rows, inner)
+
+
+def _weighted_oracle(k, param, x, y, w, p):
+    """Elementwise weighted loss, its gradient w.r.t. x, and the unweighted loss, in float64
+    (_elementwise per distinct parameter value)."""
+    if p is None:
+        v, g = _elementwise(k, param, x, y)
+    else:
+        v = torch.empty(x.shape, dtype=torch.float64)
+        g = torch.empty(x.shape, dtype=torch.float64)
+        for pv in p.unique().tolist():
+            at = p == pv
+            v[at], g[at] = _elementwise(k, pv, x[at], y[at])
+    wd = torch.ones_like(v) if w is None else w.double()
+    return wd * v, wd * g, v
+
+
+@pytest.mark.parametrize("kind", [KINDS[0], KINDS[2], KINDS[4], KINDS[5]], ids=lambda k: k[0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weighted_against_oracle(emu, dtype, kind):
+    _, k, param = kind
+    gen = torch.Generator().manual_seed(11)
+    for rows, inner in [(0, 4), (1, 4), (37, 4), (9000, 4), (100, 1)]:
+        n = rows * inner
+        x, y = _operands(n, dtype, seed=rows)
+        for w_mode, p_mode in [(ABSENT, ABSENT), (FULL, ABSENT), (ROW, COL), (COL, FULL),
+                               (SCALAR, ROW)]:
+            if k == 0 and p_mode != ABSENT:
+                continue
+            w = _aux_values(w_mode, rows, inner, gen, dtype)
+            p = _aux_values(p_mode, rows, inner, gen, dtype, PARAM_VALUES.get(k))
+            we, pe = _aux_expand(w, w_mode, rows, inner), _aux_expand(p, p_mode, rows, inner)
+            lw, gw, raw = _weighted_oracle(k, param, x.reshape(rows, inner), y.reshape(rows, inner),
+                                           we, pe)
+            for reduction, avg in [(0, 0), (1, 0), (2, 0), (1, 1), (1, 2), (1, 3)]:
+                bx, by = Buffer(emu, n, dtype, 1, x), Buffer(emu, n, dtype, 1, y)
+                bw = Buffer(emu, w.numel(), dtype, 0, w)
+                bp = Buffer(emu, p.numel(), dtype, 0, p)
+                avg_value = 7.5
+                avg_t = torch.tensor([avg_value], dtype=torch.float32 if avg == 2 else torch.float64)
+                bavg = Buffer(emu, 1, avg_t.dtype, 0, avg_t)
+                loss_weight = 0.5
+                out = Buffer(emu, n if reduction == 0 else 1, dtype, 1)
+                grads = [Buffer(emu, n, dtype, 1) if reduction else None for _ in range(2)]
+                ws = Buffer(emu, 0 if reduction == 0 else emu.lib.emu_weighted_workspace_bytes(
+                    DTYPE_CODE[dtype], n), torch.uint8, poison=0x5A)
+                args = (DTYPE_CODE[dtype], k, bx, by, bw if w_mode else None, w_mode,
+                        bp if p_mode else None, p_mode, param, inner, n, reduction, loss_weight, avg,
+                        avg_value, bavg)
+                emu.weighted_forward(*args, out, *grads, ws)
+                for b in (bx, by, bw, bp, out, *grads, ws):
+                    if b is not None:
+                        b.check_untouched()
+                # weighted::Reduce::divisor: avg_factor + eps in avg_factor's own precision
+                if reduction != 1:
+                    divisor = 1.0
+                elif avg == 0:
+                    divisor = float(n)
+                elif avg == 2:
+                    divisor = float(avg_t + torch.tensor(EPS32, dtype=torch.float32))
+                else:
+                    divisor = avg_value + EPS32
+                scale = loss_weight / divisor if divisor else float("inf")  # n = 0, 'mean'
+                where = (rows, inner, w_mode, p_mode, reduction, avg)
+                if reduction == 0:
+                    assert_close(out.t, (lw.flatten() * loss_weight).to(dtype)), where
+                else:
+                    if n:
+                        assert_close(out.t, (lw.sum() * scale).to(dtype).reshape(1)), where
+                    assert_close(grads[0].t, (gw.flatten() * scale).to(dtype)), where
+                    assert _same_bits(grads[1].t, -grads[0].t), where
+                # Backward: a per-element or scalar incoming gradient; gradients of x, y, weight.
+                go = torch.randn(n if reduction == 0 else 1, generator=gen).to(dtype)
+                bgo = Buffer(emu, go.numel(), dtype, 1, go)
+                outs = [Buffer(emu, n, dtype, 1), Buffer(emu, n, dtype, 1),
+                        Buffer(emu, n, dtype, 1) if w_mode == FULL else None]
+                emu.weighted_backward(*args, bgo, *outs, 0)
+                for b in (bgo, *outs):
+                    if b is not None:
+                        b.check_untouched()
+                s = go.double() * (loss_weight if reduction == 0 else scale)
+                s = s if reduction == 0 else s.expand(n)
+                assert_close(outs[0].t, (gw.flatten() * s).to(dtype)), where
+                assert _same_bits(outs[1].t, -outs[0].t), where
+                if outs[2] is not None:
+                    assert_close(outs[2].t, (raw.flatten() * s).to(dtype)), where
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weighted_kept_gradients_rewritten_in_place(emu, dtype):
+    gen = torch.Generator().manual_seed(5)
+    rows, inner = 9000, 4
+    n = rows * inner
+    x, y = _operands(n, dtype, seed=9)
+    w = _aux_values(ROW, rows, inner, gen, dtype)
+    for k, param in [(1, 1.0), (2, 2.5), (0, 0.0)]:
+        bx, by = Buffer(emu, n, dtype, 0, x), Buffer(emu, n, dtype, 0, y)
+        bw = Buffer(emu, rows, dtype, 0, w)
+        args = (DTYPE_CODE[dtype], k, bx, by, bw, ROW, None, ABSENT, param, inner, n, 1, 2.0, 0,
+                0.0, None)
+        out = Buffer(emu, 1, dtype)
+        kept = [Buffer(emu, n, dtype) for _ in range(2)]
+        ws = Buffer(emu, emu.lib.emu_weighted_workspace_bytes(DTYPE_CODE[dtype], n), torch.uint8)
+        emu.weighted_forward(*args, out, *kept, ws)
+        kept = [b.value() for b in kept]
+        for g0 in GRAD_OUTPUTS:
+            bgo = Buffer(emu, 1, dtype, 0, torch.tensor([g0]).to(dtype))
+            fresh = [Buffer(emu, n, dtype) for _ in range(2)]
+            emu.weighted_backward(*args, bgo, *fresh, None, 0)
+            inplace = [Buffer(emu, n, dtype, 0, kept[i]) for i in range(2)]
+            emu.weighted_backward(*args, bgo, *inplace, None, 1)
+            for a, b in zip(fresh, inplace):
+                assert _same_bits(a.t, b.t), (k, g0)
+            if g0 == 1.0:
+                assert _same_bits(fresh[0].t, kept[0]), "the forward's gradient is the backward's"
+
+
+# ---- the emulator itself -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("case, message", [
+    (1, "shuffle reached by 16 of 32 lanes"),
+    (2, "__syncthreads reached by"),
+    (3, "access of a guard page"),
+])
+def test_emulator_reports_what_a_gpu_would_not_forgive(emu, case, message):
+    emu.self_test(0)  # a correct block sum runs
+    with pytest.raises(EmulationError, match=message):
+        emu.self_test(case)
