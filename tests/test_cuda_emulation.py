@@ -62,8 +62,16 @@ def _rewrite_launches(text):
                   flags=re.S)
 
 
+# The same half / bfloat16 switches as the CUDA build; no FMA contraction, so the host arithmetic
+# rounds once per operation.
+CXXFLAGS = ["-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off", "-Wno-unknown-pragmas",
+            "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+            "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
+
+
 @functools.lru_cache(maxsize=None)
 def _build():
+    """Path of the harness library, built once per content of its sources (under build/)."""
     include = _cuda_include()
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if include is None or cxx is None:
@@ -71,21 +79,20 @@ def _build():
     sources = [EMULATION / "cuda_runtime.h", EMULATION / "harness.cpp", ROOT / "csrc/loss_math.h",
                ROOT / "csrc/loss_kind.h", ROOT / "csrc/weighted.h"]
     sources += [ROOT / "csrc/cuda" / h for h in KERNEL_HEADERS]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources) + cxx.encode()).hexdigest()
-    out = Path(os.environ.get("L1EXT_EMULATION_DIR", ROOT / "build" / "cuda_emulation")) / digest[:16]
+    key = b"".join(p.read_bytes() for p in sources) + " ".join([cxx, str(include), *CXXFLAGS]).encode()
+    cache = Path(os.environ.get("L1EXT_EMULATION_DIR", ROOT / "build" / "cuda_emulation"))
+    out = cache / hashlib.sha256(key).hexdigest()[:16]
     lib = out / "harness.so"
     if not lib.exists():
+        if cache.exists():  # libraries of earlier sources
+            for old in cache.iterdir():
+                shutil.rmtree(old, ignore_errors=True)
         (out / "cuda").mkdir(parents=True, exist_ok=True)
         for h in KERNEL_HEADERS:
             (out / "cuda" / h).write_text(_rewrite_launches((ROOT / "csrc/cuda" / h).read_text()))
         (out / "harness.cpp").write_text(_rewrite_launches((EMULATION / "harness.cpp").read_text()))
-        # The same half / bfloat16 switches as the CUDA build; no FMA contraction, so the host
-        # arithmetic is IEEE single and double rounding per operation.
-        cmd = [cxx, "-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
-               "-Wno-unknown-pragmas", "-D__CUDA_NO_HALF_OPERATORS__",
-               "-D__CUDA_NO_HALF_CONVERSIONS__", "-D__CUDA_NO_BFLOAT16_CONVERSIONS__",
-               "-D__CUDA_NO_HALF2_OPERATORS__", f"-I{EMULATION}", f"-I{out}", f"-I{ROOT / 'csrc'}",
-               f"-I{include}", str(out / "harness.cpp"), "-o", str(out / "partial.so")]
+        cmd = [cxx, *CXXFLAGS, f"-I{EMULATION}", f"-I{out}", f"-I{ROOT / 'csrc'}", f"-I{include}",
+               str(out / "harness.cpp"), "-o", str(out / "partial.so")]
         run = subprocess.run(cmd, capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-4000:]
         os.replace(out / "partial.so", lib)

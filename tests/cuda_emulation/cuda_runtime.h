@@ -58,7 +58,7 @@ struct Index {
 // Fiber contexts. On x86-64 a switch saves the callee-saved registers, the SSE and x87 control
 // words and the stack pointer (no system call; ucontext's swapcontext makes one to save the
 // signal mask, which made switches the bulk of a launch's time); elsewhere ucontext.
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(L1EXT_EMU_UCONTEXT)  // the macro: ucontext everywhere
 extern "C" void l1ext_emu_switch(void** save_sp, void* resume_sp);
 asm(R"(
   .text
