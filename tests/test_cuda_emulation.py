@@ -449,6 +449,22 @@ def test_l1_backward_from_sign_and_from_kept(emu, dtype):
                             assert _same_bits(bk.t, kept), "the kept gradient was changed"
 
 
+def test_float16_mean_l1_kept_gradient_keeps_its_signs_exactly_where_the_glue_says(emu):
+    # losses_cuda.cu l1_signs_survive: a float16 'mean' L1 keeps its gradient (sgn(d) / n rounded
+    # to float, then to half) only while 1 / n does not round to zero; 2^25 - 1 is the first n
+    # where it does (a tie at 2^-25, rounded to even).
+    for n in [(1 << 25) - 2, (1 << 25) - 1]:
+        survives = bool(torch.tensor(1.0 / n, dtype=torch.float32).half() != 0)
+        x = torch.ones(n, dtype=torch.float16)
+        y = torch.zeros(n, dtype=torch.float16)
+        y[n // 2:] = 2.0
+        _, _, gi, _ = _forward_reduce(emu, 0, 0.0, torch.float16, x, y, float(n), grads=(True, False))
+        assert survives == (n == (1 << 25) - 2)
+        assert bool((gi[: n // 2] > 0).all()) == survives and bool((gi[n // 2:] < 0).all()) == survives
+        if not survives:
+            assert bool((gi == 0).all())
+
+
 # ---- weighted ----------------------------------------------------------------------------------
 
 # weighted::Broadcast
