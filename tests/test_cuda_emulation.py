@@ -79,7 +79,8 @@ def _build():
     sources = [EMULATION / "cuda_runtime.h", EMULATION / "harness.cpp", ROOT / "csrc/loss_math.h",
                ROOT / "csrc/loss_kind.h", ROOT / "csrc/weighted.h"]
     sources += [ROOT / "csrc/cuda" / h for h in KERNEL_HEADERS]
-    key = b"".join(p.read_bytes() for p in sources) + " ".join([cxx, str(include), *CXXFLAGS]).encode()
+    key = b"".join(p.read_bytes() for p in sources)
+    key += " ".join([cxx, str(include), *CXXFLAGS]).encode()
     cache = Path(os.environ.get("L1EXT_EMULATION_DIR", ROOT / "build" / "cuda_emulation"))
     out = cache / hashlib.sha256(key).hexdigest()[:16]
     lib = out / "harness.so"
@@ -191,7 +192,7 @@ class Buffer:
         self.emu.lib.emu_unmap(self.base, self.mapped)
 
 
-# ---- oracles (float64) -----------------------------------------------------------------------------
+# ---- oracles (float64) ---------------------------------------------------------------------
 
 def _elementwise(kind, param, x, y):
     """Loss and its gradient w.r.t. x per element, in float64: torch's built-ins, and l1ext's CPU
@@ -222,8 +223,12 @@ def _operands(n, dtype, seed, special=False):
     return x, y
 
 
-def _scale(go, divisor):
-    return go / divisor
+def _close(actual, expected, where):
+    """assert_close (conftest's tolerances), naming the case that failed."""
+    try:
+        assert_close(actual, expected)
+    except AssertionError as e:
+        raise AssertionError(f"{where}: {e}") from None
 
 
 # ---- forward -----------------------------------------------------------------------------------
@@ -246,12 +251,13 @@ def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign
     for b in (bx, by, out, bs, bgi, bgt, ws):
         if b is not None:
             b.check_untouched()
-    assert torch.equal(bx.t, x) and torch.equal(by.t, y), "an input was modified"
+    assert _same_bits(bx.t, x) and _same_bits(by.t, y), "an input was modified"
     return [b.value() if b is not None else None for b in (out, bs, bgi, bgt)]
 
 
 def _same_bits(a, b):
-    """Bit for bit, zeros' signs included; NaNs match NaNs (their sign and payload carry nothing)."""
+    """Bit for bit, zeros' signs included; NaNs match NaNs (their sign and payload carry
+    nothing)."""
     if a is None or b is None:
         return a is None and b is None
     if a.dtype == torch.int8:
@@ -284,12 +290,13 @@ def test_forward_reduce_against_torch(emu, dtype, kind):
                 out, s, gi, gt = _forward_reduce(emu, k, param, dtype, x, y, divisor, offsets,
                                                  sign, grads, grad_offset)
                 where = f"n={n} offsets={offsets} divisor={divisor}"
-                assert_close(out, want), where
+                _close(out, want, where)
                 if sign:
-                    assert torch.equal(s, torch.sgn(x.double() - y.double()).nan_to_num(0).to(torch.int8)), where
+                    want_sign = torch.sgn(x.double() - y.double()).nan_to_num(0)
+                    assert torch.equal(s, want_sign.to(torch.int8)), where
                 # The gradient for an incoming gradient of one, in T.
                 if gi is not None:
-                    assert_close(gi, (grad / divisor).to(dtype)), where
+                    _close(gi, (grad / divisor).to(dtype), where)
                 if gt is not None and gi is not None:
                     assert _same_bits(gt, -gi), where
 
@@ -336,7 +343,7 @@ def test_forward_pointwise_against_torch(emu, dtype, kind):
             for b in (bx, by, out, bs):
                 if b is not None:
                     b.check_untouched()
-            assert_close(out.t, value.to(dtype)), (n, offsets)
+            _close(out.t, value.to(dtype), (n, offsets))
             if bs is not None:
                 want = torch.sgn(x.double() - y.double()).nan_to_num(0).to(torch.int8)
                 assert torch.equal(bs.t, want), (n, offsets)
@@ -377,12 +384,12 @@ def test_backward_against_torch(emu, dtype, kind):
             go = torch.randn(n).to(dtype)
             gi, gt = _backward(emu, dtype, k, param, x, y, go, True, 1.0, offsets, (True, True))
             want = grad * go.double()
-            assert_close(gi, want.to(dtype)), (n, offsets)
+            _close(gi, want.to(dtype), (n, offsets))
             assert _same_bits(gt, -gi)
             for g0 in (2.0, -0.75):
                 gi, _ = _backward(emu, dtype, k, param, x, y, torch.tensor([g0]).to(dtype), False,
                                   float(max(n, 1)), offsets, (True, False))
-                assert_close(gi, (grad * (g0 / max(n, 1))).to(dtype)), (n, offsets, g0)
+                _close(gi, (grad * (g0 / max(n, 1))).to(dtype), (n, offsets, g0))
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
@@ -398,15 +405,16 @@ def test_kept_gradients_rewritten_in_place_have_the_bits_of_a_recomputation(emu,
             _, _, gi1, gt1 = _forward_reduce(emu, k, param, dtype, x, y, divisor, (1, 1),
                                              grads=(True, True))
             ones = torch.ones(1, dtype=dtype)
-            fresh = _backward(emu, dtype, k, param, x, y, ones, False, divisor, (1, 1), (True, True))
+            fresh = _backward(emu, dtype, k, param, x, y, ones, False, divisor, (1, 1),
+                              (True, True))
             assert _same_bits(fresh[0], gi1) and _same_bits(fresh[1], gt1), (n, divisor)
             for g0 in GRAD_OUTPUTS:
                 go = torch.tensor([g0]).to(dtype)
                 for want in [(True, True), (True, False), (False, True)]:
                     kept = [gi1, gt1]
                     fresh = _backward(emu, dtype, k, param, x, y, go, False, divisor, (1, 1), want)
-                    inplace = _backward(emu, dtype, k, param, x, y, go, False, divisor, (1, 1), want,
-                                        kept=kept)
+                    inplace = _backward(emu, dtype, k, param, x, y, go, False, divisor, (1, 1),
+                                        want, kept=kept)
                     for a, b in zip(fresh, inplace):
                         assert _same_bits(a, b), (n, divisor, g0, want)
 
@@ -436,7 +444,8 @@ def test_l1_backward_from_sign_and_from_kept(emu, dtype):
                 for negated, kept in ((0, gi1), (1, gt1)):
                     for in_place in (0, 1):
                         bk = Buffer(emu, n, dtype, 0, kept)
-                        other = Buffer(emu, n, dtype, 0, None if not in_place else (gt1, gi1)[negated])
+                        other = Buffer(emu, n, dtype, 0,
+                                       (gt1, gi1)[negated] if in_place else None)
                         outs = (bk, other) if not negated else (other, bk)
                         if not in_place:  # at another alignment than kept: element at a time
                             outs = (Buffer(emu, n, dtype, 1), Buffer(emu, n, dtype, 1))
@@ -458,9 +467,11 @@ def test_float16_mean_l1_kept_gradient_keeps_its_signs_exactly_where_the_glue_sa
         x = torch.ones(n, dtype=torch.float16)
         y = torch.zeros(n, dtype=torch.float16)
         y[n // 2:] = 2.0
-        _, _, gi, _ = _forward_reduce(emu, 0, 0.0, torch.float16, x, y, float(n), grads=(True, False))
+        _, _, gi, _ = _forward_reduce(emu, 0, 0.0, torch.float16, x, y, float(n),
+                                      grads=(True, False))
         assert survives == (n == (1 << 25) - 2)
-        assert bool((gi[: n // 2] > 0).all()) == survives and bool((gi[n // 2:] < 0).all()) == survives
+        assert bool((gi[: n // 2] > 0).all()) == survives
+        assert bool((gi[n // 2:] < 0).all()) == survives
         if not survives:
             assert bool((gi == 0).all())
 
@@ -533,7 +544,8 @@ def test_weighted_against_oracle(emu, dtype, kind):
                 bw = Buffer(emu, w.numel(), dtype, 0, w)
                 bp = Buffer(emu, p.numel(), dtype, 0, p)
                 avg_value = 7.5
-                avg_t = torch.tensor([avg_value], dtype=torch.float32 if avg == 2 else torch.float64)
+                avg_dtype = torch.float32 if avg == 2 else torch.float64
+                avg_t = torch.tensor([avg_value], dtype=avg_dtype)
                 bavg = Buffer(emu, 1, avg_t.dtype, 0, avg_t)
                 loss_weight = 0.5
                 out = Buffer(emu, n if reduction == 0 else 1, dtype, 1)
@@ -541,8 +553,8 @@ def test_weighted_against_oracle(emu, dtype, kind):
                 ws = Buffer(emu, 0 if reduction == 0 else emu.lib.emu_weighted_workspace_bytes(
                     DTYPE_CODE[dtype], n), torch.uint8, poison=0x5A)
                 args = (DTYPE_CODE[dtype], k, bx, by, bw if w_mode else None, w_mode,
-                        bp if p_mode else None, p_mode, param, inner, n, reduction, loss_weight, avg,
-                        avg_value, bavg)
+                        bp if p_mode else None, p_mode, param, inner, n, reduction, loss_weight,
+                        avg, avg_value, bavg)
                 emu.weighted_forward(*args, out, *grads, ws)
                 for b in (bx, by, bw, bp, out, *grads, ws):
                     if b is not None:
@@ -559,11 +571,11 @@ def test_weighted_against_oracle(emu, dtype, kind):
                 scale = loss_weight / divisor if divisor else float("inf")  # n = 0, 'mean'
                 where = (rows, inner, w_mode, p_mode, reduction, avg)
                 if reduction == 0:
-                    assert_close(out.t, (lw.flatten() * loss_weight).to(dtype)), where
+                    _close(out.t, (lw.flatten() * loss_weight).to(dtype), where)
                 else:
                     if n:
-                        assert_close(out.t, (lw.sum() * scale).to(dtype).reshape(1)), where
-                    assert_close(grads[0].t, (gw.flatten() * scale).to(dtype)), where
+                        _close(out.t, (lw.sum() * scale).to(dtype).reshape(1), where)
+                    _close(grads[0].t, (gw.flatten() * scale).to(dtype), where)
                     assert _same_bits(grads[1].t, -grads[0].t), where
                 # Backward: a per-element or scalar incoming gradient; gradients of x, y, weight.
                 go = torch.randn(n if reduction == 0 else 1, generator=gen).to(dtype)
@@ -576,10 +588,10 @@ def test_weighted_against_oracle(emu, dtype, kind):
                         b.check_untouched()
                 s = go.double() * (loss_weight if reduction == 0 else scale)
                 s = s if reduction == 0 else s.expand(n)
-                assert_close(outs[0].t, (gw.flatten() * s).to(dtype)), where
+                _close(outs[0].t, (gw.flatten() * s).to(dtype), where)
                 assert _same_bits(outs[1].t, -outs[0].t), where
                 if outs[2] is not None:
-                    assert_close(outs[2].t, (raw.flatten() * s).to(dtype)), where
+                    _close(outs[2].t, (raw.flatten() * s).to(dtype), where)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -107,7 +107,9 @@ struct Context {
     sp = &words[-9];
   }
 };
-inline void switch_context(Context& save, Context& resume) { l1ext_emu_switch(&save.sp, resume.sp); }
+inline void switch_context(Context& save, Context& resume) {
+  l1ext_emu_switch(&save.sp, resume.sp);
+}
 #else
 struct Context {
   ucontext_t uc;
