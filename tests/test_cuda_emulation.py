@@ -362,7 +362,9 @@ def _backward(emu, dtype, k, param, x, y, go, per_element, divisor, offsets, wan
     n = x.numel()
     bx = Buffer(emu, n, dtype, offsets[0], x)
     by = Buffer(emu, n, dtype, offsets[1], y)
-    bgo = Buffer(emu, n if per_element else 1, dtype, offsets[0], go)
+    # go None: a null pointer, an incoming gradient of one (the glue's 'none' forward with
+    # gradients)
+    bgo = None if go is None else Buffer(emu, n if per_element else 1, dtype, offsets[0], go)
     outs = [Buffer(emu, n, dtype, offsets[0], None if kept is None else kept[i]) if want[i]
             else None for i in range(2)]
     emu.backward(DTYPE_CODE[dtype], k, param, bx, by, bgo, int(per_element), divisor, n,
@@ -386,6 +388,8 @@ def test_backward_against_torch(emu, dtype, kind):
             want = grad * go.double()
             _close(gi, want.to(dtype), (n, offsets))
             assert _same_bits(gt, -gi)
+            gi, _ = _backward(emu, dtype, k, param, x, y, None, False, 1.0, offsets, (True, False))
+            _close(gi, grad.to(dtype), (n, offsets, "go null"))
             for g0 in (2.0, -0.75):
                 gi, _ = _backward(emu, dtype, k, param, x, y, torch.tensor([g0]).to(dtype), False,
                                   float(max(n, 1)), offsets, (True, False))
