@@ -259,6 +259,7 @@ def test_kept_gradients_on_cuda(loss_name, n, dtype, offset):
                 (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
                 if not target_grad:
                     y = y0
+                out = None  # the previous graph holds the previous leaves (and their gradients)
                 before = torch.cuda.memory_allocated()
                 out = op(x, y, red, param)
                 kept = torch.cuda.memory_allocated() - before
@@ -325,6 +326,7 @@ def _kept_l1_case(n, dtype, offset, device="cuda"):
             for needs, asked in (("x", "x"), ("y", "y"), ("xy", "xy"), ("xy", "y")):
                 (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
                 x, y = (x if "x" in needs else x0), (y if "y" in needs else y0)
+                out = None  # the previous graph holds the previous leaves
                 before = torch.cuda.memory_allocated() if device == "cuda" else 0
                 out = ops.l1_loss(x, y, red)
                 if device == "cuda" and n >= 4096:
@@ -424,6 +426,7 @@ def test_kept_weighted_gradients_on_cuda(n, avg):
     p0[:2] = t0[:2]  # zero residuals: kept zeros are recomputed, not scaled
     for scale in (1.0, 2.0, 0.25, 65536.0, 2.5, 0.0):
         p, t = p0.clone().requires_grad_(), t0.clone().requires_grad_()
+        out = None  # the previous graph holds the previous p, t and their gradients
         before = torch.cuda.memory_allocated()
         out = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=avg_factor, loss_weight=1.5)
         assert torch.cuda.memory_allocated() - before >= 2 * p0.numel() * 4  # the kept gradients
