@@ -480,6 +480,33 @@ def test_float16_mean_l1_kept_gradient_keeps_its_signs_exactly_where_the_glue_sa
             assert bool((gi == 0).all())
 
 
+@pytest.mark.skipif(os.environ.get("L1EXT_EMULATION_LARGE") != "1",
+                    reason="10 GB and 2 minutes: L1EXT_EMULATION_LARGE=1 runs it")
+def test_more_than_2_31_elements(emu):
+    # 64-bit indices: a float16 L1 'mean' over 2^31 + 37 elements (1024 blocks), with its int8
+    # signs, filled and checked in chunks.
+    n, chunk = (1 << 31) + 37, 1 << 26
+    bx, by = Buffer(emu, n, torch.float16, 1), Buffer(emu, n, torch.float16, 1)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(0, n, chunk):
+        m = min(chunk, n - i)
+        bx.t[i:i + m].copy_(torch.randn(m, generator=gen))
+        by.t[i:i + m].copy_(torch.randn(m, generator=gen))
+    out = Buffer(emu, 1, torch.float16)
+    sign = Buffer(emu, n, torch.int8, 1, poison=0x7F)
+    ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[torch.float16], n), torch.uint8)
+    emu.forward_reduce(DTYPE_CODE[torch.float16], 0, 0.0, bx, by, n, float(n), out, sign, None,
+                       None, ws)
+    for b in (bx, by, out, sign, ws):
+        b.check_untouched()
+    total = 0.0
+    for i in range(0, n, chunk):
+        d = bx.t[i:i + chunk].double() - by.t[i:i + chunk].double()
+        total += float(d.abs().sum())
+        assert torch.equal(sign.t[i:i + chunk], torch.sgn(d).to(torch.int8)), i
+    _close(out.t, torch.tensor([total / n]).half(), n)
+
+
 # ---- weighted ----------------------------------------------------------------------------------
 
 # weighted::Broadcast
