@@ -192,6 +192,13 @@ class Buffer:
         self.emu.lib.emu_unmap(self.base, self.mapped)
 
 
+def _untouched(*buffers):
+    """No launch wrote outside these buffers (None: a buffer not passed)."""
+    for b in buffers:
+        if b is not None:
+            b.check_untouched()
+
+
 # ---- oracles (float64) ---------------------------------------------------------------------
 
 def _elementwise(kind, param, x, y):
@@ -248,9 +255,7 @@ def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign
     ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[dtype], n), torch.uint8,
                 poison=0x5A)
     emu.forward_reduce(DTYPE_CODE[dtype], kind, param, bx, by, n, divisor, out, bs, bgi, bgt, ws)
-    for b in (bx, by, out, bs, bgi, bgt, ws):
-        if b is not None:
-            b.check_untouched()
+    _untouched(bx, by, out, bs, bgi, bgt, ws)
     assert _same_bits(bx.t, x) and _same_bits(by.t, y), "an input was modified"
     return [b.value() if b is not None else None for b in (out, bs, bgi, bgt)]
 
@@ -340,9 +345,7 @@ def test_forward_pointwise_against_torch(emu, dtype, kind):
             out = Buffer(emu, n, dtype, offsets[2])
             bs = Buffer(emu, n, torch.int8, 0, poison=0x7F) if k == 0 else None
             emu.forward_pointwise(DTYPE_CODE[dtype], k, param, bx, by, n, out, bs)
-            for b in (bx, by, out, bs):
-                if b is not None:
-                    b.check_untouched()
+            _untouched(bx, by, out, bs)
             _close(out.t, value.to(dtype), (n, offsets))
             if bs is not None:
                 want = torch.sgn(x.double() - y.double()).nan_to_num(0).to(torch.int8)
@@ -369,9 +372,7 @@ def _backward(emu, dtype, k, param, x, y, go, per_element, divisor, offsets, wan
             else None for i in range(2)]
     emu.backward(DTYPE_CODE[dtype], k, param, bx, by, bgo, int(per_element), divisor, n,
                  outs[0], outs[1], int(kept is not None))
-    for b in (bx, by, bgo, *outs):
-        if b is not None:
-            b.check_untouched()
+    _untouched(bx, by, bgo, *outs)
     return [b.value() if b is not None else None for b in outs]
 
 
@@ -448,10 +449,10 @@ def test_l1_backward_from_sign_and_from_kept(emu, dtype):
                 for negated, kept in ((0, gi1), (1, gt1)):
                     for in_place in (0, 1):
                         bk = Buffer(emu, n, dtype, 0, kept)
-                        other = Buffer(emu, n, dtype, 0,
-                                       (gt1, gi1)[negated] if in_place else None)
-                        outs = (bk, other) if not negated else (other, bk)
-                        if not in_place:  # at another alignment than kept: element at a time
+                        if in_place:  # the kept buffers themselves
+                            other = Buffer(emu, n, dtype, 0, (gt1, gi1)[negated])
+                            outs = (bk, other) if not negated else (other, bk)
+                        else:  # at another alignment than kept: element at a time
                             outs = (Buffer(emu, n, dtype, 1), Buffer(emu, n, dtype, 1))
                         emu.l1_backward_from_kept(DTYPE_CODE[dtype], bk, negated, bgo, divisor, n,
                                                   outs[0], outs[1], in_place)
@@ -497,8 +498,7 @@ def test_more_than_2_31_elements(emu):
     ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[torch.float16], n), torch.uint8)
     emu.forward_reduce(DTYPE_CODE[torch.float16], 0, 0.0, bx, by, n, float(n), out, sign, None,
                        None, ws)
-    for b in (bx, by, out, sign, ws):
-        b.check_untouched()
+    _untouched(bx, by, out, sign, ws)
     total = 0.0
     for i in range(0, n, chunk):
         d = bx.t[i:i + chunk].double() - by.t[i:i + chunk].double()
@@ -587,9 +587,7 @@ def test_weighted_against_oracle(emu, dtype, kind):
                         bp if p_mode else None, p_mode, param, inner, n, reduction, loss_weight,
                         avg, avg_value, bavg)
                 emu.weighted_forward(*args, out, *grads, ws)
-                for b in (bx, by, bw, bp, out, *grads, ws):
-                    if b is not None:
-                        b.check_untouched()
+                _untouched(bx, by, bw, bp, out, *grads, ws)
                 # weighted::Reduce::divisor: avg_factor + eps in avg_factor's own precision
                 if reduction != 1:
                     divisor = 1.0
@@ -614,9 +612,7 @@ def test_weighted_against_oracle(emu, dtype, kind):
                 outs = [Buffer(emu, n, dtype, 1), Buffer(emu, n, dtype, 1),
                         Buffer(emu, n, dtype, 1) if w_mode == FULL else None]
                 emu.weighted_backward(*args, bgo, *outs, 0)
-                for b in (bgo, *outs):
-                    if b is not None:
-                        b.check_untouched()
+                _untouched(bgo, *outs)
                 s = go.double() * (loss_weight if reduction == 0 else scale)
                 s = s if reduction == 0 else s.expand(n)
                 _close(outs[0].t, (gw.flatten() * s).to(dtype), where)

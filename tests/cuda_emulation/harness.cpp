@@ -79,6 +79,19 @@ int with_kind(int kind, F&& f) {
   return result;
 }
 
+// f(T{}, loss) under guarded, with the loss functor the CUDA glue builds (math::make_loss in the
+// accumulation type).
+template <class F>
+int with_loss(int dtype, int kind, double param, F&& f) {
+  return with_elem(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return with_kind(kind, [&](auto k) {
+      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
+      return guarded([&] { return f(tag, loss); });
+    });
+  });
+}
+
 template <class T>
 const T* c(const void* p) {
   return static_cast<const T*>(p);
@@ -86,6 +99,21 @@ const T* c(const void* p) {
 template <class T>
 T* m(void* p) {
   return static_cast<T*>(p);
+}
+
+// f(T{}, e) under guarded, e the WeightedElement of the operands (as weighted_cuda.cu builds it).
+template <class F>
+int with_weighted(int dtype, int kind, const void* x, const void* y, const void* w,
+                  int w_mode, const void* p, int p_mode, double param, int64_t inner, F&& f) {
+  return with_elem(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    return with_kind(kind, [&](auto k) {
+      const WeightedElement<T, decltype(k)::value> e{
+          c<T>(x), c<T>(y), weighted::Aux{w, weighted::Broadcast(w_mode)},
+          weighted::Aux{p, weighted::Broadcast(p_mode)}, acc_t<T>(param), inner};
+      return guarded([&] { return f(tag, e); });
+    });
+  });
 }
 
 // Kernels for the emulator's own test: what it must run, and what it must report.
@@ -129,7 +157,10 @@ void* emu_map(size_t bytes) {
   char* base = static_cast<char*>(
       mmap(nullptr, inner + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
   if (base == MAP_FAILED) return nullptr;
-  if (inner) mprotect(base + page, inner, PROT_READ | PROT_WRITE);
+  if (mprotect(base + page, inner, PROT_READ | PROT_WRITE) != 0) {
+    munmap(base, inner + 2 * page);
+    return nullptr;
+  }
   return base + page;
 }
 
@@ -159,42 +190,27 @@ size_t emu_weighted_workspace_bytes(int dtype, int64_t n) {
 
 int emu_forward_reduce(int dtype, int kind, double param, const void* x, const void* y, int64_t n,
                        double divisor, void* out, void* sign, void* gi, void* gt, void* workspace) {
-  return with_elem(dtype, [&](auto tag) {
+  return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
     using T = decltype(tag);
-    return with_kind(kind, [&](auto k) {
-      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-      return guarded([&] {
-        return forward_reduce<T>(c<T>(x), c<T>(y), n, loss, divisor, m<T>(out), m<int8_t>(sign),
-                                 m<T>(gi), m<T>(gt), workspace, nullptr);
-      });
-    });
+    return forward_reduce<T>(c<T>(x), c<T>(y), n, loss, divisor, m<T>(out), m<int8_t>(sign),
+                             m<T>(gi), m<T>(gt), workspace, nullptr);
   });
 }
 
 int emu_forward_pointwise(int dtype, int kind, double param, const void* x, const void* y,
                           int64_t n, void* out, void* sign) {
-  return with_elem(dtype, [&](auto tag) {
+  return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
     using T = decltype(tag);
-    return with_kind(kind, [&](auto k) {
-      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-      return guarded([&] {
-        return forward_pointwise<T>(c<T>(x), c<T>(y), n, loss, m<T>(out), m<int8_t>(sign), nullptr);
-      });
-    });
+    return forward_pointwise<T>(c<T>(x), c<T>(y), n, loss, m<T>(out), m<int8_t>(sign), nullptr);
   });
 }
 
 int emu_backward(int dtype, int kind, double param, const void* x, const void* y, const void* go,
                  int per_element, double divisor, int64_t n, void* gi, void* gt, int unless_one) {
-  return with_elem(dtype, [&](auto tag) {
+  return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
     using T = decltype(tag);
-    return with_kind(kind, [&](auto k) {
-      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-      return guarded([&] {
-        return backward<T>(c<T>(x), c<T>(y), c<T>(go), per_element != 0, divisor, n, loss,
-                           m<T>(gi), m<T>(gt), nullptr, unless_one != 0);
-      });
-    });
+    return backward<T>(c<T>(x), c<T>(y), c<T>(go), per_element != 0, divisor, n, loss, m<T>(gi),
+                       m<T>(gt), nullptr, unless_one != 0);
   });
 }
 
@@ -238,18 +254,12 @@ int emu_weighted_forward(int dtype, int kind, const void* x, const void* y, cons
                          int64_t n, int reduction, double loss_weight, int avg, double avg_value,
                          const void* avg_ptr, void* out, void* gi, void* gt, void* workspace) {
   const weighted::Reduce r = make_reduce(reduction, loss_weight, n, avg, avg_value, avg_ptr);
-  return with_elem(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    return with_kind(kind, [&](auto k) {
-      const WeightedElement<T, decltype(k)::value> e{
-          c<T>(x), c<T>(y), weighted::Aux{w, weighted::Broadcast(w_mode)},
-          weighted::Aux{p, weighted::Broadcast(p_mode)}, acc_t<T>(param), inner};
-      return guarded([&] {
-        return weighted_forward<T, decltype(k)::value>(e, n, r, m<T>(out), workspace, nullptr,
-                                                       m<T>(gi), m<T>(gt));
-      });
-    });
-  });
+  return with_weighted(dtype, kind, x, y, w, w_mode, p, p_mode, param, inner,
+                       [&](auto tag, const auto& e) {
+                         using T = decltype(tag);
+                         return weighted_forward(e, n, r, m<T>(out), workspace, nullptr, m<T>(gi),
+                                                 m<T>(gt));
+                       });
 }
 
 int emu_weighted_backward(int dtype, int kind, const void* x, const void* y, const void* w,
@@ -258,18 +268,12 @@ int emu_weighted_backward(int dtype, int kind, const void* x, const void* y, con
                           const void* avg_ptr, const void* go, void* gi, void* gt, void* gw,
                           int unless_one) {
   const weighted::Reduce r = make_reduce(reduction, loss_weight, n, avg, avg_value, avg_ptr);
-  return with_elem(dtype, [&](auto tag) {
-    using T = decltype(tag);
-    return with_kind(kind, [&](auto k) {
-      const WeightedElement<T, decltype(k)::value> e{
-          c<T>(x), c<T>(y), weighted::Aux{w, weighted::Broadcast(w_mode)},
-          weighted::Aux{p, weighted::Broadcast(p_mode)}, acc_t<T>(param), inner};
-      return guarded([&] {
-        return weighted_backward<T, decltype(k)::value>(e, n, r, c<T>(go), m<T>(gi), m<T>(gt),
-                                                        m<T>(gw), nullptr, unless_one != 0);
-      });
-    });
-  });
+  return with_weighted(dtype, kind, x, y, w, w_mode, p, p_mode, param, inner,
+                       [&](auto tag, const auto& e) {
+                         using T = decltype(tag);
+                         return weighted_backward(e, n, r, c<T>(go), m<T>(gi), m<T>(gt), m<T>(gw),
+                                                  nullptr, unless_one != 0);
+                       });
 }
 
 void* emu_map(size_t bytes);
