@@ -14,10 +14,8 @@
 // persists here as `static`).
 #pragma once
 
-#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -323,7 +321,7 @@ void operator|(Bound<P...> b, std::tuple<A...> a) {
     if (e.last_error == cudaSuccess) e.last_error = cudaErrorInvalidConfiguration;
     return;
   }
-  Call<P...> call{b.kernel, std::tuple<P...>(std::make_from_tuple<std::tuple<P...>>(a))};
+  Call<P...> call{b.kernel, std::make_from_tuple<std::tuple<P...>>(a)};
   e.grid_dim = g;
   e.block_dim = t;
   e.body = &Call<P...>::run;
