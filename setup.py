@@ -84,6 +84,15 @@ class BuildExt(cpp_extension.BuildExtension):
         return objects
 
 
+def _libstdcxx_link_args():
+    # libstdc++ linked as a shared library, as torch links it, even where the compiler driver
+    # adds -static-libstdc++ (some toolchains' g++ wrappers do): a private copy inside _C.so
+    # shares torch's locale data but not its facet ids, and streaming a number (every error
+    # message that prints a size) then crashes or prints nothing. The explicit -lstdc++ comes
+    # before the driver's own libraries, so the static archive is never searched.
+    return ["-lstdc++"] if platform.system() == "Linux" else []
+
+
 def extension():
     isas = _isas()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
@@ -93,7 +102,7 @@ def extension():
         name="l1ext._C",
         include_dirs=[CSRC],
         define_macros=macros,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + _libstdcxx_link_args(),
     )
     if _with_cuda():
         sources += sorted(glob.glob("csrc/*/*.cu"))
