@@ -1,5 +1,7 @@
 """The GPU path: run when a CUDA device is present and l1ext was built with CUDA, skipped
 otherwise. (The parity suite also runs on CUDA through conftest.DEVICES.)"""
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -26,6 +28,26 @@ def _differentiable(t):
     n = t.untyped_storage().nbytes() // t.element_size()
     leaf = t.new_empty(0).set_(t.untyped_storage(), 0, (n,), (1,)).clone().requires_grad_()
     return leaf, leaf.as_strided(t.shape, t.stride(), t.storage_offset())
+
+
+def _scalar(value, dtype, device="cuda"):
+    # A one-element grad_output of `value` rounded to dtype (65536 is inf in float16; torch.full
+    # refuses to overflow).
+    return torch.tensor(value, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+def _allocated_by(fn):
+    # fn()'s result and the CUDA memory it left allocated. The garbage collector is held off: a
+    # cycle of tensors collected inside the window (a create_graph gradient and its leaf, left by
+    # an earlier test) would read as negative memory.
+    gc.collect()
+    gc.disable()
+    try:
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        return result, torch.cuda.memory_allocated() - before
+    finally:
+        gc.enable()
 
 
 def _fwd_bwd(fn, x, y, reduction="mean", **kw):
@@ -260,11 +282,9 @@ def test_kept_gradients_on_cuda(loss_name, n, dtype, offset):
                 if not target_grad:
                     y = y0
                 out = None  # the previous graph holds the previous leaves (and their gradients)
-                before = torch.cuda.memory_allocated()
-                out = op(x, y, red, param)
-                kept = torch.cuda.memory_allocated() - before
+                out, kept = _allocated_by(lambda: op(x, y, red, param))
                 assert kept >= (1 + target_grad) * n * x0.element_size()
-                go = torch.full((), scale, device="cuda", dtype=dtype)
+                go = _scalar(scale, dtype)
                 out.backward(go)
                 ri, rt = bwd(go, x0, y0, red, param, [True, True])
                 gx = x_leaf.grad.as_strided(x0.shape, x0.stride(), x0.storage_offset())
@@ -319,7 +339,7 @@ def _kept_l1_case(n, dtype, offset, device="cuda"):
     for reduction, red in (("mean", 1), ("sum", 2)):
         sign = ops.l1_loss_forward(x0, y0, red)[1]
         for scale in scales:
-            go = torch.full((), scale, device=device, dtype=dtype)
+            go = _scalar(scale, dtype, device)
             ri, rt = ops.l1_loss_backward(go, sign, red, dtype, [True, True])
             xt, yt = x0.detach().clone().requires_grad_(), y0.detach().clone().requires_grad_()
             TF.l1_loss(xt, yt, reduction=reduction).backward(go)
@@ -327,10 +347,8 @@ def _kept_l1_case(n, dtype, offset, device="cuda"):
                 (x_leaf, x), (y_leaf, y) = _differentiable(x0), _differentiable(y0)
                 x, y = (x if "x" in needs else x0), (y if "y" in needs else y0)
                 out = None  # the previous graph holds the previous leaves
-                before = torch.cuda.memory_allocated() if device == "cuda" else 0
-                out = ops.l1_loss(x, y, red)
+                out, kept = _allocated_by(lambda: ops.l1_loss(x, y, red))
                 if device == "cuda" and n >= 4096:
-                    kept = torch.cuda.memory_allocated() - before
                     assert kept >= len(needs) * n * x0.element_size()
                 leaves = [leaf for leaf, name in ((x_leaf, "x"), (y_leaf, "y")) if name in asked]
                 grads = torch.autograd.grad(out, leaves, go)
@@ -396,9 +414,7 @@ def test_l1_float16_signs_lost_to_rounding_on_cuda():
     for n, keeps_gradient in ((2**25 - 2, True), (2**25 - 1, False)):
         x0, y0 = _pair(n, torch.float16)
         x = x0.clone().requires_grad_()
-        before = torch.cuda.memory_allocated()
-        out = LF.l1_loss(x, y0)
-        kept = torch.cuda.memory_allocated() - before
+        out, kept = _allocated_by(lambda: LF.l1_loss(x, y0))
         assert (kept >= 2 * n) == keeps_gradient
         go = torch.full((), 1024.0, device="cuda", dtype=torch.float16)  # finite in float16
         out.backward(go)
@@ -427,10 +443,10 @@ def test_kept_weighted_gradients_on_cuda(n, avg):
     for scale in (1.0, 2.0, 0.25, 65536.0, 2.5, 0.0):
         p, t = p0.clone().requires_grad_(), t0.clone().requires_grad_()
         out = None  # the previous graph holds the previous p, t and their gradients
-        before = torch.cuda.memory_allocated()
-        out = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=avg_factor, loss_weight=1.5)
-        assert torch.cuda.memory_allocated() - before >= 2 * p0.numel() * 4  # the kept gradients
-        go = torch.full((), scale, device="cuda")
+        out, kept = _allocated_by(lambda: LF.smooth_l1_loss(p, t, beta=0.2, weight=w,
+                                                            avg_factor=avg_factor, loss_weight=1.5))
+        assert kept >= 2 * p0.numel() * 4  # the kept gradients
+        go = _scalar(scale, torch.float32)
         out.backward(go)
         ri, rt, _ = ops.weighted_loss_backward(go, p0, t0, w, None, avg_tensor, 1, 0.2, avg_value,
                                                1.5, 1, [True, True, False])
