@@ -38,7 +38,8 @@ def main(argv=None):
     device = torch.device(a.device)
     clock = bench.Clock(device)
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-    compiled = torch.compile(composition)
+    # Static shapes, as l1ext.bench compiles them (one graph per size).
+    compiled = torch.compile(composition, dynamic=False)
     rows = []
     print(f"weighted Smooth L1 (beta=1/9) with avg_factor over boxes (N, 4), fwd+bwd, {device}")
     print(f"{'N boxes':>9} {'eager':>11} {'compiled':>11} {'l1ext':>11} {'x eager':>8} {'x compiled':>10}")
