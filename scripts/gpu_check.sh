@@ -9,7 +9,7 @@
 #   tests      the whole test suite, which runs the CUDA tests and the parity suite on CUDA too
 #   slow       the slow tests (a tensor of more than 2^31 elements)
 #   memcheck   compute-sanitizer --tool memcheck over scripts/cuda_sanitizer_cases.py
-#   racecheck  compute-sanitizer --tool racecheck over the same cases
+#   racecheck  compute-sanitizer --tool racecheck over its --small cases (up to 100003 elements)
 #   bench      python -m l1ext.bench, the full sweep, with its JSON (saved as rows come) and plot
 #              (L1EXT_BENCH_ARGS adds arguments, e.g. "--losses l1 --min-time 0.2")
 #   targets    benchmarks/targets.py (the speed targets, yes/no per line); after a complete
@@ -81,8 +81,10 @@ build() {
     has_cuda_kernels
 }
 
+# racecheck follows every shared-memory access: it gets the smaller case list.
 sanitize() {
-  compute-sanitizer --tool "$1" --error-exitcode 1 "$PY" scripts/cuda_sanitizer_cases.py
+  compute-sanitizer --tool "$1" --error-exitcode 1 "$PY" scripts/cuda_sanitizer_cases.py \
+    $([ "$1" = racecheck ] && echo --small)
 }
 
 export -f build has_cuda_kernels sanitize
@@ -106,7 +108,10 @@ for stage in "${STAGES[@]}"; do
   fi
   case $stage in
     # The CPU emulation of the CUDA kernels is left to machines without a GPU: here they run.
+    # With pytest-xdist (in the H100 / H200 image), 8 workers: the suite took 83 s there, and a
+    # test that crashes its worker is reported as a failure instead of ending the run.
     tests) run_stage tests 420 "$PY" -m pytest -q -rfE --maxfail=50 -p no:cacheprovider \
+      $("$PY" -c "import xdist" 2> /dev/null && echo "-n 8") \
       --ignore=tests/test_cuda_emulation.py tests ;;
     slow) run_stage slow 300 "$PY" -m pytest -q -rfE -p no:cacheprovider -m slow tests ;;
     memcheck | racecheck)
