@@ -24,16 +24,40 @@ from torch.utils.cpp_extension import include_paths
 for p in include_paths(): print('-I' + p)
 print('-I' + sysconfig.get_paths()['include'])")
 abi=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
-status=0
-for src in csrc/*/*.cu; do
-  echo "nvcc $src (sm_80, sm_90)"
+# One nvcc per source, as many at once as there are cores (the kernels are split by element
+# type for this, see csrc/cuda/launch.h).
+compile_one() {
+  local src=$1
   "$NVCC" -c "$src" -o "$tmp/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
     -Xcompiler -fPIC -Xcompiler -Wno-c++20-extensions -diag-suppress 3306 \
     -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
     -D__CUDA_NO_HALF2_OPERATORS__ \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    -I"$tmp/include" -Icsrc "${incs[@]}" || status=1
-done
+    -I"$tmp/include" -Icsrc "${incs[@]}" > "$tmp/$(basename "$src").log" 2>&1
+  local rc=$?
+  echo "nvcc $src (sm_80, sm_90): $([ $rc -eq 0 ] && echo ok || echo FAILED)"
+  cat "$tmp/$(basename "$src").log"
+  return $rc
+}
+export -f compile_one
+export NVCC tmp abi
+export INCS="${incs[*]}"
+status=0
+printf '%s\n' csrc/*/*.cu | xargs -P "$(nproc)" -I{} bash -c 'incs=($INCS); compile_one "$1"' _ {} \
+  || status=1
+# What the CUDA objects leave undefined in l1ext::cuda (a Launch<T> the glue calls but no per-type
+# file instantiates, say) must be defined by one of them: the link into _C.so happens only where
+# a CUDA torch is installed, and would fail there, at import.
+if [ "$status" = 0 ] && command -v nm > /dev/null; then
+  undefined=$(nm -C --undefined-only "$tmp"/*.o | grep -o 'l1ext::cuda::.*' | sort -u)
+  defined=$(nm -C --defined-only "$tmp"/*.o | grep -o 'l1ext::cuda::.*' | sort -u)
+  missing=$(comm -23 <(echo "$undefined") <(echo "$defined") | grep -v '^$' || true)
+  if [ -n "$missing" ]; then
+    echo "l1ext::cuda symbols the CUDA objects need and none of them defines:"
+    echo "$missing"
+    status=1
+  fi
+fi
 [ "$status" = 0 ] && echo "cuda compile check: ok"
 exit "$status"

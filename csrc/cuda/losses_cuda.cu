@@ -1,6 +1,7 @@
-// CUDA glue: device guard, current stream, dtype and loss dispatch around loss_kernels.cuh.
-// Registered for the CUDA dispatch key. No host synchronisation: a reduced loss is written on the
-// device, and a reduced loss's grad_output is read there.
+// CUDA glue: checks, device guard, current stream and dtype dispatch; the kernels are launched by
+// Launch<T> (launch.h), compiled per element type in losses_cuda_<type>.cu. Registered for the
+// CUDA dispatch key. No host synchronisation: a reduced loss is written on the device, and a
+// reduced loss's grad_output is read there.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,8 +11,7 @@
 
 #include "cuda/dispatch.cuh"
 #include "cuda/fused_backward.h"
-#include "cuda/loss_kernels.cuh"
-#include "cuda/workspace.h"
+#include "cuda/launch.h"
 #include "glue.h"
 
 namespace l1ext {
@@ -28,24 +28,12 @@ struct CudaBackend {
 
   static void prepare_output(Tensor&) {}
 
-  // Gradients requested of a reduced forward (gi, gt) are written by the same launch that sums
-  // the loss (fp32: 8 B/elem read, 4 B/elem written per gradient), with the bits the backward
-  // kernel gives for an incoming gradient of one.
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
-      using T = decltype(tag);
-      const int64_t n = x.numel();
-      Tensor holder;
-      void* workspace = reduce_workspace(x, reduce_workspace_bytes<T>(n), stream, holder);
-      dispatch_kind(kind, [&](auto k) {
-        const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-        C10_CUDA_CHECK(forward_reduce<T>(in<T>(x), in<T>(y), n, loss, divisor, out_or_null<T>(&out),
-                                         sign_or_null(sign), out_or_null<T>(gi), out_or_null<T>(gt),
-                                         workspace, stream));
-      });
+      Launch<decltype(tag)>::reduce(kind, x, y, param, divisor, out, sign, gi, gt, stream);
     });
   }
 
@@ -54,16 +42,7 @@ struct CudaBackend {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
-      using T = decltype(tag);
-      dispatch_kind(kind, [&](auto k) {
-        const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-        C10_CUDA_CHECK(forward_pointwise<T>(in<T>(x), in<T>(y), x.numel(), loss, out_or_null<T>(&out),
-                                            sign_or_null(sign), stream));
-        if (gi || gt) {
-          C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), nullptr, false, 1.0, x.numel(), loss,
-                                           out_or_null<T>(gi), out_or_null<T>(gt), stream));
-        }
-      });
+      Launch<decltype(tag)>::pointwise(kind, x, y, param, out, sign, gi, gt, stream);
     });
   }
 
@@ -72,14 +51,9 @@ struct CudaBackend {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
-      using T = decltype(tag);
       const Tensor g = in_dtype(go, x.scalar_type());
-      dispatch_kind(kind, [&](auto k) {
-        const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-        C10_CUDA_CHECK(cuda::backward<T>(in<T>(x), in<T>(y), in<T>(g), per_element, divisor,
-                                         x.numel(), loss, out_or_null<T>(gi), out_or_null<T>(gt),
-                                         stream));
-      });
+      Launch<decltype(tag)>::backward(kind, x, y, g, per_element, divisor, param, gi, gt,
+                                      /*unless_one=*/false, stream);
     });
   }
 
@@ -89,11 +63,8 @@ struct CudaBackend {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const Tensor& like = gi ? *gi : *gt;
     dispatch_elem(like.scalar_type(), "", [&](auto tag) {
-      using T = decltype(tag);
       const Tensor g = in_dtype(go, like.scalar_type());
-      C10_CUDA_CHECK(cuda::backward_from_sign<T>(sign.const_data_ptr<int8_t>(), in<T>(g), per_element,
-                                                 divisor, sign.numel(), out_or_null<T>(gi),
-                                                 out_or_null<T>(gt), stream));
+      Launch<decltype(tag)>::backward_from_sign(sign, g, per_element, divisor, gi, gt, stream);
     });
   }
 };
@@ -115,15 +86,9 @@ bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor&
   const c10::cuda::CUDAGuard guard(ops.x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_elem(ops.x.scalar_type(), "backward", [&](auto tag) {
-    using T = decltype(tag);
     const Tensor g = in_dtype(grad_output, ops.x.scalar_type());
-    dispatch_kind(kind, [&](auto k) {
-      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-      C10_CUDA_CHECK(cuda::backward<T>(in<T>(ops.x), in<T>(ops.y), in<T>(g), false,
-                                       reduction_divisor(reduction, n), n, loss,
-                                       out_or_null<T>(gi), out_or_null<T>(gt), stream,
-                                       /*unless_one=*/true));
-    });
+    Launch<decltype(tag)>::backward(kind, ops.x, ops.y, g, false, reduction_divisor(reduction, n),
+                                    param, gi, gt, /*unless_one=*/true, stream);
   });
   return true;
 }
@@ -151,12 +116,10 @@ std::array<Tensor, 2> l1_backward_from_kept(const Tensor& grad_output, int64_t r
   const c10::cuda::CUDAGuard guard(source.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_elem(source.scalar_type(), "l1_loss_backward", [&](auto tag) {
-    using T = decltype(tag);
     const Tensor g = in_dtype(grad_output, source.scalar_type());
-    C10_CUDA_CHECK(cuda::l1_backward_from_kept<T>(
-        in<T>(source), /*kept_negated=*/!kept[0].defined(), in<T>(g),
-        reduction_divisor(reduction, n), n, out_or_null<T>(mask[0] ? &out[0] : nullptr),
-        out_or_null<T>(mask[1] ? &out[1] : nullptr), /*unless_one=*/in_place, stream));
+    Launch<decltype(tag)>::l1_backward_from_kept(
+        source, /*kept_negated=*/!kept[0].defined(), g, reduction_divisor(reduction, n),
+        mask[0] ? &out[0] : nullptr, mask[1] ? &out[1] : nullptr, /*unless_one=*/in_place, stream);
   });
   return out;
 }
