@@ -17,6 +17,9 @@
 #              instead of measured again
 #   overhead   benchmarks/overhead.py (a 4096-element step against the autograd engine's floor)
 #   weighted   benchmarks/weighted.py (the fused weighted box loss against the composition)
+#   kernels    benchmarks/kernels.py: device time per kernel of one fwd+bwd step, l1ext and
+#              eager, for the cases furthest from the targets (bfloat16 Smooth L1 at 2^26,
+#              float32 L1 at 2^26 and at 4096)
 #
 # Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
 # (default 560): a stage that would outlast the budget is cut short, so the results are always
@@ -31,7 +34,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${L1EXT_RESULTS:-benchmarks/results/gpu}
 BUDGET=${L1EXT_CHECK_BUDGET:-560}
-ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted)
+ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted kernels)
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL_STAGES[@]}")
 for s in "${STAGES[@]}"; do
@@ -89,7 +92,13 @@ sanitize() {
     $([ "$1" = racecheck ] && echo --small)
 }
 
-export -f build has_cuda_kernels sanitize
+kernel_profiles() {
+  local k=("$PY" benchmarks/kernels.py --device cuda)
+  "${k[@]}" --loss smooth_l1 --dtype bfloat16 --n 2^26 && "${k[@]}" --loss l1 --dtype float32 --n 2^26 &&
+    "${k[@]}" --loss l1 --dtype float32 --n 4096
+}
+
+export -f build has_cuda_kernels sanitize kernel_profiles
 export PY
 
 "$PY" - <<'EOF' | tee -a "$SUMMARY"
@@ -130,6 +139,7 @@ for stage in "${STAGES[@]}"; do
       else
         run_stage gpu-targets 500 "$PY" benchmarks/targets.py --device cuda --json "$RESULTS/gpu-targets.json"
       fi ;;
+    kernels) run_stage gpu-kernels 120 kernel_profiles ;;
     overhead) run_stage gpu-overhead 200 "$PY" benchmarks/overhead.py --device cuda --json "$RESULTS/gpu-overhead.json" ;;
     weighted) run_stage gpu-weighted 300 "$PY" benchmarks/weighted.py --device cuda --json "$RESULTS/gpu-weighted.json" ;;
     # shellcheck disable=SC2086  # L1EXT_BENCH_ARGS is a list of arguments

@@ -168,6 +168,18 @@ def test_overhead_script_runs(tmp_path, capsys):
     assert "of eager torch's time" in capsys.readouterr().out
 
 
+
+def test_kernels_script_runs(capsys):
+    # benchmarks/kernels.py on a tiny CPU run: both implementations profiled, their operators
+    # listed (l1ext's fused forward among them).
+    kernels = _benchmark_script("kernels")
+    assert kernels.main(["--device", "cpu", "--loss", "smooth_l1", "--dtype", "float32",
+                         "--n", "4096", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "eager: wall" in out and "l1ext: wall" in out
+    assert "l1ext::smooth_l1_loss_forward" in out and "aten::smooth_l1_loss" in out
+
+
 def test_targets_judged_from_a_saved_result(tmp_path, capsys):
     # benchmarks/targets.py --from-json judges a saved bench result (the committed CPU run; the
     # same rows relabelled as a GPU run get the GPU targets) and names a row that is missing.
