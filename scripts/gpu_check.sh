@@ -20,6 +20,8 @@
 #   kernels    benchmarks/kernels.py: device time per kernel of one fwd+bwd step, l1ext and
 #              eager, for the cases furthest from the targets (bfloat16 Smooth L1 at 2^26,
 #              float32 L1 at 2^26 and at 4096)
+#   grid       benchmarks/cuda/reduce_grid.cu (torch-free): the reduced forward's bandwidth per
+#              block count, as built and with a cap of 32 registers (8 blocks per SM)
 #
 # Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
 # (default 560): a stage that would outlast the budget is cut short, so the results are always
@@ -34,7 +36,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${L1EXT_RESULTS:-benchmarks/results/gpu}
 BUDGET=${L1EXT_CHECK_BUDGET:-560}
-ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted kernels)
+ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted kernels grid)
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL_STAGES[@]}")
 for s in "${STAGES[@]}"; do
@@ -98,8 +100,19 @@ kernel_profiles() {
     "${k[@]}" --loss l1 --dtype float32 --n 4096
 }
 
-export -f build has_cuda_kernels sanitize kernel_profiles
-export PY
+reduce_grid() {
+  local arch
+  arch=$("$PY" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")
+  for min_blocks in "" 8; do
+    nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch="sm_$arch" -Icsrc \
+      ${min_blocks:+-DL1EXT_REDUCE_MIN_BLOCKS=$min_blocks} benchmarks/cuda/reduce_grid.cu \
+      -o "$RESULTS/reduce_grid" && "$RESULTS/reduce_grid" || return 1
+  done
+  rm -f "$RESULTS/reduce_grid"
+}
+
+export -f build has_cuda_kernels sanitize kernel_profiles reduce_grid
+export PY RESULTS
 
 "$PY" - <<'EOF' | tee -a "$SUMMARY"
 import os, subprocess, torch
@@ -140,6 +153,7 @@ for stage in "${STAGES[@]}"; do
         run_stage gpu-targets 500 "$PY" benchmarks/targets.py --device cuda --json "$RESULTS/gpu-targets.json"
       fi ;;
     kernels) run_stage gpu-kernels 120 kernel_profiles ;;
+    grid) run_stage gpu-grid 120 reduce_grid ;;
     overhead) run_stage gpu-overhead 200 "$PY" benchmarks/overhead.py --device cuda --json "$RESULTS/gpu-overhead.json" ;;
     weighted) run_stage gpu-weighted 300 "$PY" benchmarks/weighted.py --device cuda --json "$RESULTS/gpu-weighted.json" ;;
     # shellcheck disable=SC2086  # L1EXT_BENCH_ARGS is a list of arguments

@@ -232,8 +232,15 @@ struct ForwardGradients {
 
 // One pass over x and y: the loss summed in a fixed order, and where asked the int8 sign (L1's
 // saved state, kSign) or the gradients (kGrad): 8 B/elem read (fp32), 1 or 4 B/elem written.
+// L1EXT_REDUCE_MIN_BLOCKS, when defined, is the resident blocks per SM the reduction kernel is
+// compiled for (a register cap); benchmarks/cuda/reduce_grid.cu measures it against the default.
+#if defined(L1EXT_REDUCE_MIN_BLOCKS)
+#define L1EXT_REDUCE_LAUNCH_BOUNDS __launch_bounds__(kThreads, L1EXT_REDUCE_MIN_BLOCKS)
+#else
+#define L1EXT_REDUCE_LAUNCH_BOUNDS __launch_bounds__(kThreads)
+#endif
 template <class T, class Loss, bool kSign, bool kGrad>
-__global__ void __launch_bounds__(kThreads)
+__global__ void L1EXT_REDUCE_LAUNCH_BOUNDS
     forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
                           int8_t* __restrict__ sign, ForwardGradients<T> g, acc_t<T>* partials,
                           unsigned int* ticket, T* out, double divisor) {
