@@ -26,15 +26,16 @@ print('-I' + sysconfig.get_paths()['include'])")
 abi=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 # One nvcc per source, as many at once as there are cores (the kernels are split by element
 # type for this, see csrc/cuda/launch.h).
-compile_one() {
+compile_one() {  # SOURCE INCLUDE_FLAG...
   local src=$1
+  shift
   "$NVCC" -c "$src" -o "$tmp/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
     -Xcompiler -fPIC -Xcompiler -Wno-c++20-extensions -diag-suppress 3306 \
     -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
     -D__CUDA_NO_HALF2_OPERATORS__ \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
-    -I"$tmp/include" -Icsrc "${incs[@]}" > "$tmp/$(basename "$src").log" 2>&1
+    -I"$tmp/include" -Icsrc "$@" > "$tmp/$(basename "$src").log" 2>&1
   local rc=$?
   echo "nvcc $src (sm_80, sm_90): $([ $rc -eq 0 ] && echo ok || echo FAILED)"
   cat "$tmp/$(basename "$src").log"
@@ -42,9 +43,8 @@ compile_one() {
 }
 export -f compile_one
 export NVCC tmp abi
-export INCS="${incs[*]}"
 status=0
-printf '%s\n' csrc/*/*.cu | xargs -P "$(nproc)" -I{} bash -c 'incs=($INCS); compile_one "$1"' _ {} \
+printf '%s\n' csrc/*/*.cu | xargs -P "$(nproc)" -I{} bash -c 'compile_one "$@"' _ {} "${incs[@]}" \
   || status=1
 # What the CUDA objects leave undefined in l1ext::cuda (a Launch<T> the glue calls but no per-type
 # file instantiates, say) must be defined by one of them: the link into _C.so happens only where

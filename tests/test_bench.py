@@ -168,7 +168,6 @@ def test_overhead_script_runs(tmp_path, capsys):
     assert "of eager torch's time" in capsys.readouterr().out
 
 
-
 def test_kernels_script_runs(capsys):
     # benchmarks/kernels.py on a tiny CPU run: both implementations profiled, their operators
     # listed (l1ext's fused forward among them).

@@ -1,8 +1,9 @@
 // How the grid of the reduced forward (forward_reduce_kernel, with the input gradient) sets its
 // bandwidth: the kernel of csrc/cuda/loss_kernels.cuh launched directly, torch-free, over
 // n elements of float32 and bfloat16, for several block counts, against a device-to-device copy
-// of the same bytes. The library launches min(1024, n / (4 packs * 256 threads)) blocks; on a
-// 132-SM H100 that is one wave only where the kernel fits 8 blocks per SM (32 registers).
+// of the same bytes. The library launches reduce_blocks<T>(n): min(1024, n / (4 packs * 256
+// threads)) blocks; on a 132-SM H100 that is one wave only where the kernel fits 8 blocks per SM
+// (32 registers).
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 -Icsrc \
 //        benchmarks/cuda/reduce_grid.cu -o reduce_grid [-DL1EXT_REDUCE_MIN_BLOCKS=8]
@@ -97,7 +98,7 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   CHECK(cudaGetDevice(&dev));
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const double bytes = 3.0 * double(n) * sizeof(T);  // read x, y; write the input gradient
-  const int library = blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
+  const int library = reduce_blocks<T>(n);
   std::printf("%-10s %d registers, %d local bytes, %d blocks/SM x %d SMs = %d resident; "
               "library grid %d blocks\n",
               name, attr.numRegs, int(attr.localSizeBytes), per_sm, sms, per_sm * sms, library);

@@ -527,12 +527,18 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---- launchers ---------------------------------------------------------------------------------
 
+// Blocks of a reduction over n > kSingleBlockMax elements: four packs per thread per pass at
+// least; the count depends on n alone.
+template <class T>
+inline int reduce_blocks(int64_t n) {
+  return blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
+}
+
 // Bytes of device workspace a reduction over n elements needs (0: one block, none).
 template <class T>
 inline size_t reduce_workspace_bytes(int64_t n) {
   if (n <= kSingleBlockMax) return 0;
-  const int blocks = blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
-  return 16 + size_t(blocks) * sizeof(acc_t<T>);
+  return 16 + size_t(reduce_blocks<T>(n)) * sizeof(acc_t<T>);
 }
 
 // Loss summed (divided by divisor) into *out, on the device. workspace: reduce_workspace_bytes.
@@ -548,8 +554,7 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
   unsigned int* ticket = nullptr;
   acc_t<T>* partials = nullptr;
   if (n > kSingleBlockMax) {
-    // Four packs per thread per pass at least; the count depends on n alone.
-    blocks = blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
+    blocks = reduce_blocks<T>(n);
     ticket = static_cast<unsigned int*>(workspace);
     partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
     const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
