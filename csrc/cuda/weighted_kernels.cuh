@@ -109,10 +109,14 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Blocks of a weighted reduction over n > kSingleBlockMax elements; depends on n alone: the same
+// bits on every GPU.
+inline int weighted_reduce_blocks(int64_t n) { return blocks_for(n / 4, kMaxReduceBlocks); }
+
 template <class T>
 inline size_t weighted_workspace_bytes(int64_t n) {
   if (n <= kSingleBlockMax) return 0;
-  return 16 + size_t(blocks_for(n / 4, kMaxReduceBlocks)) * sizeof(acc_t<T>);
+  return 16 + size_t(weighted_reduce_blocks(n)) * sizeof(acc_t<T>);
 }
 
 // gi / gt (a reduced loss; null where not wanted): the gradients for an incoming gradient of
@@ -127,7 +131,7 @@ cudaError_t weighted_forward(const WeightedElement<T, K>& e, int64_t n, const we
   if (r.reduction == 0) {
     blocks = blocks_for(n, kMaxPointwiseBlocks);
   } else if (n > kSingleBlockMax) {
-    blocks = blocks_for(n / 4, kMaxReduceBlocks);  // depends on n alone: same bits on every GPU
+    blocks = weighted_reduce_blocks(n);
     ticket = static_cast<unsigned int*>(workspace);
     partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
     const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
