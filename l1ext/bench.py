@@ -457,7 +457,8 @@ def format_table(result):
     head = f"{'loss':<10}{'dtype':<9}{'n':>6} {'pass':<7}{'eager':>11}"
     head += f"{'compiled':>11}" if has_compiled else ""
     head += f"{'l1ext':>11}{'x eager':>9}" + (f"{'x comp':>8}" if has_compiled else "")
-    head += f"{'GB/s':>8}{'%copy':>7}  peak MiB (eager/compiled/l1ext)"
+    shown = "/".join(i for i in IMPLS if has_compiled or i != "compiled")
+    head += f"{'GB/s':>8}{'%copy':>7}  peak MiB ({shown})"
     lines += [head, "-" * len(head)]
     by_key = {}
     for r in rows:
