@@ -56,11 +56,29 @@ class BuildExt(cpp_extension.BuildExtension):
     """torch's BuildExtension, plus one object of the CPU kernels per instruction set."""
 
     def build_extensions(self):
+        # The CPU kernel objects compile beside the extension's own sources (one -O3 AVX-512
+        # object takes as long as the nvcc files): the link waits for them, nothing else does.
+        pending = []
         for ext in self.extensions:
-            ext.extra_objects = list(ext.extra_objects or []) + self._kernel_objects(ext)
-        super().build_extensions()
+            procs, objects = self._start_kernel_objects()
+            pending += procs
+            ext.extra_objects = list(ext.extra_objects or []) + objects
+        link = self.compiler.link
 
-    def _kernel_objects(self, ext):
+        def link_after_kernels(*args, **kwargs):
+            failed = [p.args for p in pending if p.wait() != 0]
+            if failed:
+                raise RuntimeError(f"compiling the CPU kernels failed: {' '.join(failed[0])}")
+            return link(*args, **kwargs)
+
+        self.compiler.link = link_after_kernels
+        try:
+            super().build_extensions()
+        finally:
+            for p in pending:
+                p.wait()
+
+    def _start_kernel_objects(self):
         import torch
 
         cxx = os.environ.get("CXX", "c++")
@@ -78,19 +96,26 @@ class BuildExt(cpp_extension.BuildExtension):
             print(" ".join(cmd), flush=True)
             procs.append(subprocess.Popen(cmd))
             objects.append(obj)
-        failed = [p.args for p in procs if p.wait() != 0]
-        if failed:
-            raise RuntimeError(f"compiling the CPU kernels failed: {failed[0]}")
-        return objects
+        return procs, objects
 
 
 def _libstdcxx_link_args():
-    # libstdc++ linked as a shared library, as torch links it, even where the compiler driver
-    # adds -static-libstdc++ (some toolchains' g++ wrappers do): a private copy inside _C.so
-    # shares torch's locale data but not its facet ids, and streaming a number (every error
-    # message that prints a size) then crashes or prints nothing. The explicit -lstdc++ comes
-    # before the driver's own libraries, so the static archive is never searched.
-    return ["-lstdc++"] if platform.system() == "Linux" else []
+    # libstdc++ linked as a shared library, the very one torch runs with, even where the compiler
+    # adds -static-libstdc++ or ships only libstdc++.a (the g++ 13 toolchain of one H100 image
+    # does both: `-lstdc++` still gave a private copy). That copy inside _C.so shares torch's
+    # locale data but not its facet ids, and streaming a number (every error message that prints
+    # a size) then crashes or prints nothing. The library is named by the path this process
+    # loaded it from, so it comes before the driver's own libraries and no archive is searched.
+    if platform.system() != "Linux":
+        return []
+    import torch  # noqa: F401  (loads libstdc++ into this process)
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    except OSError:
+        paths = set()
+    return sorted(paths)[:1] or ["-lstdc++"]
 
 
 def extension():
