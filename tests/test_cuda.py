@@ -36,18 +36,26 @@ def _scalar(value, dtype, device="cuda"):
     return torch.tensor(value, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-def _allocated_by(fn):
-    # fn()'s result and the CUDA memory it left allocated. The garbage collector is held off: a
-    # cycle of tensors collected inside the window (a create_graph gradient and its leaf, left by
-    # an earlier test) would read as negative memory.
+@pytest.fixture
+def gc_held():
+    # The garbage collector collects once, then is held off for the test: a cycle of tensors
+    # collected inside a measuring window (a create_graph gradient and its leaf, left by an
+    # earlier test) would read as negative memory. Once per test, not per window: a collection
+    # in a worker that has run a thousand tests takes tens of milliseconds.
     gc.collect()
     gc.disable()
     try:
-        before = torch.cuda.memory_allocated()
-        result = fn()
-        return result, torch.cuda.memory_allocated() - before
+        yield
     finally:
         gc.enable()
+
+
+def _allocated_by(fn):
+    # fn()'s result and the CUDA memory it left allocated (callers hold the collector: gc_held).
+    assert not gc.isenabled(), "measure memory under the gc_held fixture"
+    before = torch.cuda.memory_allocated()
+    result = fn()
+    return result, torch.cuda.memory_allocated() - before
 
 
 def _fwd_bwd(fn, x, y, reduction="mean", **kw):
@@ -265,7 +273,7 @@ KEPT_LOSSES = {  # name: (operator, backward operator, torch's function, paramet
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("n", [5, 4096, 100_003])
 @pytest.mark.parametrize("loss_name", list(KEPT_LOSSES))
-def test_kept_gradients_on_cuda(loss_name, n, dtype, offset):
+def test_kept_gradients_on_cuda(loss_name, n, dtype, offset, gc_held):
     # A reduced Smooth L1 / Huber forward on the GPU writes the gradients for an incoming gradient
     # of one (the memory it keeps says so), and the backward hands them over, or rewrites them on
     # the device where the incoming gradient is not one: the backward operator's bits either way,
@@ -362,7 +370,7 @@ def _kept_l1_case(n, dtype, offset, device="cuda"):
 @pytest.mark.parametrize("offset", [0, 1])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("n", [5, 4096, 100_003])
-def test_kept_l1_gradients_on_cuda(n, dtype, offset):
+def test_kept_l1_gradients_on_cuda(n, dtype, offset, gc_held):
     _kept_l1_case(n, dtype, offset)
 
 
@@ -407,7 +415,7 @@ def test_kept_l1_gradients_retained_graph_and_create_graph_on_cuda(dtype):
     _kept_l1_retained_and_create_graph(dtype)
 
 
-def test_l1_float16_signs_lost_to_rounding_on_cuda():
+def test_l1_float16_signs_lost_to_rounding_on_cuda(gc_held):
     # 1 / n rounded to float, then to float16, is zero from n = 2^25 - 1 on: a kept 'mean'
     # gradient would carry no signs, so the forward keeps the int8 sign there (n bytes, not 2n),
     # with torch's values either side.
@@ -429,7 +437,7 @@ def test_l1_float16_signs_lost_to_rounding_on_cuda():
 
 @pytest.mark.parametrize("avg", ["number", "cuda", "cpu"])
 @pytest.mark.parametrize("n", [3, 1000, 40_000])
-def test_kept_weighted_gradients_on_cuda(n, avg):
+def test_kept_weighted_gradients_on_cuda(n, avg, gc_held):
     # The weighted forward (a weight that needs no gradient) also writes the input and target
     # gradients on the GPU; the backward hands them over, scales them (powers of two) or rewrites
     # them on the device: the backward operator's bits, and the composition's values.
