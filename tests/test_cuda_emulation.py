@@ -324,8 +324,8 @@ def test_forward_reduce_same_bits_in_any_block_and_thread_order(emu, dtype):
 
 
 def test_forward_reduce_at_the_block_cap(emu):
-    # 1024 blocks at most (kMaxReduceBlocks): 5 * 2^20 float32 elements is beyond it.
-    n = 5 * (1 << 20) + 3
+    # 4096 blocks at most (kMaxReduceBlocks): 17 * 2^20 float32 elements is beyond it.
+    n = 17 * (1 << 20) + 3
     x, y = _operands(n, torch.float32, seed=3)
     out, *_ = _forward_reduce(emu, 1, 1.0, torch.float32, x, y, float(n), (1, 1))
     assert_close(out, TF.smooth_l1_loss(x.double(), y.double()).float().reshape(1))
@@ -484,7 +484,7 @@ def test_float16_mean_l1_kept_gradient_keeps_its_signs_exactly_where_the_glue_sa
 @pytest.mark.skipif(os.environ.get("L1EXT_EMULATION_LARGE") != "1",
                     reason="10 GB and 2 minutes: L1EXT_EMULATION_LARGE=1 runs it")
 def test_more_than_2_31_elements(emu):
-    # 64-bit indices: a float16 L1 'mean' over 2^31 + 37 elements (1024 blocks), with its int8
+    # 64-bit indices: a float16 L1 'mean' over 2^31 + 37 elements (4096 blocks), with its int8
     # signs, filled and checked in chunks.
     n, chunk = (1 << 31) + 37, 1 << 26
     bx, by = Buffer(emu, n, torch.float16, 1), Buffer(emu, n, torch.float16, 1)

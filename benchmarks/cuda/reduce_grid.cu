@@ -1,9 +1,8 @@
 // How the grid of the reduced forward (forward_reduce_kernel, with the input gradient) sets its
 // bandwidth: the kernel of csrc/cuda/loss_kernels.cuh launched directly, torch-free, over
 // n elements of float32 and bfloat16, for several block counts, against a device-to-device copy
-// of the same bytes. The library launches reduce_blocks<T>(n): min(1024, n / (4 packs * 256
-// threads)) blocks; on a 132-SM H100 that is one wave only where the kernel fits 8 blocks per SM
-// (32 registers).
+// of the same bytes. The library launches reduce_blocks<T>(n): min(kMaxReduceBlocks, n / (4 packs
+// * 256 threads)) blocks (kMaxReduceBlocks was 1024 until this experiment chose 4096).
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 -Icsrc \
 //        benchmarks/cuda/reduce_grid.cu -o reduce_grid [-DL1EXT_REDUCE_MIN_BLOCKS=8]

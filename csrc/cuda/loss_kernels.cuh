@@ -75,7 +75,13 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kMaxReduceBlocks = 1024;
+// A reduction's grid: up to 4096 blocks, so that a large one runs several waves and the last,
+// partial wave costs little. On an H100 (benchmarks/cuda/reduce_grid.cu, 2^26 elements) 1024
+// blocks was 1.29 waves for the 38-40-register 2-byte Smooth L1 kernels (6 blocks per SM):
+// 186 us against 154 us at 4096 (bfloat16), and 1-4 % slower for the 32-register ones too.
+// A constant, not a count from the device's SM count, so that the summation order, and the
+// bits, are the same on every GPU.
+constexpr int kMaxReduceBlocks = 4096;
 constexpr int kMaxPointwiseBlocks = 16384;
 // Up to this many elements a reduction runs as one block: one launch, no workspace.
 constexpr int64_t kSingleBlockMax = int64_t(1) << 15;
@@ -137,6 +143,15 @@ inline int blocks_for(int64_t units, int max_blocks) {
   int64_t b = (units + kThreads - 1) / kThreads;
   if (b < 1) b = 1;
   return int(b < max_blocks ? b : max_blocks);
+}
+
+// Blocks of a backward over `units` (packs and scalars). unless_one: it returns at once for a
+// go of exactly one (the usual loss.backward()), so it is launched with at most
+// kMaxReduceBlocks, not kMaxPointwiseBlocks: on an H100, 16384 blocks that only read go[0]
+// took 11 us of a 305 us fwd+bwd step at 2^26, and a grid-stride pass over 4096 blocks runs at
+// the bandwidth of a larger grid (reduce_grid.cu) where it does rewrite. No effect on bits.
+inline int backward_blocks(int64_t units, bool unless_one) {
+  return blocks_for(units, unless_one ? kMaxReduceBlocks : kMaxPointwiseBlocks);
 }
 
 // Runs pack(i) for the first index of each pack this thread owns, then scalar(i) for its head and
@@ -234,6 +249,7 @@ struct ForwardGradients {
 // saved state, kSign) or the gradients (kGrad): 8 B/elem read (fp32), 1 or 4 B/elem written.
 // L1EXT_REDUCE_MIN_BLOCKS, when defined, is the resident blocks per SM the reduction kernel is
 // compiled for (a register cap); benchmarks/cuda/reduce_grid.cu measures it against the default.
+// On an H100 a cap of 8 made the 2-byte Smooth L1 kernels spill and run slower at every grid.
 #if defined(L1EXT_REDUCE_MIN_BLOCKS)
 #define L1EXT_REDUCE_LAUNCH_BOUNDS __launch_bounds__(kThreads, L1EXT_REDUCE_MIN_BLOCKS)
 #else
@@ -596,7 +612,8 @@ cudaError_t launch_backward(const Source& src, std::initializer_list<const void*
                             const int8_t* sign, const T* go, bool per_element, double divisor,
                             int64_t n, T* gi, T* gt, bool unless_one, cudaStream_t stream) {
   const Span s = with_sign(make_span<T>(n, pointers), sign);
-  const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
+  const int blocks =
+      backward_blocks(s.packs + (n - s.packs * Pack<T>::kSize), unless_one && !per_element);
   if (per_element) {
     backward_kernel<T, Source, true>
         <<<blocks, kThreads, 0, stream>>>(src, go, divisor, s, gi, gt, false);
@@ -635,7 +652,7 @@ template <class T>
 cudaError_t l1_backward_from_kept(const T* kept, bool kept_negated, const T* go, double divisor,
                                   int64_t n, T* gi, T* gt, bool unless_one, cudaStream_t stream) {
   const Span s = make_span<T>(n, {kept, gi, gt});
-  const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
+  const int blocks = backward_blocks(s.packs + (n - s.packs * Pack<T>::kSize), unless_one);
   l1_backward_from_kept_kernel<T>
       <<<blocks, kThreads, 0, stream>>>(kept, kept_negated, go, divisor, s, gi, gt, unless_one);
   return cudaGetLastError();

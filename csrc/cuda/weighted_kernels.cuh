@@ -147,8 +147,9 @@ template <class T, LossKind K>
 cudaError_t weighted_backward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
                               const T* go, T* gi, T* gt, T* gw, cudaStream_t stream,
                               bool unless_one = false) {
-  weighted_backward_kernel<T, K><<<blocks_for(n, kMaxPointwiseBlocks), kThreads, 0, stream>>>(
-      e, n, r, go, gi, gt, gw, unless_one);
+  const int blocks = backward_blocks(n, unless_one && r.reduction != 0 && go);
+  weighted_backward_kernel<T, K><<<blocks, kThreads, 0, stream>>>(e, n, r, go, gi, gt, gw,
+                                                                    unless_one);
   return cudaGetLastError();
 }
 
