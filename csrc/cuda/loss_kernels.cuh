@@ -78,7 +78,7 @@ constexpr int kWarps = kThreads / 32;
 // A reduction's grid: up to 4096 blocks, so that a large one runs several waves and the last,
 // partial wave costs little. On an H100 (benchmarks/cuda/reduce_grid.cu, 2^26 elements) 1024
 // blocks was 1.29 waves for the 38-40-register 2-byte Smooth L1 kernels (6 blocks per SM):
-// 186 us against 154 us at 4096 (bfloat16), and 1-4 % slower for the 32-register ones too.
+// 186 us against 154 us at 4096 (bfloat16), and 3-7 % slower for the 32-register ones too.
 // A constant, not a count from the device's SM count, so that the summation order, and the
 // bits, are the same on every GPU.
 constexpr int kMaxReduceBlocks = 4096;
