@@ -139,7 +139,8 @@ for stage in "${STAGES[@]}"; do
     # With pytest-xdist (in the H100 / H200 image), 8 workers: the suite took 83 s there, and a
     # test that crashes its worker is reported as a failure instead of ending the run.
     # -v names every test as it ends, so a run cut short shows which tests were still running.
-    tests) run_stage tests 420 "$PY" -m pytest -v -rfE --durations=25 --maxfail=50 -p no:cacheprovider \
+    tests) run_stage tests 420 "$PY" -m pytest -v -rfE --durations=25 --maxfail=50 \
+      -p no:cacheprovider \
       $("$PY" -c "import xdist" 2> /dev/null && echo "-n 8") \
       --ignore=tests/test_cuda_emulation.py tests ;;
     slow) run_stage slow 300 "$PY" -m pytest -q -rfE -p no:cacheprovider -m slow tests ;;
