@@ -21,7 +21,7 @@
 #              eager, for the cases furthest from the targets (bfloat16 Smooth L1 at 2^26,
 #              float32 L1 at 2^26 and at 4096)
 #   grid       benchmarks/cuda/reduce_grid.cu (torch-free): the reduced forward's bandwidth per
-#              block count, as built and with a cap of 32 registers (8 blocks per SM)
+#              block count and packs in flight per thread (kUnroll 1, 2, 4)
 #
 # Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
 # (default 560): a stage that would outlast the budget is cut short, so the results are always
@@ -107,11 +107,8 @@ kernel_profiles() {
 reduce_grid() {
   local arch
   arch=$("$PY" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")
-  for min_blocks in "" 8; do
-    nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch="sm_$arch" -Icsrc \
-      ${min_blocks:+-DL1EXT_REDUCE_MIN_BLOCKS=$min_blocks} benchmarks/cuda/reduce_grid.cu \
-      -o "$RESULTS/reduce_grid" && "$RESULTS/reduce_grid" || return 1
-  done
+  nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch="sm_$arch" -Icsrc \
+    benchmarks/cuda/reduce_grid.cu -o "$RESULTS/reduce_grid" && "$RESULTS/reduce_grid" || return 1
   rm -f "$RESULTS/reduce_grid"
 }
 

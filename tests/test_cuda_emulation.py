@@ -109,7 +109,7 @@ class Kernels:
 
     _P, _I, _L, _D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
     SIGNATURES = {
-        "emu_forward_reduce": [_I, _I, _D, _P, _P, _L, _D, _P, _P, _P, _P, _P],
+        "emu_forward_reduce": [_I, _I, _D, _P, _P, _L, _D, _P, _P, _P, _P, _P, _I],
         "emu_forward_pointwise": [_I, _I, _D, _P, _P, _L, _P, _P],
         "emu_backward": [_I, _I, _D, _P, _P, _P, _I, _D, _L, _P, _P, _I],
         "emu_backward_from_sign": [_I, _P, _P, _I, _D, _L, _P, _P],
@@ -241,9 +241,10 @@ def _close(actual, expected, where):
 # ---- forward -----------------------------------------------------------------------------------
 
 def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign=False,
-                    grads=(False, False), grad_offset=None):
+                    grads=(False, False), grad_offset=None, unroll=0):
     # grad_offset: where the gradients sit (default: at x's offset, so a pack of x is a pack of
-    # them; elsewhere they are stored one element at a time)
+    # them; elsewhere they are stored one element at a time). unroll: the launcher's packs in
+    # flight per thread (0: the library's)
     n = x.numel()
     grad_offset = offsets[0] if grad_offset is None else grad_offset
     bx = Buffer(emu, n, dtype, offsets[0], x)
@@ -254,7 +255,8 @@ def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign
     bgt = Buffer(emu, n, dtype, grad_offset) if grads[1] else None
     ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[dtype], n), torch.uint8,
                 poison=0x5A)
-    emu.forward_reduce(DTYPE_CODE[dtype], kind, param, bx, by, n, divisor, out, bs, bgi, bgt, ws)
+    emu.forward_reduce(DTYPE_CODE[dtype], kind, param, bx, by, n, divisor, out, bs, bgi, bgt, ws,
+                       unroll)
     _untouched(bx, by, out, bs, bgi, bgt, ws)
     assert _same_bits(bx.t, x) and _same_bits(by.t, y), "an input was modified"
     return [b.value() if b is not None else None for b in (out, bs, bgi, bgt)]
@@ -321,6 +323,22 @@ def test_forward_reduce_same_bits_in_any_block_and_thread_order(emu, dtype):
                     emu.schedule(0)
             for r in results[1:]:
                 assert all(_same_bits(a, b) for a, b in zip(results[0], r)), (k, n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forward_reduce_same_bits_at_any_unroll(emu, dtype):
+    # Loads of 2 or 4 packs ahead change when a thread's packs are read, not the order they are
+    # summed in. Sizes: one block; several blocks whose threads own a number of packs that is
+    # not a multiple of 2 or 4 (the remainder loop), at aligned and unaligned offsets.
+    for k, param, sign in [(0, 0.0, True), (0, 0.0, False), (1, 0.5, False), (2, 1.5, False)]:
+        for n in [4099, 100_003, 3 * (1 << 16) + 7]:
+            x, y = _operands(n, dtype, seed=11 + n, special=True)
+            for offsets in [(0, 0), (1, 1)]:
+                grads = (False, False) if sign else (True, offsets == (0, 0))
+                results = [_forward_reduce(emu, k, param, dtype, x, y, float(n), offsets, sign,
+                                           grads, unroll=u) for u in (1, 2, 4)]
+                for r in results[1:]:
+                    assert all(_same_bits(a, b) for a, b in zip(results[0], r)), (k, n, offsets)
 
 
 def test_forward_reduce_at_the_block_cap(emu):

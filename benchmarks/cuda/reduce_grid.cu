@@ -1,16 +1,17 @@
-// How the grid of the reduced forward (forward_reduce_kernel, with the input gradient) sets its
-// bandwidth: the kernel of csrc/cuda/loss_kernels.cuh launched directly, torch-free, over
-// n elements of float32 and bfloat16, for several block counts, against a device-to-device copy
-// of the same bytes. The library launches reduce_blocks<T>(n): min(kMaxReduceBlocks, n / (4 packs
-// * 256 threads)) blocks (kMaxReduceBlocks was 1024 until this experiment chose 4096).
+// How the grid and the loads in flight of the reduced forward (forward_reduce_kernel, with the
+// input gradient) set its bandwidth: the kernel of csrc/cuda/loss_kernels.cuh launched directly,
+// torch-free, over n elements of float32, bfloat16 and float16, for several block counts and
+// kUnroll (packs of x and y each thread loads before using the first: 1, 2, 4), against a
+// device-to-device copy of the same bytes. The library launches reduce_blocks<T>(n) blocks
+// (min(kMaxReduceBlocks, n / (4 packs * 256 threads))) with kUnroll = kReduceUnroll.
 //
 //   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -arch=sm_90 -Icsrc \
-//        benchmarks/cuda/reduce_grid.cu -o reduce_grid [-DL1EXT_REDUCE_MIN_BLOCKS=8]
+//        benchmarks/cuda/reduce_grid.cu -o reduce_grid
 //   ./reduce_grid [n]          (default 2^26)
 //
-// Prints per loss and dtype: registers, resident blocks per SM, and for each block count the
-// median kernel time (CUDA events, 20 launches after 3) and the design's bytes / time as a share
-// of the copy's. Nothing asserted.
+// Prints per loss, dtype and kUnroll: registers, resident blocks per SM, and for each block
+// count the median kernel time (CUDA events, 20 launches after 3) and the design's bytes / time
+// as a share of the copy's. Nothing asserted.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -69,7 +70,7 @@ float median_ms(F launch) {
   return ms[ms.size() / 2];
 }
 
-template <class T, LossKind K>
+template <class T, LossKind K, int kUnroll>
 void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   using A = acc_t<T>;
   T *x, *y, *gi, *out;
@@ -89,7 +90,7 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   const Span s = with_sign(make_span<T>(n, {x, y}), nullptr);
   const ForwardGradients<T> g{gi, nullptr, A(1.0 / double(n)), true};
   using Loss = std::remove_const_t<decltype(loss)>;  // the library's instantiation
-  const auto kernel = forward_reduce_kernel<T, Loss, false, true>;
+  const auto kernel = forward_reduce_kernel<T, Loss, false, true, kUnroll>;
   cudaFuncAttributes attr;
   CHECK(cudaFuncGetAttributes(&attr, kernel));
   int per_sm = 0, sms = 0, dev = 0;
@@ -98,11 +99,11 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const double bytes = 3.0 * double(n) * sizeof(T);  // read x, y; write the input gradient
   const int library = reduce_blocks<T>(n);
-  std::printf("%-10s %d registers, %d local bytes, %d blocks/SM x %d SMs = %d resident; "
-              "library grid %d blocks\n",
-              name, attr.numRegs, int(attr.localSizeBytes), per_sm, sms, per_sm * sms, library);
-  std::vector<int> grids = {library, per_sm * sms, 2 * per_sm * sms, 4 * per_sm * sms, 512, 1024,
-                            2048, 4096};
+  std::printf("%-10s unroll %d%s: %d registers, %d local bytes, %d blocks/SM x %d SMs = %d "
+              "resident; library grid %d blocks\n",
+              name, kUnroll, kUnroll == kReduceUnroll ? " (library)" : "", attr.numRegs,
+              int(attr.localSizeBytes), per_sm, sms, per_sm * sms, library);
+  std::vector<int> grids = {library, per_sm * sms, 2 * per_sm * sms, 4 * per_sm * sms, 2048};
   std::sort(grids.begin(), grids.end());
   grids.erase(std::unique(grids.begin(), grids.end()), grids.end());
   for (int blocks : grids) {
@@ -123,6 +124,13 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   CHECK(cudaFree(workspace));
 }
 
+template <class T, LossKind K>
+void run_unrolls(const char* name, int64_t n, double copy_bytes_per_ms) {
+  run<T, K, 1>(name, n, copy_bytes_per_ms);
+  run<T, K, 2>(name, n, copy_bytes_per_ms);
+  run<T, K, 4>(name, n, copy_bytes_per_ms);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -140,18 +148,14 @@ int main(int argc, char** argv) {
   CHECK(cudaFree(dst));
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
-#if defined(L1EXT_REDUCE_MIN_BLOCKS)
-  const int min_blocks = L1EXT_REDUCE_MIN_BLOCKS;
-#else
-  const int min_blocks = 0;
-#endif
-  std::printf("%s, n = %lld, copy %.0f GB/s, L1EXT_REDUCE_MIN_BLOCKS = %d (0: not set)\n",
-              prop.name, static_cast<long long>(n), copy_bytes_per_ms / 1e6, min_blocks);
-  run<float, LossKind::SmoothL1>("smooth_l1 float32", n, copy_bytes_per_ms);
-  run<__nv_bfloat16, LossKind::SmoothL1>("smooth_l1 bfloat16", n, copy_bytes_per_ms);
-  run<__half, LossKind::SmoothL1>("smooth_l1 float16", n, copy_bytes_per_ms);
-  run<float, LossKind::L1>("l1 float32", n, copy_bytes_per_ms);
-  run<__nv_bfloat16, LossKind::L1>("l1 bfloat16", n, copy_bytes_per_ms);
-  run<__nv_bfloat16, LossKind::Huber>("huber bfloat16", n, copy_bytes_per_ms);
+  std::printf("%s, n = %lld, copy %.0f GB/s\n", prop.name, static_cast<long long>(n),
+              copy_bytes_per_ms / 1e6);
+  run_unrolls<float, LossKind::SmoothL1>("smooth_l1 float32", n, copy_bytes_per_ms);
+  run_unrolls<__nv_bfloat16, LossKind::SmoothL1>("smooth_l1 bfloat16", n, copy_bytes_per_ms);
+  run_unrolls<__half, LossKind::SmoothL1>("smooth_l1 float16", n, copy_bytes_per_ms);
+  run_unrolls<float, LossKind::L1>("l1 float32", n, copy_bytes_per_ms);
+  run_unrolls<__nv_bfloat16, LossKind::L1>("l1 bfloat16", n, copy_bytes_per_ms);
+  run_unrolls<float, LossKind::Huber>("huber float32", n, copy_bytes_per_ms);
+  run_unrolls<__nv_bfloat16, LossKind::Huber>("huber bfloat16", n, copy_bytes_per_ms);
   return 0;
 }

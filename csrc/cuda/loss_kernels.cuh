@@ -27,6 +27,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 
@@ -83,6 +84,10 @@ constexpr int kWarps = kThreads / 32;
 // bits, are the same on every GPU.
 constexpr int kMaxReduceBlocks = 4096;
 constexpr int kMaxPointwiseBlocks = 16384;
+// Packs of x and y each thread of a reduced forward has in flight (for_each_owned_pair); no
+// effect on bits. benchmarks/cuda/reduce_grid.cu times 1, 2 and 4 side by side; every GPU figure
+// in benchmarks/results/gpu was measured with 1.
+constexpr int kReduceUnroll = 1;
 // Up to this many elements a reduction runs as one block: one launch, no workspace.
 constexpr int64_t kSingleBlockMax = int64_t(1) << 15;
 
@@ -92,6 +97,18 @@ struct alignas(16) Pack {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
+
+// Stores a pack with one 16-byte store. nvcc (CUDA 13.0, -O3) compiled the plain struct copy,
+// *reinterpret_cast<Pack<T>*>(p) = v, inside the grid-stride loops into one store per element
+// or pair (a bfloat16 pack: six st.global.u16 and one st.global.v2.u16; a float32 pack: four
+// st.global.f32), as the PTX of every kernel here showed; __stwb, the default write-back store
+// as an intrinsic, gives one st.global.wb.v4.u32.
+template <class T>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
+  uint4 bits;
+  memcpy(&bits, &v, sizeof(bits));
+  __stwb(reinterpret_cast<uint4*>(p), bits);
+}
 
 // The int8 signs of one pack, stored or loaded as one word when aligned.
 template <int P>
@@ -162,6 +179,42 @@ __device__ __forceinline__ void for_each_owned(const Span& s, PackFn pack, Scala
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
   for (int64_t p = t; p < s.packs; p += stride) pack(s.head + p * P);
+  for (int64_t i = t; i < s.head; i += stride) scalar(i);
+  for (int64_t i = s.head + s.packs * P + t; i < s.n; i += stride) scalar(i);
+}
+
+// for_each_owned over the packs of x and y, with the loads of a thread's next kUnroll packs
+// (stride apart) issued before the first is used: kUnroll x 32 bytes in flight per thread instead
+// of 32 (each resident thread's outstanding loads are what hides the memory latency). pack(i, a,
+// b) gets x's and y's pack at i; packs are visited in the same order whatever kUnroll, so a sum
+// over them has the same bits.
+template <class T, int kUnroll, class PackFn, class ScalarFn>
+__device__ __forceinline__ void for_each_owned_pair(const Span& s, const T* __restrict__ x,
+                                                    const T* __restrict__ y, PackFn pack,
+                                                    ScalarFn scalar) {
+  static_assert(kUnroll >= 1, "kUnroll: packs per thread in flight");
+  constexpr int P = Pack<T>::kSize;
+  const int64_t stride = int64_t(gridDim.x) * kThreads;
+  const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  const auto load = [](const T* p) { return *reinterpret_cast<const Pack<T>*>(p); };
+  int64_t p = t;
+  if (kUnroll > 1) {
+    for (; p + (kUnroll - 1) * stride < s.packs; p += kUnroll * stride) {
+      Pack<T> a[kUnroll], b[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t i = s.head + (p + u * stride) * P;
+        a[u] = load(x + i);
+        b[u] = load(y + i);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) pack(s.head + (p + u * stride) * P, a[u], b[u]);
+    }
+  }
+  for (; p < s.packs; p += stride) {
+    const int64_t i = s.head + p * P;
+    pack(i, load(x + i), load(y + i));
+  }
   for (int64_t i = t; i < s.head; i += stride) scalar(i);
   for (int64_t i = s.head + s.packs * P + t; i < s.n; i += stride) scalar(i);
 }
@@ -247,27 +300,20 @@ struct ForwardGradients {
 
 // One pass over x and y: the loss summed in a fixed order, and where asked the int8 sign (L1's
 // saved state, kSign) or the gradients (kGrad): 8 B/elem read (fp32), 1 or 4 B/elem written.
-// L1EXT_REDUCE_MIN_BLOCKS, when defined, is the resident blocks per SM the reduction kernel is
-// compiled for (a register cap); benchmarks/cuda/reduce_grid.cu measures it against the default.
-// On an H100 a cap of 8 made the 2-byte Smooth L1 kernels spill and run slower at every grid.
-#if defined(L1EXT_REDUCE_MIN_BLOCKS)
-#define L1EXT_REDUCE_LAUNCH_BOUNDS __launch_bounds__(kThreads, L1EXT_REDUCE_MIN_BLOCKS)
-#else
-#define L1EXT_REDUCE_LAUNCH_BOUNDS __launch_bounds__(kThreads)
-#endif
-template <class T, class Loss, bool kSign, bool kGrad>
-__global__ void L1EXT_REDUCE_LAUNCH_BOUNDS
+// kUnroll: packs per thread in flight (for_each_owned_pair). No register cap: on an H100 a cap
+// of 32 registers (8 blocks per SM) made the 2-byte Smooth L1 kernels spill and run slower at
+// every grid (benchmarks/results/gpu/gpu-grid.txt).
+template <class T, class Loss, bool kSign, bool kGrad, int kUnroll>
+__global__ void __launch_bounds__(kThreads)
     forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
                           int8_t* __restrict__ sign, ForwardGradients<T> g, acc_t<T>* partials,
                           unsigned int* ticket, T* out, double divisor) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
   A acc = A(0);
-  for_each_owned<T>(
-      s,
-      [&](int64_t i) {
-        const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
-        const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+  for_each_owned_pair<T, kUnroll>(
+      s, x, y,
+      [&](int64_t i, const Pack<T>& a, const Pack<T>& b) {
         SignPack<P> sp;
         Pack<T> gip, gtp;
 #pragma unroll
@@ -283,8 +329,8 @@ __global__ void L1EXT_REDUCE_LAUNCH_BOUNDS
         }
         if (kSign) store_signs<P>(sign, i, sp, s);
         if (kGrad && g.packs) {
-          if (g.gi) *reinterpret_cast<Pack<T>*>(g.gi + i) = gip;
-          if (g.gt) *reinterpret_cast<Pack<T>*>(g.gt + i) = gtp;
+          if (g.gi) store_pack(g.gi + i, gip);
+          if (g.gt) store_pack(g.gt + i, gtp);
         } else if (kGrad) {
 #pragma unroll
           for (int k = 0; k < P; ++k) {
@@ -321,7 +367,7 @@ __global__ void __launch_bounds__(kThreads)
           o.v[k] = from_acc<T>(loss.value(d));
           if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
         }
-        *reinterpret_cast<Pack<T>*>(out + i) = o;
+        store_pack(out + i, o);
         if (kSign) store_signs<P>(sign, i, sp, s);
       },
       [&](int64_t i) {
@@ -432,8 +478,8 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
           a.v[k] = from_acc<T>(r);
           b.v[k] = from_acc<T>(-r);
         }
-        if (gi) *reinterpret_cast<Pack<T>*>(gi + i) = a;
-        if (gt) *reinterpret_cast<Pack<T>*>(gt + i) = b;
+        if (gi) store_pack(gi + i, a);
+        if (gt) store_pack(gt + i, b);
       },
       [&](int64_t i) {
         const A v = gi ? to_acc(gi[i]) : -to_acc(gt[i]);
@@ -487,8 +533,8 @@ __global__ void __launch_bounds__(kThreads)
           a.v[k] = from_acc<T>(v);
           b.v[k] = from_acc<T>(-v);
         }
-        if (gi) *reinterpret_cast<Pack<T>*>(gi + i) = a;
-        if (gt) *reinterpret_cast<Pack<T>*>(gt + i) = b;
+        if (gi) store_pack(gi + i, a);
+        if (gt) store_pack(gt + i, b);
       },
       [&](int64_t i) {
         A v = src.one(i);
@@ -531,8 +577,8 @@ __global__ void __launch_bounds__(kThreads)
           a.v[j] = from_acc<T>(v);
           b.v[j] = from_acc<T>(-v);
         }
-        if (gi) *reinterpret_cast<Pack<T>*>(gi + i) = a;
-        if (gt) *reinterpret_cast<Pack<T>*>(gt + i) = b;
+        if (gi) store_pack(gi + i, a);
+        if (gt) store_pack(gt + i, b);
       },
       [&](int64_t i) {
         const A v = gradient(kept[i]);
@@ -559,8 +605,8 @@ inline size_t reduce_workspace_bytes(int64_t n) {
 
 // Loss summed (divided by divisor) into *out, on the device. workspace: reduce_workspace_bytes.
 // sign (L1's int8 signs), gi, gt (the gradients for an incoming gradient of one): null where not
-// wanted.
-template <class T, class Loss>
+// wanted. kUnroll: for_each_owned_pair (the experiment's knob; the library uses the default).
+template <class T, int kUnroll = kReduceUnroll, class Loss>
 cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, double divisor,
                            T* out, int8_t* sign, T* gi, T* gt, void* workspace,
                            cudaStream_t stream) {
@@ -582,13 +628,13 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
   };
   const ForwardGradients<T> g{gi, gt, acc_t<T>(1.0 / divisor), at_x_offset(gi) && at_x_offset(gt)};
   if (gi || gt) {
-    forward_reduce_kernel<T, Loss, false, true>
+    forward_reduce_kernel<T, Loss, false, true, kUnroll>
         <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   } else if (sign) {
-    forward_reduce_kernel<T, Loss, true, false>
+    forward_reduce_kernel<T, Loss, true, false, kUnroll>
         <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   } else {
-    forward_reduce_kernel<T, Loss, false, false>
+    forward_reduce_kernel<T, Loss, false, false, kUnroll>
         <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   }
   return cudaGetLastError();

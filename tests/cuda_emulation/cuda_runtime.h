@@ -370,6 +370,12 @@ inline V __ldcg(const V* p) {
   return *p;
 }
 
+// A 16-byte store, which on a GPU faults unless its address is a multiple of 16.
+inline void __stwb(uint4* p, uint4 v) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) l1ext_emu::fail("__stwb: misaligned address");
+  std::memcpy(p, &v, sizeof(v));
+}
+
 inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
   std::memset(p, value, bytes);
   return cudaSuccess;

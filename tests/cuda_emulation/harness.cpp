@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <type_traits>
 
 #include "cuda/loss_kernels.cuh"
 #include "cuda/weighted_kernels.cuh"
@@ -188,12 +189,24 @@ size_t emu_weighted_workspace_bytes(int dtype, int64_t n) {
   return bytes;
 }
 
+// unroll: the launcher's kUnroll (1, 2 or 4; 0: the library's default).
 int emu_forward_reduce(int dtype, int kind, double param, const void* x, const void* y, int64_t n,
-                       double divisor, void* out, void* sign, void* gi, void* gt, void* workspace) {
+                       double divisor, void* out, void* sign, void* gi, void* gt, void* workspace,
+                       int unroll) {
   return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
     using T = decltype(tag);
-    return forward_reduce<T>(c<T>(x), c<T>(y), n, loss, divisor, m<T>(out), m<int8_t>(sign),
-                             m<T>(gi), m<T>(gt), workspace, nullptr);
+    const auto launch = [&](auto u) {
+      return forward_reduce<T, decltype(u)::value>(c<T>(x), c<T>(y), n, loss, divisor, m<T>(out),
+                                                   m<int8_t>(sign), m<T>(gi), m<T>(gt),
+                                                   workspace, nullptr);
+    };
+    switch (unroll) {
+      case 0: return launch(std::integral_constant<int, kReduceUnroll>{});
+      case 1: return launch(std::integral_constant<int, 1>{});
+      case 2: return launch(std::integral_constant<int, 2>{});
+      case 4: return launch(std::integral_constant<int, 4>{});
+      default: return cudaErrorInvalidValue;
+    }
   });
 }
 
