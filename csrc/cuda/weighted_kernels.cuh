@@ -80,10 +80,11 @@ __global__ void __launch_bounds__(kThreads)
   // A null go stands for an incoming gradient of one (a forward asked for its gradients).
   const A scale = per_element ? A(r.loss_weight) : A((go ? double(to_acc(go[0])) : 1.0) * r.scale());
   const int64_t stride = int64_t(gridDim.x) * kThreads;
-  // unless_one (a reduced loss, one go): gi / gt hold the forward's gradients for an incoming
-  // gradient of one. Nothing to do for go[0] == 1; for a power of two they are scaled in place
-  // with the recomputation's bits (see rescale_kept in loss_kernels.cuh); otherwise rewritten.
-  if (unless_one && !per_element && go) {
+  // unless_one (the launcher's test: a reduced loss, one go, no gw): gi / gt hold the forward's
+  // gradients for an incoming gradient of one. Nothing to do for go[0] == 1; for a power of two
+  // they are scaled in place with the recomputation's bits (see rescale_kept in
+  // loss_kernels.cuh); otherwise rewritten.
+  if (unless_one) {
     const A g0 = to_acc(go[0]);
     if (g0 == A(1)) return;
     if (is_power_of_two(g0) && is_normal<A>(scale)) {
@@ -147,9 +148,11 @@ template <class T, LossKind K>
 cudaError_t weighted_backward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
                               const T* go, T* gi, T* gt, T* gw, cudaStream_t stream,
                               bool unless_one = false) {
-  const int blocks = backward_blocks(n, unless_one && r.reduction != 0 && go);
+  // The kernel may return at once only for a reduced loss with one go and no weight gradient.
+  const bool may_skip = unless_one && r.reduction != 0 && go != nullptr && gw == nullptr;
+  const int blocks = backward_blocks(n, may_skip);
   weighted_backward_kernel<T, K><<<blocks, kThreads, 0, stream>>>(e, n, r, go, gi, gt, gw,
-                                                                    unless_one);
+                                                                    may_skip);
   return cudaGetLastError();
 }
 
