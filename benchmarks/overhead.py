@@ -12,9 +12,7 @@ that time into forward, backward and the floor no loss can go under.
 """
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
@@ -27,25 +25,6 @@ LOSSES = {
     "smooth_l1": (F.smooth_l1_loss, LF.smooth_l1_loss),
     "huber": (F.huber_loss, LF.huber_loss),
 }
-
-
-def per_step(steps_by_case, device, steps, repeats):
-    """Median seconds per call of each case's step() over `repeats` rounds; each round runs a
-    loop of `steps` calls of every case in turn, so that drift of the machine hits all alike."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for step in steps_by_case:
-        for _ in range(max(3, steps // 10)):
-            step()
-    sync()
-    times = [[] for _ in steps_by_case]
-    for _ in range(repeats):
-        for k, step in enumerate(steps_by_case):
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                step()
-            sync()
-            times[k].append((time.perf_counter() - t0) / steps)
-    return [statistics.median(t) for t in times]
 
 
 def launches_per_step(step, device, steps=20):
@@ -96,7 +75,7 @@ def main(argv=None):
     print(f"time per step at N = {a.n}, {device}, loops of {a.steps} steps, median of {a.repeats} "
           "rounds (all cases in each round)")
     print(f"{'loss':<14}{'what':<22}{'time':>10}{'launches':>10}")
-    seconds = per_step([step for _, _, step in cases], device, a.steps, a.repeats)
+    seconds = bench.loop_medians([step for _, _, step in cases], device, a.steps, a.repeats)
     for (loss, what, step), t in zip(cases, seconds):
         k = launches_per_step(step, device)
         rows.append({"loss": loss, "what": what, "time_s": t, "launches": k})

@@ -1,6 +1,9 @@
 """Weighted Smooth L1 with avg_factor over boxes (N, 4), forward + backward: l1ext's fused
 operator against the eager composition detection code writes and that composition under
-torch.compile. Medians, ratios printed, nothing asserted.
+torch.compile, timed two ways: one synchronised step at a time (CUDA events around a step that
+starts on an idle GPU: its latency) and loops of steps synchronised once (the steady state of a
+training loop, with x.sum().backward(), the autograd engine's own minimal step, beside them).
+Medians, ratios printed, nothing asserted.
 
     python benchmarks/weighted.py [--device cuda] [--json PATH]
 
@@ -33,6 +36,8 @@ def main(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sizes", default="1000,10000,100000,1000000")
     p.add_argument("--min-time", type=float, default=0.3)
+    p.add_argument("--steps", type=int, default=20, help="steps per loop (loop timing)")
+    p.add_argument("--repeats", type=int, default=9, help="rounds of loops (loop timing)")
     p.add_argument("--json", metavar="PATH")
     a = p.parse_args(argv)
     device = torch.device(a.device)
@@ -40,27 +45,52 @@ def main(argv=None):
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     # Static shapes, as l1ext.bench compiles them (one graph per size).
     compiled = torch.compile(composition, dynamic=False)
+    impls = (("eager", composition), ("compiled", compiled), ("l1ext", fused))
     rows = []
-    print(f"weighted Smooth L1 (beta=1/9) with avg_factor over boxes (N, 4), fwd+bwd, {device}")
-    print(f"{'N boxes':>9} {'eager':>11} {'compiled':>11} {'l1ext':>11} {'x eager':>8} {'x compiled':>10}")
     for n in [int(float(s)) for s in a.sizes.split(",")]:
         pred = torch.randn(n, 4, device=device, requires_grad=True)
         target = torch.randn(n, 4, device=device)
         weight = (torch.rand(n, 1, device=device) < 0.3).float()
         avg = 0.3 * n
-        times = {}
-        for name, fn in (("eager", composition), ("compiled", compiled), ("l1ext", fused)):
+
+        def fresh():
+            pred.grad = None
+
+        row = {"n_boxes": n}
+        for name, fn in impls:
             def step(_, fn=fn):
                 fn(pred, target, weight, avg).backward()
 
-            def fresh():
-                pred.grad = None
+            row[f"{name}_s"] = clock.median(fresh, step, a.min_time)[0]
 
-            times[name] = clock.median(fresh, step, a.min_time)[0]
-        rows.append({"n_boxes": n, **{f"{k}_s": v for k, v in times.items()}})
-        print(f"{n:>9} {bench._fmt_time(times['eager']):>11} {bench._fmt_time(times['compiled']):>11} "
-              f"{bench._fmt_time(times['l1ext']):>11} {times['eager'] / times['l1ext']:>7.2f}x "
-              f"{times['compiled'] / times['l1ext']:>9.2f}x")
+        def loop_step(fn):
+            def step():
+                pred.grad = None
+                fn(pred, target, weight, avg).backward()
+            return step
+
+        floor = loop_step(lambda p, *_: p.sum())
+        loops = bench.loop_medians([loop_step(fn) for _, fn in impls] + [floor], device, a.steps,
+                                   a.repeats)
+        row.update({f"loop_{name}_s": t for (name, _), t in zip(impls, loops)})
+        row["loop_floor_s"] = loops[-1]
+        rows.append(row)
+    t = bench._fmt_time
+    print(f"weighted Smooth L1 (beta=1/9) with avg_factor over boxes (N, 4), fwd+bwd, {device}")
+    print("one synchronised step (median):")
+    print(f"{'N boxes':>9} {'eager':>11} {'compiled':>11} {'l1ext':>11} {'x eager':>8} {'x compiled':>10}")
+    for r in rows:
+        print(f"{r['n_boxes']:>9} {t(r['eager_s']):>11} {t(r['compiled_s']):>11} "
+              f"{t(r['l1ext_s']):>11} {r['eager_s'] / r['l1ext_s']:>7.2f}x "
+              f"{r['compiled_s'] / r['l1ext_s']:>9.2f}x")
+    print(f"loops of {a.steps} steps, synchronised once (median of {a.repeats} rounds, every case "
+          "in each round; floor: x.sum().backward() on the same boxes):")
+    print(f"{'N boxes':>9} {'eager':>11} {'compiled':>11} {'l1ext':>11} {'x eager':>8} "
+          f"{'x compiled':>10} {'floor':>11}")
+    for r in rows:
+        print(f"{r['n_boxes']:>9} {t(r['loop_eager_s']):>11} {t(r['loop_compiled_s']):>11} "
+              f"{t(r['loop_l1ext_s']):>11} {r['loop_eager_s'] / r['loop_l1ext_s']:>7.2f}x "
+              f"{r['loop_compiled_s'] / r['loop_l1ext_s']:>9.2f}x {t(r['loop_floor_s']):>11}")
     if a.json:
         meta = bench.metadata(device, argparse.Namespace(reduction="mean", quick=False))
         with open(a.json, "w") as f:

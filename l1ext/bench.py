@@ -221,6 +221,27 @@ class Clock:
         return statistics.median(times), len(times)
 
 
+def loop_medians(steps, device, loop, rounds):
+    """Median seconds per call of each of `steps` (callables) over `rounds` rounds; each round runs
+    a loop of `loop` calls of every step in turn, a GPU synchronised once at the end of each loop:
+    the steady state of a training loop, host or device bound, whichever is slower. Running the
+    steps in turn within each round makes drift of the machine hit all of them alike."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for step in steps:
+        for _ in range(max(3, loop // 10)):
+            step()
+    sync()
+    times = [[] for _ in steps]
+    for _ in range(rounds):
+        for k, step in enumerate(steps):
+            t0 = time.perf_counter()
+            for _ in range(loop):
+                step()
+            sync()
+            times[k].append((time.perf_counter() - t0) / loop)
+    return [statistics.median(t) for t in times]
+
+
 def copy_bandwidth(device, clock, min_time):
     """Bytes per second of dst.copy_(src) (read + write), 64 MiB each on a CPU, 1 GiB on a GPU."""
     n = (2**28 if device.type == "cuda" else 2**24)

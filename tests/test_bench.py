@@ -168,6 +168,19 @@ def test_overhead_script_runs(tmp_path, capsys):
     assert "of eager torch's time" in capsys.readouterr().out
 
 
+def test_weighted_script_runs(tmp_path, capsys):
+    # benchmarks/weighted.py on a tiny CPU run: both timings of every implementation, the
+    # engine's floor, and the JSON.
+    weighted = _benchmark_script("weighted")
+    out = tmp_path / "w.json"
+    assert weighted.main(["--device", "cpu", "--sizes", "64", "--min-time", "0.01", "--steps", "2",
+                          "--repeats", "2", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    keys = [f"{p}{k}_s" for p in ("", "loop_") for k in ("eager", "compiled", "l1ext")]
+    assert row["n_boxes"] == 64 and all(row[k] > 0 for k in keys + ["loop_floor_s"])
+    assert "loops of 2 steps" in capsys.readouterr().out
+
+
 def test_kernels_script_runs(capsys):
     # benchmarks/kernels.py on a tiny CPU run: both implementations profiled, their operators
     # listed (l1ext's fused forward among them).
