@@ -192,6 +192,19 @@ class Buffer:
         self.emu.lib.emu_unmap(self.base, self.mapped)
 
 
+def _workspace(emu, nbytes):
+    """A reduction's workspace as the glue hands it over: its ticket (the first 4 of 16 header
+    bytes) zero, the partial sums poisoned."""
+    ws = Buffer(emu, nbytes, torch.uint8, poison=0x5A)
+    ws.t[:16] = 0
+    return ws
+
+
+def _ticket_reset(ws):
+    """Every launch leaves the ticket zero, for the next launch on the stream (no memset)."""
+    assert ws.nbytes == 0 or bool((ws.t[:4] == 0).all()), "the ticket was left non-zero"
+
+
 def _untouched(*buffers):
     """No launch wrote outside these buffers (None: a buffer not passed)."""
     for b in buffers:
@@ -253,11 +266,11 @@ def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign
     bs = Buffer(emu, n, torch.int8, offsets[0], poison=0x7F) if sign else None
     bgi = Buffer(emu, n, dtype, grad_offset) if grads[0] else None
     bgt = Buffer(emu, n, dtype, grad_offset) if grads[1] else None
-    ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[dtype], n), torch.uint8,
-                poison=0x5A)
+    ws = _workspace(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[dtype], n))
     emu.forward_reduce(DTYPE_CODE[dtype], kind, param, bx, by, n, divisor, out, bs, bgi, bgt, ws,
                        unroll)
     _untouched(bx, by, out, bs, bgi, bgt, ws)
+    _ticket_reset(ws)
     assert _same_bits(bx.t, x) and _same_bits(by.t, y), "an input was modified"
     return [b.value() if b is not None else None for b in (out, bs, bgi, bgt)]
 
@@ -513,10 +526,11 @@ def test_more_than_2_31_elements(emu):
         by.t[i:i + m].copy_(torch.randn(m, generator=gen))
     out = Buffer(emu, 1, torch.float16)
     sign = Buffer(emu, n, torch.int8, 1, poison=0x7F)
-    ws = Buffer(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[torch.float16], n), torch.uint8)
+    ws = _workspace(emu, emu.lib.emu_reduce_workspace_bytes(DTYPE_CODE[torch.float16], n))
     emu.forward_reduce(DTYPE_CODE[torch.float16], 0, 0.0, bx, by, n, float(n), out, sign, None,
-                       None, ws)
+                       None, ws, 0)
     _untouched(bx, by, out, sign, ws)
+    _ticket_reset(ws)
     total = 0.0
     for i in range(0, n, chunk):
         d = bx.t[i:i + chunk].double() - by.t[i:i + chunk].double()
@@ -599,13 +613,14 @@ def test_weighted_against_oracle(emu, dtype, kind):
                 loss_weight = 0.5
                 out = Buffer(emu, n if reduction == 0 else 1, dtype, 1)
                 grads = [Buffer(emu, n, dtype, 1) if reduction else None for _ in range(2)]
-                ws = Buffer(emu, 0 if reduction == 0 else emu.lib.emu_weighted_workspace_bytes(
-                    DTYPE_CODE[dtype], n), torch.uint8, poison=0x5A)
+                ws = _workspace(emu, 0 if reduction == 0 else emu.lib.emu_weighted_workspace_bytes(
+                    DTYPE_CODE[dtype], n))
                 args = (DTYPE_CODE[dtype], k, bx, by, bw if w_mode else None, w_mode,
                         bp if p_mode else None, p_mode, param, inner, n, reduction, loss_weight,
                         avg, avg_value, bavg)
                 emu.weighted_forward(*args, out, *grads, ws)
                 _untouched(bx, by, bw, bp, out, *grads, ws)
+                _ticket_reset(ws)
                 # weighted::Reduce::divisor: avg_factor + eps in avg_factor's own precision
                 if reduction != 1:
                     divisor = 1.0
@@ -653,8 +668,9 @@ def test_weighted_kept_gradients_rewritten_in_place(emu, dtype):
                 0.0, None)
         out = Buffer(emu, 1, dtype)
         kept = [Buffer(emu, n, dtype) for _ in range(2)]
-        ws = Buffer(emu, emu.lib.emu_weighted_workspace_bytes(DTYPE_CODE[dtype], n), torch.uint8)
+        ws = _workspace(emu, emu.lib.emu_weighted_workspace_bytes(DTYPE_CODE[dtype], n))
         emu.weighted_forward(*args, out, *kept, ws)
+        _ticket_reset(ws)
         kept = [b.value() for b in kept]
         for g0 in GRAD_OUTPUTS:
             bgo = Buffer(emu, 1, dtype, 0, torch.tensor([g0]).to(dtype))

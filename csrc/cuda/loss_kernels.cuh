@@ -249,7 +249,8 @@ __device__ __forceinline__ void store_signs(int8_t* sign, int64_t i, const SignP
 
 // Ends a sum over the grid: thread 0 of a one-block grid writes finalize(block sum); otherwise
 // every block leaves its partial, and the last block to take a ticket adds the partials in block
-// order (in double), writes finalize(total) and resets the ticket. Call from every thread.
+// order (in double), writes finalize(total) and resets the ticket to zero, so that the next
+// launch on the stream finds it so (no memset launch per call). Call from every thread.
 template <class T, class Finalize>
 __device__ __forceinline__ void finish_sum(acc_t<T> acc, acc_t<T>* partials, unsigned int* ticket,
                                            T* out, Finalize finalize) {
@@ -603,7 +604,8 @@ inline size_t reduce_workspace_bytes(int64_t n) {
   return 16 + size_t(reduce_blocks<T>(n)) * sizeof(acc_t<T>);
 }
 
-// Loss summed (divided by divisor) into *out, on the device. workspace: reduce_workspace_bytes.
+// Loss summed (divided by divisor) into *out, on the device. workspace: reduce_workspace_bytes,
+// its ticket (the first 4 bytes) zero, as every launch leaves it (finish_sum).
 // sign (L1's int8 signs), gi, gt (the gradients for an incoming gradient of one): null where not
 // wanted. kUnroll: for_each_owned_pair (the experiment's knob; the library uses the default).
 template <class T, int kUnroll = kReduceUnroll, class Loss>
@@ -619,8 +621,6 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
     blocks = reduce_blocks<T>(n);
     ticket = static_cast<unsigned int*>(workspace);
     partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
-    const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
-    if (err != cudaSuccess) return err;
   }
   const uintptr_t x_offset = reinterpret_cast<uintptr_t>(x) % 16;
   const auto at_x_offset = [x_offset](const T* p) {

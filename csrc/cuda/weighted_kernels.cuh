@@ -121,7 +121,8 @@ inline size_t weighted_workspace_bytes(int64_t n) {
 }
 
 // gi / gt (a reduced loss; null where not wanted): the gradients for an incoming gradient of
-// one, written by the same launch.
+// one, written by the same launch. workspace: weighted_workspace_bytes, its ticket zero (as
+// forward_reduce's).
 template <class T, LossKind K>
 cudaError_t weighted_forward(const WeightedElement<T, K>& e, int64_t n, const weighted::Reduce& r,
                              T* out, void* workspace, cudaStream_t stream, T* gi = nullptr,
@@ -135,8 +136,6 @@ cudaError_t weighted_forward(const WeightedElement<T, K>& e, int64_t n, const we
     blocks = weighted_reduce_blocks(n);
     ticket = static_cast<unsigned int*>(workspace);
     partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
-    const cudaError_t err = cudaMemsetAsync(ticket, 0, sizeof(unsigned int), stream);
-    if (err != cudaSuccess) return err;
   }
   if (r.reduction == 0 && (gi || gt)) return cudaErrorInvalidValue;  // reduced losses only
   weighted_forward_kernel<T, K>

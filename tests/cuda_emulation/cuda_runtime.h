@@ -42,9 +42,8 @@
 #define __shared__ static
 
 // cudaError_t, its values and cudaStream_t: the toolkit's (cuda_fp16.h includes its runtime API
-// declarations); the two runtime calls the launchers make are emulated under other names.
+// declarations); the one runtime call the launchers make is emulated under another name.
 #include <cuda_runtime_api.h>
-#define cudaMemsetAsync l1ext_emu_cudaMemsetAsync
 #define cudaGetLastError l1ext_emu_cudaGetLastError
 
 namespace l1ext_emu {
@@ -374,11 +373,6 @@ inline V __ldcg(const V* p) {
 inline void __stwb(uint4* p, uint4 v) {
   if (reinterpret_cast<uintptr_t>(p) % 16 != 0) l1ext_emu::fail("__stwb: misaligned address");
   std::memcpy(p, &v, sizeof(v));
-}
-
-inline cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
-  std::memset(p, value, bytes);
-  return cudaSuccess;
 }
 
 inline cudaError_t cudaGetLastError() {
