@@ -4,6 +4,7 @@
 // module l1ext._C itself is python/module.cpp.
 //
 // reduction is torch's enum: 0 = 'none', 1 = 'mean', 2 = 'sum'.
+#include <ATen/autocast_mode.h>
 #include <torch/library.h>
 
 #include "cpu/kernel_table.h"
@@ -64,4 +65,17 @@ TORCH_LIBRARY(l1ext, m) {
 
   // Instruction set the CPU kernels run with: DEFAULT, AVX2 or AVX512.
   m.def("cpu_capability() -> str", []() -> std::string { return l1ext::cpu::kernels().isa; });
+  // For scripted modules (l1ext/_script.py): whether this build has the CUDA kernels, and
+  // whether autocast is on for a device type (TorchScript's torch.is_autocast_cpu_enabled()
+  // crashes under autocast in torch 2.13).
+  m.def("has_cuda_kernels() -> bool", []() -> bool {
+#if defined(L1EXT_WITH_CUDA)
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.def("autocast_enabled(str device_type) -> bool", [](c10::string_view device_type) -> bool {
+    return at::autocast::is_autocast_enabled(c10::Device(std::string(device_type)).type());
+  });
 }

@@ -58,6 +58,7 @@ def patch():
             setattr(F, name, getattr(LF, name))
         for cls, ours in _MODULES:
             cls.forward = ours.forward
+        _forget_scripted_forwards()
         return _Patch(owner=True)
 
 
@@ -71,7 +72,20 @@ def unpatch():
             setattr(F, name, fn)
         for cls, forward in _saved["forward"].items():
             cls.forward = forward
+        _forget_scripted_forwards()
         _saved = None
+
+
+def _forget_scripted_forwards():
+    # torch.jit.script compiles a module class's forward once and reuses it for every later
+    # instance: without this, a module scripted before patch() would keep torch's forward under
+    # it, and one scripted under it would keep l1ext's after unpatch().
+    store = getattr(torch.jit._recursive, "concrete_type_store", None)
+    if store is None or not hasattr(store, "type_store"):
+        return
+    for cls, _ in _MODULES:
+        for concrete_type in store.type_store.pop(cls, []):
+            getattr(store, "methods_compiled", set()).discard(concrete_type)
 
 
 def is_patched():

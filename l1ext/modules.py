@@ -4,10 +4,14 @@ Each torch twin subclasses the torch module (isinstance holds; constructor, attr
 state_dict are torch's) and replaces forward with l1ext's functional. Beyond torch, each takes a
 ``loss_weight`` and its forward a ``weight``, an ``avg_factor`` and a ``reduction_override``
 (mmdetection's loss-module convention); without them it behaves exactly as torch's. (The
-forwards also serve torch's own modules under l1ext.patch(), hence getattr for loss_weight.)"""
+forwards also serve torch's own modules under l1ext.patch(), hence getattr for loss_weight.)
+Under torch.jit.script, as torch's modules, the forwards run l1ext/_script.py."""
+from typing import Optional
+
 import torch
 from torch import Tensor
 
+from . import _script
 from . import functional as F
 
 __all__ = ["L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss"]
@@ -28,7 +32,15 @@ class L1Loss(torch.nn.L1Loss):
         super().__init__(size_average, reduce, reduction)
         self.loss_weight = loss_weight
 
-    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                avg_factor: Optional[_script.Number] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            reduction = _script.reduction_of(self.reduction, reduction_override)
+            loss_weight: Optional[float] = None
+            if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
+                loss_weight = _script.optional_float(self.loss_weight)
+            return _script.l1_loss(input, target, reduction, weight, avg_factor, loss_weight)
         return F.l1_loss(input, target, reduction=_reduction(self, reduction_override), weight=weight,
                          avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
@@ -40,7 +52,16 @@ class SmoothL1Loss(torch.nn.SmoothL1Loss):
         super().__init__(size_average, reduce, reduction, beta)
         self.loss_weight = loss_weight
 
-    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                avg_factor: Optional[_script.Number] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            reduction = _script.reduction_of(self.reduction, reduction_override)
+            loss_weight: Optional[float] = None
+            if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
+                loss_weight = _script.optional_float(self.loss_weight)
+            return _script.smooth_l1_loss(input, target, reduction, self.beta, weight, avg_factor,
+                                          loss_weight)
         return F.smooth_l1_loss(input, target, reduction=_reduction(self, reduction_override), beta=self.beta,
                                 weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
@@ -56,7 +77,16 @@ class HuberLoss(torch.nn.HuberLoss):
             super().__init__(reduction=reduction, delta=delta)
         self.loss_weight = loss_weight
 
-    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                avg_factor: Optional[_script.Number] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            reduction = _script.reduction_of(self.reduction, reduction_override)
+            loss_weight: Optional[float] = None
+            if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
+                loss_weight = _script.optional_float(self.loss_weight)
+            return _script.huber_loss(input, target, reduction, self.delta, weight, avg_factor,
+                                      loss_weight)
         return F.huber_loss(input, target, reduction=_reduction(self, reduction_override), delta=self.delta,
                             weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
@@ -78,6 +108,14 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
     def extra_repr(self) -> str:
         return f"tau={self.tau}"
 
-    def forward(self, input: Tensor, target: Tensor, weight=None, avg_factor=None, reduction_override=None) -> Tensor:
+    def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                avg_factor: Optional[_script.Number] = None,
+                reduction_override: Optional[str] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            reduction = _script.reduction_of(self.reduction, reduction_override)
+            loss_weight: Optional[float] = None
+            if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
+                loss_weight = _script.optional_float(self.loss_weight)
+            return _script.quantile_loss(input, target, self.tau, reduction, weight, avg_factor, loss_weight)
         return F.quantile_loss(input, target, self.tau, reduction=_reduction(self, reduction_override),
                                weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))

@@ -1,0 +1,229 @@
+"""The modules' forward under torch.jit.script.
+
+TorchScript cannot compile functional.py (keyword-only arguments, __torch_function__ dispatch,
+Python-side fast paths), so a scripted l1ext module runs these functions instead: the same rules
+as functional.py, written in the subset TorchScript compiles, calling the same operators
+(torch.ops.l1ext.*, saved with the scripted module; loading one needs `import l1ext`). Where
+functional.py hands a call to torch's own operator, so do these; their warnings and errors are
+those of torch's own scripted losses (sizes print as lists, errors come as torch.jit.Error).
+"""
+import warnings
+from typing import List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch.nn import _reduction as _Reduction
+
+# avg_factor, beta, delta, tau: a number or a tensor (TorchScript takes no int for a float here).
+Number = Union[Tensor, float, int]
+
+
+def optional_float(value: Optional[Union[float, int]]) -> Optional[float]:
+    return None if value is None else float(value)
+
+
+def reduction_of(reduction: str, reduction_override: Optional[str]) -> str:
+    if reduction_override is not None:
+        if reduction_override not in ["none", "mean", "sum"]:
+            raise ValueError("reduction_override must be one of (None, 'none', 'mean', 'sum'), "
+                             f"got '{reduction_override}'")
+        return reduction_override
+    return reduction
+
+
+def _kernel_dtype(input: Tensor, target: Tensor) -> Optional[int]:
+    """functional._kernel_dtype: the dtype l1ext computes in, or None for torch's operator."""
+    device = input.device.type
+    if input.device != target.device:
+        return None
+    if input.layout != torch.strided or target.layout != torch.strided:
+        return None
+    if device != "cpu" and device != "meta":
+        if device != "cuda" or not torch.ops.l1ext.has_cuda_kernels():
+            return None
+    dtype = input.dtype
+    if dtype != target.dtype:
+        if target.dtype == torch.bool:
+            return None
+        dtype = torch.promote_types(dtype, target.dtype)
+    if dtype == torch.float32 or dtype == torch.bfloat16 or dtype == torch.float16:
+        return dtype
+    return dtype if dtype == torch.float64 else None
+
+
+def _warn_if_sizes_differ(input: Tensor, target: Tensor):
+    if target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size "
+            f"({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.")
+
+
+def _broadcast(input: Tensor, target: Tensor) -> List[Tensor]:
+    if input.size() == target.size():
+        return [input, target]
+    return torch.broadcast_tensors(input, target)
+
+
+def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
+    dtype = _kernel_dtype(input, target)
+    if dtype is None:
+        return torch._C._nn.l1_loss(input, target, reduction)
+    return torch.ops.l1ext.l1_loss(input.to(dtype), target.to(dtype), reduction)
+
+
+def _smooth_l1(input: Tensor, target: Tensor, reduction: int, beta: float) -> Tensor:
+    dtype = _kernel_dtype(input, target)
+    if dtype is None:
+        return torch._C._nn.smooth_l1_loss(input, target, reduction, beta)
+    return torch.ops.l1ext.smooth_l1_loss(input.to(dtype), target.to(dtype), reduction, beta)
+
+
+def _huber(input: Tensor, target: Tensor, reduction: int, delta: float) -> Tensor:
+    dtype = _kernel_dtype(input, target)
+    if dtype is None or _kernel_dtype(input, input) is None:  # (an integer input: torch's, too)
+        return torch._C._nn.huber_loss(input, target, reduction, delta)
+    loss = torch.ops.l1ext.huber_loss(input.to(dtype), target.to(dtype), reduction, delta)
+    if dtype == input.dtype or torch.ops.l1ext.autocast_enabled(input.device.type):
+        return loss  # (under autocast: float32, as torch's, which is on autocast's float32 list)
+    # torch's huber_loss answers in the input's dtype, computed in the promoted one.
+    return loss.to(input.dtype)
+
+
+def _as_float(value: Number) -> float:
+    if isinstance(value, Tensor):
+        return float(value)  # a 0-d tensor is a number to torch's losses
+    if isinstance(value, float):
+        return value
+    return float(value)
+
+
+def _is_tensor_param(value: Number) -> bool:
+    # A per-element beta/delta; a 0-d tensor is a number to torch.
+    if isinstance(value, Tensor):
+        return value.dim() > 0
+    return False
+
+
+def _tensor_or_float(value: Number) -> Tuple[Optional[Tensor], float]:
+    if isinstance(value, Tensor):
+        return value, 0.0
+    return None, _as_float(value)
+
+
+# kind: the weighted operator's loss kind (csrc/loss_kind.h; written as literals below, since
+# TorchScript reads no global): 0 L1, 1 Smooth L1, 2 Huber, 3 Quantile.
+def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: Number,
+              weight: Optional[Tensor], avg_factor: Optional[Number],
+              loss_weight: Optional[float]) -> Tensor:
+    """functional._weighted: mmdetection's weight_reduce_loss convention in one operator."""
+    if reduction not in ["none", "mean", "sum"]:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if avg_factor is not None and reduction == "sum":
+        raise ValueError('avg_factor can not be used with reduction="sum"')
+    scale = 1.0 if loss_weight is None else float(loss_weight)
+    operands = _broadcast(input, target)
+    dtype = _kernel_dtype(operands[0], operands[1])
+    if dtype is None:
+        raise NotImplementedError("l1ext weighted losses support floating dtypes on cpu, cuda and "
+                                  f"meta, got {input.dtype} and {target.dtype} on {input.device} "
+                                  f"and {target.device}")
+    x, y = operands[0].to(dtype), operands[1].to(dtype)
+    if x.numel() == 0 and reduction != "none":
+        return x.sum() * 0  # no positive boxes: a zero that stays in the graph
+    param_tensor, param_value = _tensor_or_float(param)
+    avg_tensor: Optional[Tensor] = None
+    avg_value: Optional[float] = None
+    if avg_factor is not None:
+        avg_tensor, avg_number = _tensor_or_float(avg_factor)
+        if avg_tensor is None:
+            avg_value = avg_number
+    return torch.ops.l1ext.weighted_loss(x, y, weight, param_tensor, avg_tensor, kind, param_value,
+                                         avg_value, scale, _Reduction.get_enum(reduction))
+
+
+def _by_weight(loss: Tensor, weight: Tensor, input: Tensor, reduction: str, mean_by_weight: bool):
+    """torch's own weight= rule: l1_loss's mean is sum / weight.sum(), huber_loss's the mean."""
+    if weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    weighted = loss * weight
+    if reduction == "none":
+        return weighted
+    if reduction == "sum":
+        return torch.sum(weighted)
+    if reduction == "mean":
+        return torch.sum(weighted) / torch.sum(weight) if mean_by_weight else weighted.mean()
+    raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
+
+
+def l1_loss(input: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
+            avg_factor: Optional[Number], loss_weight: Optional[float]) -> Tensor:
+    _warn_if_sizes_differ(input, target)
+    if avg_factor is not None or loss_weight is not None:
+        return _weighted(0, input, target, reduction, 0.0, weight, avg_factor, loss_weight)
+    operands = _broadcast(input, target)
+    if weight is None:
+        return _l1(operands[0], operands[1], _Reduction.get_enum(reduction))
+    return _by_weight(_l1(operands[0], operands[1], 0), weight, input, reduction, True)
+
+
+def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str, beta: Number,
+                   weight: Optional[Tensor], avg_factor: Optional[Number],
+                   loss_weight: Optional[float]) -> Tensor:
+    _warn_if_sizes_differ(input, target)
+    if weight is not None or avg_factor is not None or loss_weight is not None \
+            or _is_tensor_param(beta):
+        if not isinstance(beta, Tensor):
+            if _as_float(beta) < 0:
+                raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+        return _weighted(1, input, target, reduction, beta, weight, avg_factor, loss_weight)
+    operands = _broadcast(input, target)
+    value = _as_float(beta)
+    if value == 0.0:
+        return _l1(operands[0], operands[1], _Reduction.get_enum(reduction))
+    return _smooth_l1(operands[0], operands[1], _Reduction.get_enum(reduction), value)
+
+
+def huber_loss(input: Tensor, target: Tensor, reduction: str, delta: Number,
+               weight: Optional[Tensor], avg_factor: Optional[Number],
+               loss_weight: Optional[float]) -> Tensor:
+    _warn_if_sizes_differ(input, target)
+    if avg_factor is not None or loss_weight is not None or _is_tensor_param(delta):
+        if not isinstance(delta, Tensor):
+            if not _as_float(delta) > 0:
+                raise RuntimeError("huber_loss does not support non-positive values for delta.")
+        return _weighted(2, input, target, reduction, delta, weight, avg_factor, loss_weight)
+    operands = _broadcast(input, target)
+    value = _as_float(delta)
+    loss = _huber(operands[0], operands[1],
+                  _Reduction.get_enum(reduction if weight is None else "none"), value)
+    if weight is None:
+        return loss
+    return _by_weight(loss, weight, input, reduction, False)
+
+
+def quantile_loss(input: Tensor, target: Tensor, tau: Number, reduction: str,
+                  weight: Optional[Tensor], avg_factor: Optional[Number],
+                  loss_weight: Optional[float]) -> Tensor:
+    quantiles = 1
+    if isinstance(tau, Tensor):
+        if tau.requires_grad:
+            raise ValueError("quantile_loss: tau must not require grad")
+        if tau.device.type == "cpu":
+            if not bool(((tau > 0) & (tau < 1)).all()):
+                values: List[float] = tau.flatten().tolist()
+                raise ValueError(f"quantile_loss: every tau must be in (0, 1), got {values}")
+        else:
+            torch._assert_async(((tau > 0) & (tau < 1)).all(),
+                                "quantile_loss: every tau must be in (0, 1)")
+        quantiles = tau.numel()
+    elif not 0.0 < _as_float(tau) < 1.0:
+        raise ValueError(f"quantile_loss: tau must be in (0, 1), got {tau}")
+    leading = input.size()[:-1] if input.dim() >= 1 else input.size()
+    if quantiles > 1 and input.dim() >= 1 and input.size(-1) == quantiles \
+            and (target.size() == leading or target.size() == leading + [1]):
+        target = target.reshape(leading + [1])  # one target for every quantile
+    else:
+        _warn_if_sizes_differ(input, target)
+    return _weighted(3, input, target, reduction, tau, weight, avg_factor, loss_weight)
