@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn.functional as TF
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch.library import opcheck
 
 import l1ext
@@ -37,6 +38,38 @@ def test_compile_fullgraph_function(loss):
     b.backward()
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(w1.grad, w2.grad)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_compile_dynamic_shapes(loss, reduction):
+    # One graph serves every size (the fake implementations take symbolic sizes), and gives
+    # torch's values and gradients; the weighted form too (boxes (N, 4), per-box weight).
+    _, ours, theirs, param = loss
+    kw = {param: 0.5} if param else {}
+    counter = CompileCounterWithBackend("aot_eager")
+    plain = torch.compile(lambda x, y: ours(x, y, reduction=reduction, **kw), backend=counter,
+                          dynamic=True, fullgraph=True)
+    weighted = torch.compile(lambda x, y, w: ours(x, y, weight=w, avg_factor=2.0, **kw),
+                             backend=counter, dynamic=True, fullgraph=True)
+    frames = []
+    for n in (3, 17, 130):
+        x, y, w = torch.randn(n, 4), torch.randn(n, 4), torch.rand(n)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a, b = plain(x1, y), theirs(x2, y, reduction=reduction, **kw)
+        a.sum().backward()
+        b.sum().backward()
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(x1.grad, x2.grad)
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a = weighted(x1, y, w)
+        b = (theirs(x2, y, reduction="none", **kw) * w[:, None]).sum() / (2.0 + EPS)
+        a.backward()
+        b.backward()
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(x1.grad, x2.grad)
+        frames.append(counter.frame_count)
+    assert frames[0] == frames[-1], frames  # no size compiled again
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
