@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import l1ext
-from conftest import TOL, assert_close
+from conftest import DEVICES, TOL, assert_close
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated"),
               pytest.mark.filterwarnings("ignore:`torch.jit.(save|load)` is deprecated")]
@@ -43,9 +43,10 @@ def _outcome(module, x, y, backward=True):
                                     (torch.float64,) * 2, (torch.float32, torch.float64),
                                     (torch.float16, torch.float32)],
                          ids=lambda d: "-".join(str(t)[6:] for t in d))
-def test_scripted_module_matches_scripted_torch(ours, theirs, kw, reduction, dtypes):
-    x = torch.randn(6, 5, dtype=torch.float64).to(dtypes[0])
-    y = torch.randn(6, 5, dtype=torch.float64).to(dtypes[1])
+@pytest.mark.parametrize("device", DEVICES)
+def test_scripted_module_matches_scripted_torch(ours, theirs, kw, reduction, dtypes, device):
+    x = torch.randn(6, 5, dtype=torch.float64).to(device, dtypes[0])
+    y = torch.randn(6, 5, dtype=torch.float64).to(device, dtypes[1])
     mine = torch.jit.script(ours(reduction=reduction, **kw))
     ref = torch.jit.script(theirs(reduction=reduction, **kw))
     assert "l1ext::" in str(mine.inlined_graph)
