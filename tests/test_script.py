@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import l1ext
-from conftest import DEVICES, TOL, assert_close
+from conftest import DEVICES, assert_close
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated"),
               pytest.mark.filterwarnings("ignore:`torch.jit.(save|load)` is deprecated")]
@@ -205,5 +205,6 @@ def test_scripted_module_under_autocast(ours, theirs, kw, dtypes):
     y = torch.randn(6, 5, dtype=dtypes[1])
     scripted = torch.jit.script(ours(**kw))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got, want = scripted(x, y), ours(**kw)(x, y)
-    assert got.dtype == want.dtype and torch.equal(got, want)
+        got, want, torchs = scripted(x, y), ours(**kw)(x, y), theirs(**kw)(x, y)
+    assert got.dtype == want.dtype == torchs.dtype and torch.equal(got, want)
+    assert_close(got, torchs)
