@@ -85,10 +85,15 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta: float) -> Tenso
     if dtype is None or _kernel_dtype(input, input) is None:  # (an integer input: torch's, too)
         return torch._C._nn.huber_loss(input, target, reduction, delta)
     loss = torch.ops.l1ext.huber_loss(input.to(dtype), target.to(dtype), reduction, delta)
-    if dtype == input.dtype or torch.ops.l1ext.autocast_enabled(input.device.type):
-        return loss  # (under autocast: float32, as torch's, which is on autocast's float32 list)
-    # torch's huber_loss answers in the input's dtype, computed in the promoted one.
-    return loss.to(input.dtype)
+    if dtype == input.dtype:
+        return loss  # (under autocast: float32 unless float64, as the operator's autocast kernel)
+    # torch's huber_loss answers in the input's dtype, computed in the promoted one; under
+    # autocast (float32 list) that input is float32 unless it is float64, which autocast leaves.
+    out = input.dtype
+    if out != torch.float64 and input.device.type != "meta":
+        if torch.ops.l1ext.autocast_enabled(input.device.type):
+            out = torch.float32
+    return loss if loss.dtype == out else loss.to(out)
 
 
 def _as_float(value: Number) -> float:

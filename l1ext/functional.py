@@ -120,10 +120,15 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
         loss = _sharded(_huber_op, _cast(input, dtype), _cast(target, dtype), reduction, float(delta))
     else:
         loss = _huber_op(_cast(input, dtype), _cast(target, dtype), reduction, float(delta))
-    if dtype is input.dtype or torch.is_autocast_enabled(input.device.type):
-        return loss  # (under autocast: float32, as torch's, which is on autocast's float32 list)
-    # torch's huber_loss answers in the input's dtype, computed in the promoted one.
-    return loss.to(input.dtype)
+    if dtype is input.dtype:
+        return loss  # (under autocast: float32 unless float64, as the operator's autocast kernel)
+    # torch's huber_loss answers in the input's dtype, computed in the promoted one; under
+    # autocast (float32 list) that input is float32 unless it is float64, which autocast leaves.
+    out = input.dtype
+    if out is not torch.float64 and input.device.type != "meta" \
+            and torch.is_autocast_enabled(input.device.type):
+        out = torch.float32
+    return loss if loss.dtype is out else loss.to(out)
 
 
 def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_weight):
