@@ -80,7 +80,7 @@ def _forget_scripted_forwards():
     # torch.jit.script compiles a module class's forward once and reuses it for every later
     # instance: without this, a module scripted before patch() would keep torch's forward under
     # it, and one scripted under it would keep l1ext's after unpatch().
-    store = getattr(torch.jit._recursive, "concrete_type_store", None)
+    store = getattr(getattr(torch.jit, "_recursive", None), "concrete_type_store", None)
     if store is None or not hasattr(store, "type_store"):
         return
     for cls, _ in _MODULES:
