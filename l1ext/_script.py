@@ -1,11 +1,14 @@
-"""The modules' forward under torch.jit.script.
+"""l1ext's losses under torch.jit.script.
 
 TorchScript cannot compile functional.py (keyword-only arguments, __torch_function__ dispatch,
-Python-side fast paths), so a scripted l1ext module runs these functions instead: the same rules
-as functional.py, written in the subset TorchScript compiles, calling the same operators
-(torch.ops.l1ext.*, saved with the scripted module; loading one needs `import l1ext`). Where
-functional.py hands a call to torch's own operator, so do these; their warnings and errors are
-those of torch's own scripted losses (sizes print as lists, errors come as torch.jit.Error).
+Python-side fast paths), so scripted code runs these functions instead: the same rules and
+signatures as functional.py's, written in the subset TorchScript compiles, calling the same
+operators (torch.ops.l1ext.*, saved with the scripted code; loading it needs `import l1ext`). The
+modules' forwards call them under torch.jit.is_scripting(); a scripted call of
+l1ext.functional.* is routed to them by TorchScript's table of Python functions with script
+twins (see the end of this file). Where functional.py hands a call to torch's own operator, so do
+these; warnings and errors are those of torch's own scripted losses (sizes print as lists,
+errors come as torch.jit.Error).
 """
 import warnings
 from typing import List, Optional, Tuple, Union
@@ -162,9 +165,12 @@ def _by_weight(loss: Tensor, weight: Tensor, input: Tensor, reduction: str, mean
     raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
 
 
-def l1_loss(input: Tensor, target: Tensor, reduction: str, weight: Optional[Tensor],
-            avg_factor: Optional[Number], loss_weight: Optional[float]) -> Tensor:
+def l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
+            reduce: Optional[bool] = None, reduction: str = "mean", weight: Optional[Tensor] = None,
+            avg_factor: Optional[Number] = None, loss_weight: Optional[float] = None) -> Tensor:
     _warn_if_sizes_differ(input, target)
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
     if avg_factor is not None or loss_weight is not None:
         return _weighted(0, input, target, reduction, 0.0, weight, avg_factor, loss_weight)
     operands = _broadcast(input, target)
@@ -173,10 +179,13 @@ def l1_loss(input: Tensor, target: Tensor, reduction: str, weight: Optional[Tens
     return _by_weight(_l1(operands[0], operands[1], 0), weight, input, reduction, True)
 
 
-def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str, beta: Number,
-                   weight: Optional[Tensor], avg_factor: Optional[Number],
-                   loss_weight: Optional[float]) -> Tensor:
+def smooth_l1_loss(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
+                   reduce: Optional[bool] = None, reduction: str = "mean", beta: Number = 1.0,
+                   weight: Optional[Tensor] = None, avg_factor: Optional[Number] = None,
+                   loss_weight: Optional[float] = None) -> Tensor:
     _warn_if_sizes_differ(input, target)
+    if size_average is not None or reduce is not None:
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
     if weight is not None or avg_factor is not None or loss_weight is not None \
             or _is_tensor_param(beta):
         if not isinstance(beta, Tensor):
@@ -190,9 +199,9 @@ def smooth_l1_loss(input: Tensor, target: Tensor, reduction: str, beta: Number,
     return _smooth_l1(operands[0], operands[1], _Reduction.get_enum(reduction), value)
 
 
-def huber_loss(input: Tensor, target: Tensor, reduction: str, delta: Number,
-               weight: Optional[Tensor], avg_factor: Optional[Number],
-               loss_weight: Optional[float]) -> Tensor:
+def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: Number = 1.0,
+               weight: Optional[Tensor] = None, avg_factor: Optional[Number] = None,
+               loss_weight: Optional[float] = None) -> Tensor:
     _warn_if_sizes_differ(input, target)
     if avg_factor is not None or loss_weight is not None or _is_tensor_param(delta):
         if not isinstance(delta, Tensor):
@@ -208,9 +217,9 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str, delta: Number,
     return _by_weight(loss, weight, input, reduction, False)
 
 
-def quantile_loss(input: Tensor, target: Tensor, tau: Number, reduction: str,
-                  weight: Optional[Tensor], avg_factor: Optional[Number],
-                  loss_weight: Optional[float]) -> Tensor:
+def quantile_loss(input: Tensor, target: Tensor, tau: Number = 0.5, reduction: str = "mean",
+                  weight: Optional[Tensor] = None, avg_factor: Optional[Number] = None,
+                  loss_weight: Optional[float] = None) -> Tensor:
     quantiles = 1
     if isinstance(tau, Tensor):
         if tau.requires_grad:
@@ -232,3 +241,25 @@ def quantile_loss(input: Tensor, target: Tensor, tau: Number, reduction: str,
     else:
         _warn_if_sizes_differ(input, target)
     return _weighted(3, input, target, reduction, tau, weight, avg_factor, loss_weight)
+
+
+def _serve_scripted_calls():
+    # TorchScript compiles a called Python function from its source, unless the function is in
+    # torch._jit_internal.boolean_dispatched, the table torch.nn.functional fills (max_pool's
+    # return_indices) to hand TorchScript script-compatible functions instead. An argument
+    # index and name no call uses make TorchScript always take the default ("if_true").
+    # torch.fx reads the same table for the signature, which is functional.py's.
+    from . import functional
+
+    table = getattr(torch._jit_internal, "boolean_dispatched", None)
+    if table is None:
+        return
+    for python_fn, script_fn in ((functional.l1_loss, l1_loss),
+                                 (functional.smooth_l1_loss, smooth_l1_loss),
+                                 (functional.huber_loss, huber_loss),
+                                 (functional.quantile_loss, quantile_loss)):
+        table[python_fn] = {"if_true": script_fn, "if_false": script_fn, "index": 1 << 16,
+                            "default": True, "arg_name": "_l1ext_scripted"}
+
+
+_serve_scripted_calls()

@@ -40,7 +40,8 @@ class L1Loss(torch.nn.L1Loss):
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
-            return _script.l1_loss(input, target, reduction, weight, avg_factor, loss_weight)
+            return _script.l1_loss(input, target, reduction=reduction, weight=weight,
+                                   avg_factor=avg_factor, loss_weight=loss_weight)
         return F.l1_loss(input, target, reduction=_reduction(self, reduction_override), weight=weight,
                          avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
@@ -60,8 +61,9 @@ class SmoothL1Loss(torch.nn.SmoothL1Loss):
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
-            return _script.smooth_l1_loss(input, target, reduction, self.beta, weight, avg_factor,
-                                          loss_weight)
+            return _script.smooth_l1_loss(input, target, reduction=reduction, beta=self.beta,
+                                          weight=weight, avg_factor=avg_factor,
+                                          loss_weight=loss_weight)
         return F.smooth_l1_loss(input, target, reduction=_reduction(self, reduction_override), beta=self.beta,
                                 weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
@@ -116,6 +118,7 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
-            return _script.quantile_loss(input, target, self.tau, reduction, weight, avg_factor, loss_weight)
+            return _script.quantile_loss(input, target, self.tau, reduction, weight, avg_factor,
+                                         loss_weight)
         return F.quantile_loss(input, target, self.tau, reduction=_reduction(self, reduction_override),
                                weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))

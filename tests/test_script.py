@@ -1,13 +1,15 @@
-"""torch.jit.script of l1ext's modules: torch's own loss modules script, so l1ext's must too
-(swap the import, keep the scripted model). The scripted l1ext module is compared with the
-scripted torch module (the oracle) and with its own eager self, and must call l1ext's operators."""
+"""torch.jit.script of l1ext's modules and functions: torch's own losses script, so l1ext's must
+too (swap the import, keep the scripted model). Scripted l1ext code is compared with scripted
+torch code (the oracle) and with its own eager self, and must call l1ext's operators."""
 import io
 import warnings
 
 import pytest
 import torch
+import torch.nn.functional as TF
 
 import l1ext
+import l1ext.functional as LF
 from conftest import DEVICES, assert_close
 
 pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated"),
@@ -208,3 +210,77 @@ def test_scripted_module_under_autocast(ours, theirs, kw, dtypes):
         got, want, torchs = scripted(x, y), ours(**kw)(x, y), theirs(**kw)(x, y)
     assert got.dtype == want.dtype == torchs.dtype and torch.equal(got, want)
     assert_close(got, torchs)
+
+
+FUNCTIONALS = [
+    (LF.l1_loss, TF.l1_loss, {}),
+    (LF.smooth_l1_loss, TF.smooth_l1_loss, {"beta": 0.5}),
+    (LF.huber_loss, TF.huber_loss, {"delta": 0.5}),
+]
+
+
+def _scripted_call(fn, **kw):
+    # A scripted function that calls fn (as user code would), with kw as constants.
+    if fn in (LF.l1_loss, TF.l1_loss):
+        def call(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return fn(x, y, reduction="sum")
+    elif fn in (LF.smooth_l1_loss, TF.smooth_l1_loss):
+        def call(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return fn(x, y, reduction="sum", beta=0.5)
+    else:
+        def call(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return fn(x, y, reduction="sum", delta=0.5)
+    return torch.jit.script(call)
+
+
+@pytest.mark.parametrize("ours, theirs, kw", FUNCTIONALS, ids=PAIR_IDS)
+def test_scripted_functional_matches_scripted_torch(ours, theirs, kw):
+    # Scripted code that calls l1ext.functional.* compiles (TorchScript gets _script.py's twin)
+    # and gives torch's scripted results through l1ext's operators.
+    x, y = torch.randn(6, 5), torch.randn(6, 5)
+    mine, ref = _scripted_call(ours), _scripted_call(theirs)
+    assert "l1ext::" in str(mine.inlined_graph)
+    for got, want in zip(_grads(mine, x, y), _grads(ref, x, y)):
+        assert_close(got, want)
+
+
+def test_scripted_functional_arguments():
+    # Legacy size_average/reduce (torch's deprecation warning), the weighted convention, the
+    # quantile loss: as the eager functions.
+    @torch.jit.script
+    def legacy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return LF.l1_loss(x, y, size_average=False)
+
+    @torch.jit.script
+    def weighted(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, a: torch.Tensor):
+        return LF.smooth_l1_loss(x, y, beta=1.0 / 9, weight=w, avg_factor=a, loss_weight=2.0)
+
+    @torch.jit.script
+    def quantile(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return LF.quantile_loss(x, y, 0.25, "sum")
+
+    x, y, w, a = torch.randn(8, 4), torch.randn(8, 4), torch.rand(8), torch.tensor(3.0)
+    with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated"):
+        assert torch.equal(legacy(x, y), LF.l1_loss(x, y, reduction="sum"))
+    want = LF.smooth_l1_loss(x, y, beta=1.0 / 9, weight=w, avg_factor=a, loss_weight=2.0)
+    assert torch.equal(weighted(x, y, w, a), want)
+    assert torch.equal(quantile(x, y), LF.quantile_loss(x, y, 0.25, "sum"))
+
+
+def test_scripted_torch_functional_under_patch():
+    x, y = torch.randn(5, 3), torch.randn(5, 3)
+    with l1ext.patch():
+        scripted = _scripted_call(TF.smooth_l1_loss)
+    assert "l1ext::" in str(scripted.inlined_graph)
+    assert_close(scripted(x, y), TF.smooth_l1_loss(x, y, reduction="sum", beta=0.5))
+
+
+def test_fx_normalizes_functional_calls():
+    # torch.fx reads the same table for the signature: normalized arguments keep their names.
+    from torch.fx.operator_schemas import normalize_function
+
+    x, y = torch.randn(2, 4), torch.randn(2, 4)
+    args = normalize_function(LF.smooth_l1_loss, (x, y), {"beta": 0.5, "reduction": "sum"},
+                              normalize_to_only_use_kwargs=True)
+    assert args.kwargs["beta"] == 0.5 and args.kwargs["reduction"] == "sum"
+    assert args.kwargs["input"] is x and args.kwargs["target"] is y
