@@ -102,7 +102,7 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta: float) -> Tenso
 def _as_float(value: Number) -> float:
     if isinstance(value, Tensor):
         return float(value)  # a 0-d tensor is a number to torch's losses
-    if isinstance(value, float):
+    if isinstance(value, float):  # (TorchScript converts no Union[float, int] with float())
         return value
     return float(value)
 
@@ -134,9 +134,9 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
     operands = _broadcast(input, target)
     dtype = _kernel_dtype(operands[0], operands[1])
     if dtype is None:
-        raise NotImplementedError("l1ext weighted losses support floating dtypes on cpu, cuda and "
-                                  f"meta, got {input.dtype} and {target.dtype} on {input.device} "
-                                  f"and {target.device}")
+        raise NotImplementedError("l1ext weighted losses support floating dtypes on the devices "
+                                  f"l1ext has kernels for, got {input.dtype} and {target.dtype} "
+                                  f"on {input.device} and {target.device}")
     x, y = operands[0].to(dtype), operands[1].to(dtype)
     if x.numel() == 0 and reduction != "none":
         return x.sum() * 0  # no positive boxes: a zero that stays in the graph
