@@ -16,14 +16,6 @@ from . import functional as F
 
 __all__ = ["L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss"]
 
-_OVERRIDES = (None, "none", "mean", "sum")
-
-
-def _reduction(module, reduction_override):
-    if reduction_override not in _OVERRIDES:
-        raise ValueError(f"reduction_override must be one of {_OVERRIDES}, got {reduction_override!r}")
-    return reduction_override or module.reduction
-
 
 class L1Loss(torch.nn.L1Loss):
     __doc__ = torch.nn.L1Loss.__doc__
@@ -35,14 +27,14 @@ class L1Loss(torch.nn.L1Loss):
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                 avg_factor: Optional[_script.Number] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _script.reduction_of(self.reduction, reduction_override)
         if torch.jit.is_scripting():
-            reduction = _script.reduction_of(self.reduction, reduction_override)
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
             return _script.l1_loss(input, target, reduction=reduction, weight=weight,
                                    avg_factor=avg_factor, loss_weight=loss_weight)
-        return F.l1_loss(input, target, reduction=_reduction(self, reduction_override), weight=weight,
+        return F.l1_loss(input, target, reduction=reduction, weight=weight,
                          avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
 
@@ -56,15 +48,15 @@ class SmoothL1Loss(torch.nn.SmoothL1Loss):
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                 avg_factor: Optional[_script.Number] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _script.reduction_of(self.reduction, reduction_override)
         if torch.jit.is_scripting():
-            reduction = _script.reduction_of(self.reduction, reduction_override)
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
             return _script.smooth_l1_loss(input, target, reduction=reduction, beta=self.beta,
                                           weight=weight, avg_factor=avg_factor,
                                           loss_weight=loss_weight)
-        return F.smooth_l1_loss(input, target, reduction=_reduction(self, reduction_override), beta=self.beta,
+        return F.smooth_l1_loss(input, target, reduction=reduction, beta=self.beta,
                                 weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
 
@@ -82,14 +74,14 @@ class HuberLoss(torch.nn.HuberLoss):
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                 avg_factor: Optional[_script.Number] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _script.reduction_of(self.reduction, reduction_override)
         if torch.jit.is_scripting():
-            reduction = _script.reduction_of(self.reduction, reduction_override)
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
             return _script.huber_loss(input, target, reduction, self.delta, weight, avg_factor,
                                       loss_weight)
-        return F.huber_loss(input, target, reduction=_reduction(self, reduction_override), delta=self.delta,
+        return F.huber_loss(input, target, reduction=reduction, delta=self.delta,
                             weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
 
 
@@ -113,12 +105,12 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                 avg_factor: Optional[_script.Number] = None,
                 reduction_override: Optional[str] = None) -> Tensor:
+        reduction = _script.reduction_of(self.reduction, reduction_override)
         if torch.jit.is_scripting():
-            reduction = _script.reduction_of(self.reduction, reduction_override)
             loss_weight: Optional[float] = None
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
             return _script.quantile_loss(input, target, self.tau, reduction, weight, avg_factor,
                                          loss_weight)
-        return F.quantile_loss(input, target, self.tau, reduction=_reduction(self, reduction_override),
+        return F.quantile_loss(input, target, self.tau, reduction=reduction,
                                weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
