@@ -6,12 +6,11 @@ signatures as functional.py's, written in the subset TorchScript compiles, calli
 operators (torch.ops.l1ext.*, saved with the scripted code; loading it needs `import l1ext`). The
 modules' forwards call them under torch.jit.is_scripting(); a scripted call of
 l1ext.functional.* is routed to them by TorchScript's table of Python functions with script
-twins (see the end of this file). Where functional.py hands a call to torch's own operator, so do
-these; warnings and errors are those of torch's own scripted losses (sizes print as lists,
-errors come as torch.jit.Error).
-"""
+twins (serve_scripted_calls, which functional.py calls). Where functional.py hands a call to
+torch's own operator, so do these; warnings and errors are those of torch's own scripted losses
+(sizes print as lists, errors come as torch.jit.Error)."""
 import warnings
-from typing import List, Optional, Tuple, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -88,6 +87,12 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta: float) -> Tenso
     if dtype is None or _kernel_dtype(input, input) is None:  # (an integer input: torch's, too)
         return torch._C._nn.huber_loss(input, target, reduction, delta)
     loss = torch.ops.l1ext.huber_loss(input.to(dtype), target.to(dtype), reduction, delta)
+    return huber_in_input_dtype(loss, dtype, input)
+
+
+def huber_in_input_dtype(loss: Tensor, dtype: int, input: Tensor) -> Tensor:
+    """A Huber loss computed in dtype (promoted) in the dtype torch's huber_loss answers in (also
+    functional.py's)."""
     if dtype == input.dtype:
         return loss  # (under autocast: float32 unless float64, as the operator's autocast kernel)
     # torch's huber_loss answers in the input's dtype, computed in the promoted one; under
@@ -243,23 +248,18 @@ def quantile_loss(input: Tensor, target: Tensor, tau: Number = 0.5, reduction: s
     return _weighted(3, input, target, reduction, tau, weight, avg_factor, loss_weight)
 
 
-def _serve_scripted_calls():
-    # TorchScript compiles a called Python function from its source, unless the function is in
-    # torch._jit_internal.boolean_dispatched, the table torch.nn.functional fills (max_pool's
-    # return_indices) to hand TorchScript script-compatible functions instead. An argument
-    # index and name no call uses make TorchScript always take the default ("if_true").
-    # torch.fx reads the same table for the signature, which is functional.py's.
-    from . import functional
+def serve_scripted_calls(twins: List[Tuple[Callable, Callable]]):
+    """Hands TorchScript, for each (Python function, twin) pair, the twin here to compile
+    (called by functional.py for its public functions).
 
+    TorchScript compiles a called Python function from its source, unless the function is in
+    torch._jit_internal.boolean_dispatched, the table torch.nn.functional fills (max_pool's
+    return_indices) to hand TorchScript script-compatible functions instead. An argument index
+    and name no call uses make TorchScript always take the default ("if_true"). torch.fx reads the
+    same table for the signature, which is the Python function's."""
     table = getattr(torch._jit_internal, "boolean_dispatched", None)
     if table is None:
         return
-    for python_fn, script_fn in ((functional.l1_loss, l1_loss),
-                                 (functional.smooth_l1_loss, smooth_l1_loss),
-                                 (functional.huber_loss, huber_loss),
-                                 (functional.quantile_loss, quantile_loss)):
+    for python_fn, script_fn in twins:
         table[python_fn] = {"if_true": script_fn, "if_false": script_fn, "index": 1 << 16,
                             "default": True, "arg_name": "_l1ext_scripted"}
-
-
-_serve_scripted_calls()

@@ -15,6 +15,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _C  # registers torch.ops.l1ext
 from . import _dtensor
+from . import _script
 from . import _meta  # noqa: F401  (fake implementations)
 from . import _vmap  # noqa: F401  (batching rules)
 
@@ -120,15 +121,7 @@ def _huber(input: Tensor, target: Tensor, reduction: int, delta) -> Tensor:
         loss = _sharded(_huber_op, _cast(input, dtype), _cast(target, dtype), reduction, float(delta))
     else:
         loss = _huber_op(_cast(input, dtype), _cast(target, dtype), reduction, float(delta))
-    if dtype is input.dtype:
-        return loss  # (under autocast: float32 unless float64, as the operator's autocast kernel)
-    # torch's huber_loss answers in the input's dtype, computed in the promoted one; under
-    # autocast (float32 list) that input is float32 unless it is float64, which autocast leaves.
-    out = input.dtype
-    if out is not torch.float64 and input.device.type != "meta" \
-            and torch.is_autocast_enabled(input.device.type):
-        out = torch.float32
-    return loss if loss.dtype is out else loss.to(out)
+    return _script.huber_in_input_dtype(loss, dtype, input)
 
 
 def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_weight):
@@ -362,3 +355,10 @@ def quantile_loss(
     else:
         _warn_if_sizes_differ(input, target)
     return _weighted(_QUANTILE, input, target, reduction, tau, weight, avg_factor, loss_weight)
+
+
+# Scripted code that calls these functions runs their twins in _script.py.
+_script.serve_scripted_calls([(l1_loss, _script.l1_loss),
+                              (smooth_l1_loss, _script.smooth_l1_loss),
+                              (huber_loss, _script.huber_loss),
+                              (quantile_loss, _script.quantile_loss)])
