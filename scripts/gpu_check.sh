@@ -25,7 +25,8 @@
 #
 # Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
 # (default 560): a stage that would outlast the budget is cut short, so the results are always
-# written. Logs and results go to ${L1EXT_RESULTS:-benchmarks/results/gpu}; where $OUT is set, a
+# written. Logs and results go to ${L1EXT_RESULTS:-benchmarks/results/gpu}, with this machine's
+# directories cut from their paths (clean_paths); where $OUT is set, a
 # summary (one line per stage, plus the end of each log) goes to $OUT/summary.txt, every result
 # file into one archive, $OUT/gpu-<stages>.tar.gz, and after a build the extension itself,
 # $OUT/_C.<tag>.so.gz (unzipped into l1ext/, later stages find its CUDA kernels and skip the
@@ -170,6 +171,39 @@ for stage in "${STAGES[@]}"; do
       fi ;;
   esac
 done
+
+# The logs name this machine's directories (the checkout, the results folder, Python's packages,
+# the compilers): cut to what they are, so that the files can be committed as they come back.
+# Exact strings from this machine, longest first, so nothing outside them is touched.
+clean_paths() {
+  "$PY" - "$RESULTS" <<'EOF'
+import os, shutil, site, sys, sysconfig
+results = os.path.abspath(sys.argv[1])
+pairs = {os.getcwd() + "/": "", os.getcwd(): ".", results + "/": "benchmarks/results/gpu/",
+         sysconfig.get_paths()["include"]: "python/include", sys.prefix + "/include": "venv/include"}
+for d in site.getsitepackages() + [site.getusersitepackages()]:
+    pairs[d.rstrip("/") + "/"] = "site-packages/"
+for tool in ("g++", "gcc", "c++", "cc", "nvcc", "compute-sanitizer"):
+    where = shutil.which(tool)
+    if where:
+        pairs[where] = tool
+        pairs[os.path.realpath(where)] = tool
+pairs = sorted(((a, b) for a, b in pairs.items() if len(a) > 1), key=lambda p: -len(p[0]))
+for name in os.listdir(results):
+    path = os.path.join(results, name)
+    if not name.endswith((".txt", ".json")) or not os.path.isfile(path):
+        continue
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        text = f.read()
+    cleaned = text
+    for a, b in pairs:
+        cleaned = cleaned.replace(a, b)
+    if cleaned != text:
+        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(cleaned)
+EOF
+}
+clean_paths
 
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
