@@ -10,7 +10,7 @@ import l1ext
 import l1ext.functional as LF
 from l1ext import _C
 
-from conftest import FLOAT_DTYPES
+from conftest import DEVICES, FLOAT_DTYPES
 
 ops = torch.ops.l1ext
 SMOOTH_L1, HUBER = 1, 2
@@ -299,14 +299,17 @@ def test_weighted_forward_gradient_dtypes(dtype):
     assert torch.equal(p.grad, gi) and torch.equal(t1.grad, gt)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("beta", [1.0, 0.5, 2.0, 0.125, 2.0**-20, 1024.0, 1 / 9, 0.3])
-def test_smooth_l1_beta_power_of_two_has_the_bits_of_a_division(beta, dtype):
-    # For a power-of-two beta the CPU kernels multiply by 1 / beta instead of dividing by beta:
-    # the same real number rounded once, so the same bits. Checked against the division written
-    # out in torch's elementwise operators (computed in the accumulation type, float for
-    # bfloat16), on residuals across the range, subnormal, +-inf and NaN included; other betas
-    # (1/9, 0.3) take the division and pass the same check.
+def test_smooth_l1_beta_power_of_two_has_the_bits_of_a_division(beta, dtype, device):
+    # For a power-of-two beta the kernels (CPU and CUDA, math::with_loss) multiply by 1 / beta
+    # instead of dividing by beta: the same real number rounded once, so the same bits. Checked
+    # against the division written out in torch's elementwise operators on the CPU (computed in
+    # the accumulation type, float for bfloat16), on residuals across the range, subnormal, +-inf
+    # and NaN included; other betas (1/9, 0.3) take the division and pass the same check. (Where
+    # they differ from the division written out, 0.5 * beta is exact: a fused multiply-add on a
+    # GPU rounds z - 0.5 * beta as the two operations do.)
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5000, generator=g, dtype=acc) * torch.logspace(-30, 3, 5000, dtype=acc)
@@ -319,13 +322,16 @@ def test_smooth_l1_beta_power_of_two_has_the_bits_of_a_division(beta, dtype):
     grad = torch.where(d <= -b, -1.0, torch.where(d >= b, 1.0, d / b).to(acc)).to(dtype)
 
     def same(a, e):
+        a = a.cpu()
         assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a[~a.isnan()], e[~e.isnan()])
 
+    x, y = x.to(device), y.to(device)
     same(LF.smooth_l1_loss(x, y, beta=beta, reduction="none"), value)
     xg = x.clone().requires_grad_()
     LF.smooth_l1_loss(xg, y, beta=beta, reduction="sum").backward()
     same(xg.grad, grad)
     # The weighted kernels with a uniform beta (weight of one, reduction 'sum').
     xw = x.clone().requires_grad_()
-    LF.smooth_l1_loss(xw, y, beta=beta, weight=torch.ones(5000, dtype=dtype), reduction="sum").backward()
+    ones = torch.ones(5000, dtype=dtype, device=device)
+    LF.smooth_l1_loss(xw, y, beta=beta, weight=ones, reduction="sum").backward()
     same(xw.grad, grad)

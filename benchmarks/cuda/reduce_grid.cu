@@ -9,6 +9,8 @@
 //        benchmarks/cuda/reduce_grid.cu -o reduce_grid
 //   ./reduce_grid [n]          (default 2^26)
 //
+// Smooth L1 runs with beta 1, as the library does (by the reciprocal, math::with_loss), and for
+// float32 and bfloat16 also dividing by beta, the form a beta that is not a power of two takes.
 // Prints per loss, dtype and kUnroll: registers, resident blocks per SM, and for each block
 // count the median kernel time (CUDA events, 20 launches after 3) and the design's bytes / time
 // as a share of the copy's. Nothing asserted.
@@ -70,8 +72,8 @@ float median_ms(F launch) {
   return ms[ms.size() / 2];
 }
 
-template <class T, LossKind K, int kUnroll>
-void run(const char* name, int64_t n, double copy_bytes_per_ms) {
+template <class T, int kUnroll, class Loss>
+void run(const char* name, int64_t n, double copy_bytes_per_ms, const Loss& loss) {
   using A = acc_t<T>;
   T *x, *y, *gi, *out;
   void* workspace;
@@ -86,10 +88,8 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   CHECK(cudaGetLastError());
   auto* ticket = static_cast<unsigned int*>(workspace);
   auto* partials = reinterpret_cast<A*>(static_cast<char*>(workspace) + 16);
-  const auto loss = l1ext::math::make_loss<K, A>(A(1));
   const Span s = with_sign(make_span<T>(n, {x, y}), nullptr);
   const ForwardGradients<T> g{gi, nullptr, A(1.0 / double(n)), true};
-  using Loss = std::remove_const_t<decltype(loss)>;  // the library's instantiation
   const auto kernel = forward_reduce_kernel<T, Loss, false, true, kUnroll>;
   cudaFuncAttributes attr;
   CHECK(cudaFuncGetAttributes(&attr, kernel));
@@ -124,11 +124,15 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms) {
   CHECK(cudaFree(workspace));
 }
 
+// The loss functor the library builds for parameter 1 (math::with_loss: Smooth L1 with beta 1
+// multiplies by 1 / beta), for each kUnroll.
 template <class T, LossKind K>
 void run_unrolls(const char* name, int64_t n, double copy_bytes_per_ms) {
-  run<T, K, 1>(name, n, copy_bytes_per_ms);
-  run<T, K, 2>(name, n, copy_bytes_per_ms);
-  run<T, K, 4>(name, n, copy_bytes_per_ms);
+  l1ext::math::with_loss<K, acc_t<T>>(1.0, [&](const auto& loss) {
+    run<T, 1>(name, n, copy_bytes_per_ms, loss);
+    run<T, 2>(name, n, copy_bytes_per_ms, loss);
+    run<T, 4>(name, n, copy_bytes_per_ms, loss);
+  });
 }
 
 }  // namespace
@@ -152,6 +156,13 @@ int main(int argc, char** argv) {
               copy_bytes_per_ms / 1e6);
   run_unrolls<float, LossKind::SmoothL1>("smooth_l1 float32", n, copy_bytes_per_ms);
   run_unrolls<__nv_bfloat16, LossKind::SmoothL1>("smooth_l1 bfloat16", n, copy_bytes_per_ms);
+  // Smooth L1 dividing by beta (what a beta that is not a power of two, such as 1/9, runs; the
+  // library divided for beta 1 too before math::with_loss), beside the rows above.
+  using SmoothL1ByDivision = l1ext::math::SmoothL1Loss<float, false>;
+  run<float, kReduceUnroll>("smooth_l1 float32, division", n, copy_bytes_per_ms,
+                            SmoothL1ByDivision{1.0f});
+  run<__nv_bfloat16, kReduceUnroll>("smooth_l1 bfloat16, division", n, copy_bytes_per_ms,
+                                    SmoothL1ByDivision{1.0f});
   run_unrolls<__half, LossKind::SmoothL1>("smooth_l1 float16", n, copy_bytes_per_ms);
   run_unrolls<float, LossKind::L1>("l1 float32", n, copy_bytes_per_ms);
   run_unrolls<__nv_bfloat16, LossKind::L1>("l1 bfloat16", n, copy_bytes_per_ms);

@@ -22,6 +22,7 @@
 #include <array>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/kernel_table.h"
@@ -215,16 +216,11 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
 template <bool B>
 using Flag = std::integral_constant<bool, B>;
 
-// Calls f(loss) with the loss functor of kind K: for Smooth L1 with a power-of-two beta, the
-// form that multiplies by 1 / beta (same bits, no division; loss_math.h).
+// Calls f(loss) with the loss functor of kind K in T's accumulation type (math::with_loss: Smooth
+// L1 with a power-of-two beta multiplies by 1 / beta).
 template <class T, LossKind K, class F>
 auto with_loss(double param, F&& f) {
-  using A = acc_t<T>;
-  if constexpr (K == LossKind::SmoothL1) {
-    const A beta(param);
-    if (math::exact_reciprocal(beta)) return f(math::SmoothL1Loss<A, true>{beta, A(1) / beta});
-  }
-  return f(make_loss<K, A>(param));
+  return math::with_loss<K, acc_t<T>>(param, std::forward<F>(f));
 }
 
 template <class T, LossKind K>

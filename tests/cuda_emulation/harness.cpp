@@ -1,7 +1,7 @@
 // C entry points over the CUDA launchers of csrc/cuda (loss_kernels.cuh, weighted_kernels.cuh)
 // built for the host with the emulated runtime of cuda_runtime.h beside this file, for ctypes
 // (tests/test_cuda_emulation.py). Loss functors are built as the CUDA glue builds them
-// (math::make_loss in the accumulation type). Every entry returns a cudaError_t; an emulator
+// (math::with_loss in the accumulation type). Every entry returns a cudaError_t; an emulator
 // error or an access of a guard page also leaves a message (emu_message).
 #include <setjmp.h>
 #include <signal.h>
@@ -80,15 +80,15 @@ int with_kind(int kind, F&& f) {
   return result;
 }
 
-// f(T{}, loss) under guarded, with the loss functor the CUDA glue builds (math::make_loss in the
-// accumulation type).
+// f(T{}, loss) under guarded, with the loss functor the CUDA glue builds (math::with_loss in the
+// accumulation type: Smooth L1 with a power-of-two beta multiplies by 1 / beta).
 template <class F>
 int with_loss(int dtype, int kind, double param, F&& f) {
   return with_elem(dtype, [&](auto tag) {
     using T = decltype(tag);
     return with_kind(kind, [&](auto k) {
-      const auto loss = math::make_loss<decltype(k)::value, acc_t<T>>(param);
-      return guarded([&] { return f(tag, loss); });
+      return math::with_loss<decltype(k)::value, acc_t<T>>(
+          param, [&](const auto& loss) { return guarded([&] { return f(tag, loss); }); });
     });
   });
 }
