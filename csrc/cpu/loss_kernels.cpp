@@ -92,8 +92,6 @@ struct Io {
   }
 };
 
-using math::make_loss;
-
 constexpr int64_t kChunk = int64_t(1) << 15;
 
 // Runs chunk(begin, end) over fixed chunks of [0, n), in parallel, and returns the pairwise sum
