@@ -3,9 +3,11 @@ operator against the eager composition detection code writes and that compositio
 torch.compile, timed two ways: one synchronised step at a time (CUDA events around a step that
 starts on an idle GPU: its latency) and loops of steps synchronised once (the steady state of a
 training loop, with x.sum().backward(), the autograd engine's own minimal step, beside them).
-Medians, ratios printed, nothing asserted.
+On a GPU the loops are timed again with the backward kept on the calling thread
+(torch.autograd.set_multithreading_enabled(False); by default the engine hands a CUDA backward to
+its device thread and waits for it). Medians, ratios printed, nothing asserted.
 
-    python benchmarks/weighted.py [--device cuda] [--json PATH]
+    python benchmarks/weighted.py [--device cuda] [--caller-rows] [--json PATH]
 
 Targets: on a GPU, >= 3x the eager composition and >= 1.5x the compiled one for N = 1e3..1e6;
 on a CPU, >= 2x the eager composition.
@@ -31,6 +33,14 @@ def fused(pred, target, weight, avg_factor):
     return LF.smooth_l1_loss(pred, target, beta=1 / 9, weight=weight, avg_factor=avg_factor)
 
 
+def on_caller_thread(step):
+    """step() with the autograd engine running its backward on the calling thread."""
+    def caller_step():
+        with torch.autograd.set_multithreading_enabled(False):
+            step()
+    return caller_step
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -38,6 +48,8 @@ def main(argv=None):
     p.add_argument("--min-time", type=float, default=0.3)
     p.add_argument("--steps", type=int, default=20, help="steps per loop (loop timing)")
     p.add_argument("--repeats", type=int, default=9, help="rounds of loops (loop timing)")
+    p.add_argument("--caller-rows", action="store_true",
+                   help="time the loops with the engine on the caller too (default on a GPU)")
     p.add_argument("--json", metavar="PATH")
     a = p.parse_args(argv)
     device = torch.device(a.device)
@@ -46,6 +58,8 @@ def main(argv=None):
     # Static shapes, as l1ext.bench compiles them (one graph per size).
     compiled = torch.compile(composition, dynamic=False)
     impls = (("eager", composition), ("compiled", compiled), ("l1ext", fused))
+    # Only a GPU backward leaves the calling thread; on the CPU these loops repeat the others.
+    caller = device.type == "cuda" or a.caller_rows
     rows = []
     for n in [int(float(s)) for s in a.sizes.split(",")]:
         pred = torch.randn(n, 4, device=device, requires_grad=True)
@@ -74,6 +88,11 @@ def main(argv=None):
                                    a.repeats)
         row.update({f"loop_{name}_s": t for (name, _), t in zip(impls, loops)})
         row["loop_floor_s"] = loops[-1]
+        if caller:
+            on_caller = [on_caller_thread(loop_step(fn)) for fn in (composition, fused)]
+            loops = bench.loop_medians(on_caller + [on_caller_thread(floor)], device, a.steps,
+                                       a.repeats)
+            row.update(caller_eager_s=loops[0], caller_l1ext_s=loops[1], caller_floor_s=loops[2])
         rows.append(row)
     t = bench._fmt_time
     print(f"weighted Smooth L1 (beta=1/9) with avg_factor over boxes (N, 4), fwd+bwd, {device}")
@@ -91,6 +110,13 @@ def main(argv=None):
         print(f"{r['n_boxes']:>9} {t(r['loop_eager_s']):>11} {t(r['loop_compiled_s']):>11} "
               f"{t(r['loop_l1ext_s']):>11} {r['loop_eager_s'] / r['loop_l1ext_s']:>7.2f}x "
               f"{r['loop_compiled_s'] / r['loop_l1ext_s']:>9.2f}x {t(r['loop_floor_s']):>11}")
+    if caller:
+        print("the same loops with the engine on the caller "
+              "(torch.autograd.set_multithreading_enabled(False)):")
+        print(f"{'N boxes':>9} {'eager':>11} {'l1ext':>11} {'x eager':>8} {'floor':>11}")
+        for r in rows:
+            print(f"{r['n_boxes']:>9} {t(r['caller_eager_s']):>11} {t(r['caller_l1ext_s']):>11} "
+                  f"{r['caller_eager_s'] / r['caller_l1ext_s']:>7.2f}x {t(r['caller_floor_s']):>11}")
     if a.json:
         meta = bench.metadata(device, argparse.Namespace(reduction="mean", quick=False))
         with open(a.json, "w") as f:

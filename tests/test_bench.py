@@ -166,6 +166,12 @@ def test_overhead_script_runs(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert len(rows) == 1 + 5 * 3 and all(r["time_s"] > 0 for r in rows)
     assert "of eager torch's time" in capsys.readouterr().out
+    # The rows with the engine on the calling thread (a GPU's default), asked for on the CPU.
+    assert overhead.main(["--device", "cpu", "--n", "64", "--steps", "3", "--repeats", "2",
+                          "--caller-rows", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 + 7 * 3 and all(r["time_s"] > 0 for r in rows)
+    assert "engine on caller, l1ext =" in capsys.readouterr().out
 
 
 def test_weighted_script_runs(tmp_path, capsys):
@@ -179,6 +185,12 @@ def test_weighted_script_runs(tmp_path, capsys):
     keys = [f"{p}{k}_s" for p in ("", "loop_") for k in ("eager", "compiled", "l1ext")]
     assert row["n_boxes"] == 64 and all(row[k] > 0 for k in keys + ["loop_floor_s"])
     assert "loops of 2 steps" in capsys.readouterr().out
+    # The loops with the engine on the calling thread (a GPU's default), asked for on the CPU.
+    assert weighted.main(["--device", "cpu", "--sizes", "64", "--min-time", "0.01", "--steps", "2",
+                          "--repeats", "2", "--caller-rows", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert all(row[f"caller_{k}_s"] > 0 for k in ("eager", "l1ext", "floor"))
+    assert "engine on the caller" in capsys.readouterr().out
 
 
 def test_kernels_script_runs(capsys):
