@@ -36,8 +36,9 @@
 # memcheck 10, racecheck 49, bench with L1EXT_BENCH_ARGS=--quick 71, targets from its JSON 4,
 # weighted 25, overhead 11, kernels 30, grid 17: every stage but the full bench fits one 560 s
 # budget. The full bench sweep (8 sizes) needs a budget of its own. (Since then the grid stage
-# builds 30 kernel variants instead of 12 and the weighted stage adds loops of steps: a few
-# seconds more each, by estimate.)
+# builds 30 kernel variants instead of 12, the weighted stage adds loops of steps, and both
+# overhead and weighted time their loops again with the engine on the caller: a few seconds more
+# each, by estimate.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
