@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "loss_kind.h"
@@ -29,7 +30,10 @@ struct Prim {
   static L1EXT_HD V abs(V x) { return std::fabs(x); }
   template <class M>
   static L1EXT_HD V select(M mask, V a, V b) { return mask ? a : b; }
-  static L1EXT_HD V sign(V x) { return V(int(x > V(0)) - int(x < V(0))); }
+  static L1EXT_HD int int_sign(V x) { return int(x > V(0)) - int(x < V(0)); }
+  static L1EXT_HD V sign(V x) { return V(int_sign(x)); }
+  // L1's saved state, taken straight from the comparisons (no float round trip).
+  static L1EXT_HD int8_t int8_sign(V x) { return int8_t(int_sign(x)); }
 };
 
 // |d|. Subgradient sgn(d): 0 at d == 0.

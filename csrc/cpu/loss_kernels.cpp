@@ -215,7 +215,7 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out
     } else {
       lanes[k] += l;
     }
-    if constexpr (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+    if constexpr (kSign) sign[i] = math::Prim<A>::int8_sign(d);
     if constexpr (kGrad) {
       const A g = loss.grad(d) * scale;
       if (gi) gi[i] = T(g);

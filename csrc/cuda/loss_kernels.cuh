@@ -321,7 +321,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < P; ++k) {
           const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
           acc += loss.value(d);
-          if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
+          if (kSign) sp.s[k] = math::Prim<A>::int8_sign(d);
           if (kGrad) {
             const A v = loss.grad(d) * g.scale;
             gip.v[k] = from_acc<T>(v);
@@ -343,7 +343,7 @@ __global__ void __launch_bounds__(kThreads)
       [&](int64_t i) {
         const A d = to_acc(x[i]) - to_acc(y[i]);
         acc += loss.value(d);
-        if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+        if (kSign) sign[i] = math::Prim<A>::int8_sign(d);
         if (kGrad) g.store(i, loss.grad(d) * g.scale);
       });
   finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kThreads)
         for (int k = 0; k < P; ++k) {
           const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
           o.v[k] = from_acc<T>(loss.value(d));
-          if (kSign) sp.s[k] = int8_t(math::L1Loss{}.grad(d));
+          if (kSign) sp.s[k] = math::Prim<A>::int8_sign(d);
         }
         store_pack(out + i, o);
         if (kSign) store_signs<P>(sign, i, sp, s);
@@ -374,7 +374,7 @@ __global__ void __launch_bounds__(kThreads)
       [&](int64_t i) {
         const A d = to_acc(x[i]) - to_acc(y[i]);
         out[i] = from_acc<T>(loss.value(d));
-        if (kSign) sign[i] = int8_t(math::L1Loss{}.grad(d));
+        if (kSign) sign[i] = math::Prim<A>::int8_sign(d);
       });
 }
 
@@ -597,6 +597,12 @@ inline int reduce_blocks(int64_t n) {
   return blocks_for((n + Pack<T>::kSize - 1) / Pack<T>::kSize / 4, kMaxReduceBlocks);
 }
 
+// Only L1 saves int8 signs (l1_loss_forward; Smooth L1 with beta 0 runs as L1): the sign variants
+// of the other losses' forwards would never launch, so they are not compiled (a sign asked of
+// them is cudaErrorInvalidValue).
+template <class Loss>
+inline constexpr bool kSavesSign = std::is_same_v<Loss, math::L1Loss>;
+
 // Bytes of device workspace a reduction over n elements needs (0: one block, none).
 template <class T>
 inline size_t reduce_workspace_bytes(int64_t n) {
@@ -631,8 +637,10 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
     forward_reduce_kernel<T, Loss, false, true, kUnroll>
         <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   } else if (sign) {
-    forward_reduce_kernel<T, Loss, true, false, kUnroll>
-        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
+    if constexpr (!kSavesSign<Loss>) return cudaErrorInvalidValue;
+    else
+      forward_reduce_kernel<T, Loss, true, false, kUnroll>
+          <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
   } else {
     forward_reduce_kernel<T, Loss, false, false, kUnroll>
         <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
@@ -646,7 +654,10 @@ cudaError_t forward_pointwise(const T* x, const T* y, int64_t n, const Loss& los
   const Span s = with_sign(make_span<T>(n, {x, y, out}), sign);
   const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
   if (sign) {
-    forward_pointwise_kernel<T, Loss, true><<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, sign);
+    if constexpr (!kSavesSign<Loss>) return cudaErrorInvalidValue;
+    else
+      forward_pointwise_kernel<T, Loss, true>
+          <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, sign);
   } else {
     forward_pointwise_kernel<T, Loss, false><<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, nullptr);
   }
