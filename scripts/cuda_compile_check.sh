@@ -26,9 +26,15 @@ print('-I' + sysconfig.get_paths()['include'])")
 abi=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 # One nvcc per source, as many at once as there are cores (the kernels are split by element
 # type for this, see csrc/cuda/launch.h).
+# The per-element-type kernel files (losses_cuda_<type>.cu) are compiled without torch's include
+# paths: they hold kernels alone (csrc/cuda/launch.h), and a torch header there would bring back
+# the parse of torch's headers, most of each file's compile time.
 compile_one() {  # SOURCE INCLUDE_FLAG...
   local src=$1
   shift
+  case "$src" in
+    */losses_cuda_*.cu) set -- ;;
+  esac
   "$NVCC" -c "$src" -o "$tmp/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
     -Xcompiler -fPIC -Xcompiler -Wno-c++20-extensions -diag-suppress 3306 \
     -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C \

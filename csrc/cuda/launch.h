@@ -1,10 +1,15 @@
-// The loss kernels launched for one element type T, after the CUDA glue (losses_cuda.cu) has
-// checked the operands, picked T from the dtype, set the device and taken the stream. Defined in
-// launch.cuh and instantiated once per element type in losses_cuda_<type>.cu, so that the four
-// types' kernels compile in parallel (in one file, nvcc took most of a 4-minute build).
+// The loss kernels launched for one element type T (float, double, __half, __nv_bfloat16), after
+// the CUDA glue (losses_cuda.cu) has checked the operands, picked T from the dtype, set the
+// device, taken the stream and allocated outputs and workspace. Pointers, sizes and streams only:
+// no torch header, so the per-type files losses_cuda_<type>.cu, where launch.cuh defines these
+// and instantiates them once per type, compile the kernels alone, in parallel (torch's headers
+// took most of each file's nvcc time). Every entry returns the launch's error, which the glue
+// turns into torch's CUDA error. Null output pointers: not wanted.
 #pragma once
-#include <ATen/ATen.h>
 #include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
 
 #include "loss_kind.h"
 
@@ -13,25 +18,26 @@ namespace cuda {
 
 template <class T>
 struct Launch {
-  // Loss summed (divided by divisor) into out; where asked, the int8 sign or the gradients for an
-  // incoming gradient of one, from the same launch.
-  static void reduce(LossKind kind, const at::Tensor& x, const at::Tensor& y, double param,
-                     double divisor, at::Tensor& out, at::Tensor* sign, at::Tensor* gi,
-                     at::Tensor* gt, cudaStream_t stream);
+  // Bytes of device workspace reduce needs over n elements (0: none), its ticket zero.
+  static size_t reduce_workspace_bytes(int64_t n);
+  // Loss summed (divided by divisor) into *out; where asked, the int8 sign (L1) or the gradients
+  // for an incoming gradient of one, from the same launch.
+  static cudaError_t reduce(LossKind kind, const T* x, const T* y, int64_t n, double param,
+                            double divisor, T* out, int8_t* sign, T* gi, T* gt, void* workspace,
+                            cudaStream_t stream);
   // Per-element loss (and sign), then the gradients for an incoming gradient of one if asked.
-  static void pointwise(LossKind kind, const at::Tensor& x, const at::Tensor& y, double param,
-                        at::Tensor& out, at::Tensor* sign, at::Tensor* gi, at::Tensor* gt,
-                        cudaStream_t stream);
-  // g: grad_output in T (per element, or one element on the device).
-  static void backward(LossKind kind, const at::Tensor& x, const at::Tensor& y,
-                       const at::Tensor& g, bool per_element, double divisor, double param,
-                       at::Tensor* gi, at::Tensor* gt, bool unless_one, cudaStream_t stream);
-  static void backward_from_sign(const at::Tensor& sign, const at::Tensor& g, bool per_element,
-                                 double divisor, at::Tensor* gi, at::Tensor* gt,
-                                 cudaStream_t stream);
-  static void l1_backward_from_kept(const at::Tensor& kept, bool kept_negated,
-                                    const at::Tensor& g, double divisor, at::Tensor* gi,
-                                    at::Tensor* gt, bool unless_one, cudaStream_t stream);
+  static cudaError_t pointwise(LossKind kind, const T* x, const T* y, int64_t n, double param,
+                               T* out, int8_t* sign, T* gi, T* gt, cudaStream_t stream);
+  // g: grad_output in T (n elements with per_element, else one, on the device).
+  static cudaError_t backward(LossKind kind, const T* x, const T* y, const T* g, bool per_element,
+                              double divisor, int64_t n, double param, T* gi, T* gt,
+                              bool unless_one, cudaStream_t stream);
+  static cudaError_t backward_from_sign(const int8_t* sign, const T* g, bool per_element,
+                                        double divisor, int64_t n, T* gi, T* gt,
+                                        cudaStream_t stream);
+  static cudaError_t l1_backward_from_kept(const T* kept, bool kept_negated, const T* g,
+                                           double divisor, int64_t n, T* gi, T* gt,
+                                           bool unless_one, cudaStream_t stream);
 };
 
 }  // namespace cuda

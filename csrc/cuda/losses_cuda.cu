@@ -1,7 +1,7 @@
-// CUDA glue: checks, device guard, current stream and dtype dispatch; the kernels are launched by
-// Launch<T> (launch.h), compiled per element type in losses_cuda_<type>.cu. Registered for the
-// CUDA dispatch key. No host synchronisation: a reduced loss is written on the device, and a
-// reduced loss's grad_output is read there.
+// CUDA glue: checks, device guard, current stream, dtype dispatch, outputs and workspace; the
+// kernels are launched by Launch<T> (launch.h, pointers only), compiled per element type in
+// losses_cuda_<type>.cu. Registered for the CUDA dispatch key. No host synchronisation: a reduced
+// loss is written on the device, and a reduced loss's grad_output is read there.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -12,6 +12,7 @@
 #include "cuda/dispatch.cuh"
 #include "cuda/fused_backward.h"
 #include "cuda/launch.h"
+#include "cuda/workspace.h"
 #include "glue.h"
 
 namespace l1ext {
@@ -33,7 +34,15 @@ struct CudaBackend {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
-      Launch<decltype(tag)>::reduce(kind, x, y, param, divisor, out, sign, gi, gt, stream);
+      using T = decltype(tag);
+      const int64_t n = x.numel();
+      Tensor holder;
+      void* workspace =
+          reduce_workspace(x, Launch<T>::reduce_workspace_bytes(n), stream, holder);
+      C10_CUDA_CHECK(Launch<T>::reduce(kind, in<T>(x), in<T>(y), n, param, divisor,
+                                       out_or_null<T>(&out), sign_or_null(sign),
+                                       out_or_null<T>(gi), out_or_null<T>(gt), workspace,
+                                       stream));
     });
   }
 
@@ -42,7 +51,10 @@ struct CudaBackend {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
-      Launch<decltype(tag)>::pointwise(kind, x, y, param, out, sign, gi, gt, stream);
+      using T = decltype(tag);
+      C10_CUDA_CHECK(Launch<T>::pointwise(kind, in<T>(x), in<T>(y), x.numel(), param,
+                                          out_or_null<T>(&out), sign_or_null(sign),
+                                          out_or_null<T>(gi), out_or_null<T>(gt), stream));
     });
   }
 
@@ -51,9 +63,11 @@ struct CudaBackend {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
+      using T = decltype(tag);
       const Tensor g = in_dtype(go, x.scalar_type());
-      Launch<decltype(tag)>::backward(kind, x, y, g, per_element, divisor, param, gi, gt,
-                                      /*unless_one=*/false, stream);
+      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), in<T>(g), per_element,
+                                         divisor, x.numel(), param, out_or_null<T>(gi),
+                                         out_or_null<T>(gt), /*unless_one=*/false, stream));
     });
   }
 
@@ -63,8 +77,12 @@ struct CudaBackend {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     const Tensor& like = gi ? *gi : *gt;
     dispatch_elem(like.scalar_type(), "", [&](auto tag) {
+      using T = decltype(tag);
       const Tensor g = in_dtype(go, like.scalar_type());
-      Launch<decltype(tag)>::backward_from_sign(sign, g, per_element, divisor, gi, gt, stream);
+      C10_CUDA_CHECK(Launch<T>::backward_from_sign(sign.const_data_ptr<int8_t>(), in<T>(g),
+                                                   per_element, divisor, sign.numel(),
+                                                   out_or_null<T>(gi), out_or_null<T>(gt),
+                                                   stream));
     });
   }
 };
@@ -86,9 +104,12 @@ bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor&
   const c10::cuda::CUDAGuard guard(ops.x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_elem(ops.x.scalar_type(), "backward", [&](auto tag) {
+    using T = decltype(tag);
     const Tensor g = in_dtype(grad_output, ops.x.scalar_type());
-    Launch<decltype(tag)>::backward(kind, ops.x, ops.y, g, false, reduction_divisor(reduction, n),
-                                    param, gi, gt, /*unless_one=*/true, stream);
+    C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(ops.x), in<T>(ops.y), in<T>(g), false,
+                                       reduction_divisor(reduction, n), n, param,
+                                       out_or_null<T>(gi), out_or_null<T>(gt),
+                                       /*unless_one=*/true, stream));
   });
   return true;
 }
@@ -116,10 +137,12 @@ std::array<Tensor, 2> l1_backward_from_kept(const Tensor& grad_output, int64_t r
   const c10::cuda::CUDAGuard guard(source.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_elem(source.scalar_type(), "l1_loss_backward", [&](auto tag) {
+    using T = decltype(tag);
     const Tensor g = in_dtype(grad_output, source.scalar_type());
-    Launch<decltype(tag)>::l1_backward_from_kept(
-        source, /*kept_negated=*/!kept[0].defined(), g, reduction_divisor(reduction, n),
-        mask[0] ? &out[0] : nullptr, mask[1] ? &out[1] : nullptr, /*unless_one=*/in_place, stream);
+    C10_CUDA_CHECK(Launch<T>::l1_backward_from_kept(
+        in<T>(source), /*kept_negated=*/!kept[0].defined(), in<T>(g),
+        reduction_divisor(reduction, n), n, out_or_null<T>(mask[0] ? &out[0] : nullptr),
+        out_or_null<T>(mask[1] ? &out[1] : nullptr), /*unless_one=*/in_place, stream));
   });
   return out;
 }
