@@ -334,3 +334,35 @@ def test_saved_tensor_hooks_see_everything_a_forward_keeps(loss, device):
         x.grad = None
         out.backward()
         assert_close(x.grad, xt.grad)
+
+
+def _available_memory_bytes():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.slow
+def test_more_than_2_31_elements_cpu():
+    # 64-bit indexing of the CPU kernels: the elements past 2^31 are computed, reduced and given
+    # their gradient (bfloat16 to stay in memory: x, y, the int8 sign and the gradient, 15 GB).
+    n = (1 << 31) + 37
+    if _available_memory_bytes() < 18 * 2**30:
+        pytest.skip("needs 18 GB of free memory")
+    x = torch.full((n,), 1.5, dtype=torch.bfloat16)
+    y = torch.zeros(n, dtype=torch.bfloat16)
+    x[-3:] = torch.tensor([4.0, -2.0, 0.25], dtype=torch.bfloat16)
+    out = LF.smooth_l1_loss(x, y, reduction="none")
+    assert out[-3:].tolist() == [3.5, 1.5, 0.03125] and out[0].item() == 1.0
+    del out
+    x.requires_grad_()
+    loss = LF.l1_loss(x, y, reduction="sum")
+    loss.backward()
+    exact = 1.5 * (n - 3) + 4.0 + 2.0 + 0.25
+    assert loss.item() == torch.tensor(exact, dtype=torch.bfloat16).item()
+    assert x.grad[-3:].tolist() == [1.0, -1.0, 1.0] and x.grad[0].item() == 1.0
