@@ -28,7 +28,7 @@ from conftest import assert_close
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
-KERNEL_HEADERS = ["loss_kernels.cuh", "weighted_kernels.cuh"]
+KERNEL_HEADERS = ["launch.h", "launch.cuh", "loss_kernels.cuh", "weighted_kernels.cuh"]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -381,6 +381,24 @@ def test_forward_pointwise_against_torch(emu, dtype, kind):
             if bs is not None:
                 want = torch.sgn(x.double() - y.double()).nan_to_num(0).to(torch.int8)
                 assert torch.equal(bs.t, want), (n, offsets)
+
+
+def test_forwards_refuse_what_no_caller_asks(emu):
+    # Only L1 saves int8 signs: the other losses' forwards have no sign variant and refuse one
+    # (cudaErrorInvalidValue) without writing anything; so do both forwards for an unknown kind.
+    n = 4099
+    x, y = _operands(n, torch.float32, seed=5)
+    for k, param in [(1, 1.0), (2, 1.0), (3, 0.25)]:
+        with pytest.raises(EmulationError, match="cudaError 1:"):
+            _forward_reduce(emu, k, param, torch.float32, x, y, float(n), sign=True)
+        bs = Buffer(emu, n, torch.int8, 0, poison=0x7F)
+        out = Buffer(emu, n, torch.float32, 0)
+        with pytest.raises(EmulationError, match="cudaError 1:"):
+            emu.forward_pointwise(DTYPE_CODE[torch.float32], k, param, Buffer(emu, n, torch.float32,
+                                  0, x), Buffer(emu, n, torch.float32, 0, y), n, out, bs)
+        assert torch.all(bs.t == 0x7F)
+    with pytest.raises(EmulationError, match="cudaError 1:"):
+        _forward_reduce(emu, 4, 1.0, torch.float32, x, y, float(n))
 
 
 # ---- backward ----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-// C entry points over the CUDA launchers of csrc/cuda (loss_kernels.cuh, weighted_kernels.cuh)
-// built for the host with the emulated runtime of cuda_runtime.h beside this file, for ctypes
-// (tests/test_cuda_emulation.py). Loss functors are built as the CUDA glue builds them
-// (math::with_loss in the accumulation type). Every entry returns a cudaError_t; an emulator
-// error or an access of a guard page also leaves a message (emu_message).
+// C entry points over the CUDA launchers of csrc/cuda (launch.cuh: the Launch<T> entries the CUDA
+// glue calls; loss_kernels.cuh and weighted_kernels.cuh below them) built for the host with the
+// emulated runtime of cuda_runtime.h beside this file, for ctypes (tests/test_cuda_emulation.py).
+// Every entry returns a cudaError_t; an emulator error or an access of a guard page also leaves a
+// message (emu_message).
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <type_traits>
 
+#include "cuda/launch.cuh"
 #include "cuda/loss_kernels.cuh"
 #include "cuda/weighted_kernels.cuh"
 
@@ -80,16 +81,25 @@ int with_kind(int kind, F&& f) {
   return result;
 }
 
-// f(T{}, loss) under guarded, with the loss functor the CUDA glue builds (math::with_loss in the
-// accumulation type: Smooth L1 with a power-of-two beta multiplies by 1 / beta).
+// f(T{}) under guarded: a call of Launch<T>, which builds the loss functor itself.
+template <class F>
+int with_launch(int dtype, F&& f) {
+  return with_elem(dtype, [&](auto tag) { return guarded([&] { return f(tag); }); });
+}
+
+// f(T{}, loss) under guarded, with the loss functor Launch<T> builds (dispatch_loss), for the
+// launchers called below Launch<T> (forward_reduce with a chosen kUnroll).
 template <class F>
 int with_loss(int dtype, int kind, double param, F&& f) {
   return with_elem(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return with_kind(kind, [&](auto k) {
-      return math::with_loss<decltype(k)::value, acc_t<T>>(
-          param, [&](const auto& loss) { return guarded([&] { return f(tag, loss); }); });
+    if (kind < 0 || kind > 3) return int(cudaErrorInvalidValue);
+    int result = 0;
+    const cudaError_t err = dispatch_loss<T>(LossKind(kind), param, [&](const auto& loss) {
+      result = guarded([&] { return f(tag, loss); });
+      return cudaSuccess;
     });
+    return err == cudaSuccess ? result : int(err);
   });
 }
 
@@ -174,7 +184,7 @@ void emu_unmap(void* p, size_t bytes) {
 size_t emu_reduce_workspace_bytes(int dtype, int64_t n) {
   size_t bytes = 0;
   with_elem(dtype, [&](auto tag) {
-    bytes = reduce_workspace_bytes<decltype(tag)>(n);
+    bytes = Launch<decltype(tag)>::reduce_workspace_bytes(n);
     return 0;
   });
   return bytes;
@@ -189,10 +199,17 @@ size_t emu_weighted_workspace_bytes(int dtype, int64_t n) {
   return bytes;
 }
 
-// unroll: the launcher's kUnroll (1, 2 or 4; 0: the library's default).
+// unroll: the launcher's kUnroll (1, 2 or 4); 0: the library's launch (Launch<T>::reduce).
 int emu_forward_reduce(int dtype, int kind, double param, const void* x, const void* y, int64_t n,
                        double divisor, void* out, void* sign, void* gi, void* gt, void* workspace,
                        int unroll) {
+  if (unroll == 0) {
+    return with_launch(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      return Launch<T>::reduce(LossKind(kind), c<T>(x), c<T>(y), n, param, divisor, m<T>(out),
+                               m<int8_t>(sign), m<T>(gi), m<T>(gt), workspace, nullptr);
+    });
+  }
   return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
     using T = decltype(tag);
     const auto launch = [&](auto u) {
@@ -201,7 +218,6 @@ int emu_forward_reduce(int dtype, int kind, double param, const void* x, const v
                                                    workspace, nullptr);
     };
     switch (unroll) {
-      case 0: return launch(std::integral_constant<int, kReduceUnroll>{});
       case 1: return launch(std::integral_constant<int, 1>{});
       case 2: return launch(std::integral_constant<int, 2>{});
       case 4: return launch(std::integral_constant<int, 4>{});
@@ -212,40 +228,37 @@ int emu_forward_reduce(int dtype, int kind, double param, const void* x, const v
 
 int emu_forward_pointwise(int dtype, int kind, double param, const void* x, const void* y,
                           int64_t n, void* out, void* sign) {
-  return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
+  return with_launch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return forward_pointwise<T>(c<T>(x), c<T>(y), n, loss, m<T>(out), m<int8_t>(sign), nullptr);
+    return Launch<T>::pointwise(LossKind(kind), c<T>(x), c<T>(y), n, param, m<T>(out),
+                                m<int8_t>(sign), nullptr, nullptr, nullptr);
   });
 }
 
 int emu_backward(int dtype, int kind, double param, const void* x, const void* y, const void* go,
                  int per_element, double divisor, int64_t n, void* gi, void* gt, int unless_one) {
-  return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
+  return with_launch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return backward<T>(c<T>(x), c<T>(y), c<T>(go), per_element != 0, divisor, n, loss, m<T>(gi),
-                       m<T>(gt), nullptr, unless_one != 0);
+    return Launch<T>::backward(LossKind(kind), c<T>(x), c<T>(y), c<T>(go), per_element != 0,
+                               divisor, n, param, m<T>(gi), m<T>(gt), unless_one != 0, nullptr);
   });
 }
 
 int emu_backward_from_sign(int dtype, const void* sign, const void* go, int per_element,
                            double divisor, int64_t n, void* gi, void* gt) {
-  return with_elem(dtype, [&](auto tag) {
+  return with_launch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return guarded([&] {
-      return backward_from_sign<T>(c<int8_t>(sign), c<T>(go), per_element != 0, divisor, n,
-                                   m<T>(gi), m<T>(gt), nullptr);
-    });
+    return Launch<T>::backward_from_sign(c<int8_t>(sign), c<T>(go), per_element != 0, divisor, n,
+                                         m<T>(gi), m<T>(gt), nullptr);
   });
 }
 
 int emu_l1_backward_from_kept(int dtype, const void* kept, int kept_negated, const void* go,
                               double divisor, int64_t n, void* gi, void* gt, int unless_one) {
-  return with_elem(dtype, [&](auto tag) {
+  return with_launch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return guarded([&] {
-      return l1_backward_from_kept<T>(c<T>(kept), kept_negated != 0, c<T>(go), divisor, n,
-                                      m<T>(gi), m<T>(gt), unless_one != 0, nullptr);
-    });
+    return Launch<T>::l1_backward_from_kept(c<T>(kept), kept_negated != 0, c<T>(go), divisor, n,
+                                            m<T>(gi), m<T>(gt), unless_one != 0, nullptr);
   });
 }
 
