@@ -51,12 +51,23 @@ struct KernelTable {
   WeightedBackwardFn weighted_backward[kNumLosses][kNumElems];
 };
 
-namespace DEFAULT { const KernelTable& kernel_table(); }
+// kernel_table(): the table of one instruction set. fill_kernel_column_<e>: sets the entries of
+// element type e (Elem: 0 half, 1 bfloat16, 2 float, 3 double), defined by the object that
+// compiles that type's kernels (loss_kernels.cpp).
+#define L1EXT_DECLARE_KERNEL_TABLE(ISA)          \
+  namespace ISA {                                \
+  const KernelTable& kernel_table();             \
+  void fill_kernel_column_0(KernelTable& table); \
+  void fill_kernel_column_1(KernelTable& table); \
+  void fill_kernel_column_2(KernelTable& table); \
+  void fill_kernel_column_3(KernelTable& table); \
+  }
+L1EXT_DECLARE_KERNEL_TABLE(DEFAULT)
 #if defined(L1EXT_HAVE_AVX2)
-namespace AVX2 { const KernelTable& kernel_table(); }
+L1EXT_DECLARE_KERNEL_TABLE(AVX2)
 #endif
 #if defined(L1EXT_HAVE_AVX512)
-namespace AVX512 { const KernelTable& kernel_table(); }
+L1EXT_DECLARE_KERNEL_TABLE(AVX512)
 #endif
 
 }  // namespace cpu

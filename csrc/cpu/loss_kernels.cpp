@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -366,29 +367,68 @@ void backward_from_sign(const int8_t* sign, const void* gov, double scale, int64
 
 namespace l1ext {
 namespace cpu {
+// This instruction set's entries (the build compiles this file without L1EXT_HAVE_*).
+L1EXT_DECLARE_KERNEL_TABLE(CPU_CAPABILITY)
 namespace CPU_CAPABILITY {
 
+namespace {
+
+// Element type of column e of the table (kernel_table.h's Elem order).
+template <int E>
+using elem_t = std::tuple_element_t<E, std::tuple<c10::Half, c10::BFloat16, float, double>>;
+
+template <int E, LossKind K>
+void fill_loss(KernelTable& t) {
+  using T = elem_t<E>;
+  constexpr int k = static_cast<int>(K);
+  t.forward[k][E] = forward<T, K>;
+  t.backward[k][E] = backward<T, K>;
+  t.weighted_forward[k][E] = weighted_forward<T, K>;
+  t.weighted_backward[k][E] = weighted_backward<T, K>;
+}
+
+template <int E>
+void fill_elem(KernelTable& t) {
+  fill_loss<E, LossKind::L1>(t);
+  fill_loss<E, LossKind::SmoothL1>(t);
+  fill_loss<E, LossKind::Huber>(t);
+  fill_loss<E, LossKind::Quantile>(t);
+  t.backward_from_sign[E] = backward_from_sign<elem_t<E>>;
+}
+
+}  // namespace
+
+// With L1EXT_KERNEL_ELEM = e the build compiles the kernels of one element type per object (four
+// objects per instruction set, in parallel; one object of all four took 2 minutes for AVX-512),
+// and each fills its column; without it, this object has them all.
+#define L1EXT_COLUMN2(e) fill_kernel_column_##e
+#define L1EXT_COLUMN(e) L1EXT_COLUMN2(e)
+#if defined(L1EXT_KERNEL_ELEM)
+void L1EXT_COLUMN(L1EXT_KERNEL_ELEM)(KernelTable& t) { fill_elem<L1EXT_KERNEL_ELEM>(t); }
+#else
+void fill_kernel_column_0(KernelTable& t) { fill_elem<0>(t); }
+void fill_kernel_column_1(KernelTable& t) { fill_elem<1>(t); }
+void fill_kernel_column_2(KernelTable& t) { fill_elem<2>(t); }
+void fill_kernel_column_3(KernelTable& t) { fill_elem<3>(t); }
+#endif
+
+#if !defined(L1EXT_KERNEL_ELEM) || L1EXT_KERNEL_ELEM == 0
 #define L1EXT_STR2(x) #x
 #define L1EXT_STR(x) L1EXT_STR2(x)
-#define L1EXT_ROW(fn, K) \
-  { fn<c10::Half, K>, fn<c10::BFloat16, K>, fn<float, K>, fn<double, K> }
 
 const KernelTable& kernel_table() {
-  static const KernelTable table = {
-      L1EXT_STR(CPU_CAPABILITY),
-      {L1EXT_ROW(forward, LossKind::L1), L1EXT_ROW(forward, LossKind::SmoothL1),
-       L1EXT_ROW(forward, LossKind::Huber), L1EXT_ROW(forward, LossKind::Quantile)},
-      {L1EXT_ROW(backward, LossKind::L1), L1EXT_ROW(backward, LossKind::SmoothL1),
-       L1EXT_ROW(backward, LossKind::Huber), L1EXT_ROW(backward, LossKind::Quantile)},
-      {backward_from_sign<c10::Half>, backward_from_sign<c10::BFloat16>, backward_from_sign<float>,
-       backward_from_sign<double>},
-      {L1EXT_ROW(weighted_forward, LossKind::L1), L1EXT_ROW(weighted_forward, LossKind::SmoothL1),
-       L1EXT_ROW(weighted_forward, LossKind::Huber), L1EXT_ROW(weighted_forward, LossKind::Quantile)},
-      {L1EXT_ROW(weighted_backward, LossKind::L1), L1EXT_ROW(weighted_backward, LossKind::SmoothL1),
-       L1EXT_ROW(weighted_backward, LossKind::Huber), L1EXT_ROW(weighted_backward, LossKind::Quantile)},
-  };
+  static const KernelTable table = [] {
+    KernelTable t{};
+    t.isa = L1EXT_STR(CPU_CAPABILITY);
+    fill_kernel_column_0(t);
+    fill_kernel_column_1(t);
+    fill_kernel_column_2(t);
+    fill_kernel_column_3(t);
+    return t;
+  }();
   return table;
 }
+#endif
 
 }  // namespace CPU_CAPABILITY
 }  // namespace cpu
