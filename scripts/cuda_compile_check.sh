@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles every CUDA source with nvcc against the installed torch's headers, for sm_80 and sm_90,
-# so that a CUDA compile error cannot land even where no GPU (and no CUDA torch) is present.
+# so that a CUDA compile error cannot land even where no GPU (and no CUDA torch) is present; and
+# the torch-free GPU benchmark programs (benchmarks/cuda) as scripts/gpu_check.sh builds them.
 # A CPU torch wheel lacks the generated c10/cuda/impl/cuda_cmake_macros.h: it is written to a
 # temporary include directory. Skips (exit 0) with a message where nvcc is missing.
 set -euo pipefail
@@ -47,11 +48,32 @@ compile_one() {  # SOURCE INCLUDE_FLAG...
   cat "$tmp/$(basename "$src").log"
   return $rc
 }
-export -f compile_one
 export NVCC tmp abi
 status=0
+# The torch-free benchmark programs (benchmarks/cuda/*.cu), compiled as scripts/gpu_check.sh
+# compiles them on a GPU machine, so that a GPU run does not find them broken.
+compile_benchmark() {  # SOURCE
+  local src=$1 log
+  mkdir -p "$tmp/bench"
+  log="$tmp/bench/$(basename "$src").log"
+  "$NVCC" -c "$src" -o "$tmp/bench/$(basename "$src").o" -O3 -std=c++17 \
+    --expt-relaxed-constexpr -arch=sm_90 -Icsrc > "$log" 2>&1
+  local rc=$?
+  echo "nvcc $src (sm_90, as gpu_check.sh builds it): $([ $rc -eq 0 ] && echo ok || echo FAILED)"
+  cat "$log"
+  return $rc
+}
+export -f compile_one
+bench_status="$tmp/bench.status"
+(
+  rc=0
+  for src in benchmarks/cuda/*.cu; do compile_benchmark "$src" || rc=1; done
+  echo "$rc" > "$bench_status"
+) &
 printf '%s\n' csrc/*/*.cu | xargs -P "$(nproc)" -I{} bash -c 'compile_one "$@"' _ {} "${incs[@]}" \
   || status=1
+wait
+[ "$(cat "$bench_status")" = 0 ] || status=1
 # What the CUDA objects leave undefined in l1ext::cuda (a Launch<T> the glue calls but no per-type
 # file instantiates, say) must be defined by one of them: the link into _C.so happens only where
 # a CUDA torch is installed, and would fail there, at import.
