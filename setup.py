@@ -58,7 +58,8 @@ def _isas():
 
 
 class BuildExt(cpp_extension.BuildExtension):
-    """torch's BuildExtension, plus one object of the CPU kernels per instruction set."""
+    """torch's BuildExtension, plus the CPU kernel objects, one per instruction set and element
+    type."""
 
     def build_extensions(self):
         # The CPU kernel objects compile beside the extension's own sources: the link waits for
@@ -87,7 +88,7 @@ class BuildExt(cpp_extension.BuildExtension):
     def _kernel_object_commands(self):
         """One compile of loss_kernels.cpp per instruction set and element type (the float and
         double objects first: they take longest, about 47 s each for AVX-512 on one core of a
-        2-core Xeon VM, against 124 s for one object of all four types)."""
+        2-core AMD EPYC VM, against 124 s for one object of all four types)."""
         import torch
 
         cxx = os.environ.get("CXX", "c++")
