@@ -70,18 +70,13 @@ def main(argv=None):
             fn(x, y).backward()
         return step
 
-    def on_caller(step):
-        def caller_step():
-            with torch.autograd.set_multithreading_enabled(False):
-                step()
-        return caller_step
-
     # Only a GPU backward leaves the calling thread; on the CPU these rows repeat the others.
     caller = device.type == "cuda" or a.caller_rows
     floor = fwd_bwd(lambda a, b: a.sum())
     cases = [("engine floor", "x.sum().backward()", floor)]
     if caller:
-        cases += [("engine floor", "x.sum().backward(), " + CALLER, on_caller(floor))]
+        cases += [("engine floor", "x.sum().backward(), " + CALLER,
+                   bench.on_calling_thread(floor))]
     for name, (theirs, ours) in LOSSES.items():
         cases += [
             (name, "eager fwd+bwd", fwd_bwd(theirs)),
@@ -89,8 +84,8 @@ def main(argv=None):
         ]
         if caller:
             cases += [
-                (name, "eager fwd+bwd, " + CALLER, on_caller(fwd_bwd(theirs))),
-                (name, "l1ext fwd+bwd, " + CALLER, on_caller(fwd_bwd(ours))),
+                (name, "eager fwd+bwd, " + CALLER, bench.on_calling_thread(fwd_bwd(theirs))),
+                (name, "l1ext fwd+bwd, " + CALLER, bench.on_calling_thread(fwd_bwd(ours))),
             ]
         cases += [
             (name, "eager fwd", lambda theirs=theirs: theirs(x, y)),

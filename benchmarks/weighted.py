@@ -33,14 +33,6 @@ def fused(pred, target, weight, avg_factor):
     return LF.smooth_l1_loss(pred, target, beta=1 / 9, weight=weight, avg_factor=avg_factor)
 
 
-def on_caller_thread(step):
-    """step() with the autograd engine running its backward on the calling thread."""
-    def caller_step():
-        with torch.autograd.set_multithreading_enabled(False):
-            step()
-    return caller_step
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -89,9 +81,9 @@ def main(argv=None):
         row.update({f"loop_{name}_s": t for (name, _), t in zip(impls, loops)})
         row["loop_floor_s"] = loops[-1]
         if caller:
-            on_caller = [on_caller_thread(loop_step(fn)) for fn in (composition, fused)]
-            loops = bench.loop_medians(on_caller + [on_caller_thread(floor)], device, a.steps,
-                                       a.repeats)
+            steps = [loop_step(composition), loop_step(fused), floor]
+            loops = bench.loop_medians([bench.on_calling_thread(s) for s in steps], device,
+                                       a.steps, a.repeats)
             row.update(caller_eager_s=loops[0], caller_l1ext_s=loops[1], caller_floor_s=loops[2])
         rows.append(row)
     t = bench._fmt_time
@@ -115,8 +107,9 @@ def main(argv=None):
               "(torch.autograd.set_multithreading_enabled(False)):")
         print(f"{'N boxes':>9} {'eager':>11} {'l1ext':>11} {'x eager':>8} {'floor':>11}")
         for r in rows:
-            print(f"{r['n_boxes']:>9} {t(r['caller_eager_s']):>11} {t(r['caller_l1ext_s']):>11} "
-                  f"{r['caller_eager_s'] / r['caller_l1ext_s']:>7.2f}x {t(r['caller_floor_s']):>11}")
+            eager, ours = r["caller_eager_s"], r["caller_l1ext_s"]
+            print(f"{r['n_boxes']:>9} {t(eager):>11} {t(ours):>11} {eager / ours:>7.2f}x "
+                  f"{t(r['caller_floor_s']):>11}")
     if a.json:
         meta = bench.metadata(device, argparse.Namespace(reduction="mean", quick=False))
         with open(a.json, "w") as f:

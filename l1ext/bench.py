@@ -242,6 +242,17 @@ def loop_medians(steps, device, loop, rounds):
     return [statistics.median(t) for t in times]
 
 
+def on_calling_thread(step):
+    """step() with the autograd engine running its backward on the calling thread
+    (torch.autograd.set_multithreading_enabled(False)). By default the engine hands a GPU's
+    backward to its device thread and waits for it: a step timed both ways shows what those
+    hand-offs cost."""
+    def caller_step():
+        with torch.autograd.set_multithreading_enabled(False):
+            step()
+    return caller_step
+
+
 def copy_bandwidth(device, clock, min_time):
     """Bytes per second of dst.copy_(src) (read + write), 64 MiB each on a CPU, 1 GiB on a GPU."""
     n = (2**28 if device.type == "cuda" else 2**24)
