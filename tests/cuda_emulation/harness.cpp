@@ -88,12 +88,12 @@ int with_launch(int dtype, F&& f) {
 }
 
 // f(T{}, loss) under guarded, with the loss functor Launch<T> builds (dispatch_loss), for the
-// launchers called below Launch<T> (forward_reduce with a chosen kUnroll).
+// launchers called below Launch<T> (forward_reduce with a chosen kUnroll); an unknown kind is
+// dispatch_loss's cudaErrorInvalidValue.
 template <class F>
 int with_loss(int dtype, int kind, double param, F&& f) {
   return with_elem(dtype, [&](auto tag) {
     using T = decltype(tag);
-    if (kind < 0 || kind > 3) return int(cudaErrorInvalidValue);
     int result = 0;
     const cudaError_t err = dispatch_loss<T>(LossKind(kind), param, [&](const auto& loss) {
       result = guarded([&] { return f(tag, loss); });
