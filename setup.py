@@ -67,10 +67,9 @@ class BuildExt(cpp_extension.BuildExtension):
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=_jobs())
         pending = []
         for ext in self.extensions:
-            commands = self._kernel_object_commands()
-            pending += [pool.submit(subprocess.run, cmd) for cmd in commands]
-            ext.extra_objects = list(ext.extra_objects or []) + [cmd[cmd.index("-o") + 1]
-                                                                 for cmd in commands]
+            objects = self._kernel_objects()
+            pending += [pool.submit(subprocess.run, cmd) for _, cmd in objects]
+            ext.extra_objects = list(ext.extra_objects or []) + [obj for obj, _ in objects]
         link = self.compiler.link
 
         def link_after_kernels(*args, **kwargs):
@@ -85,10 +84,10 @@ class BuildExt(cpp_extension.BuildExtension):
         finally:
             pool.shutdown(wait=True)
 
-    def _kernel_object_commands(self):
-        """One compile of loss_kernels.cpp per instruction set and element type (the float and
-        double objects first: they take longest, about 47 s each for AVX-512 on one core of a
-        2-core AMD EPYC VM, against 124 s for one object of all four types)."""
+    def _kernel_objects(self):
+        """(object, command) of one compile of loss_kernels.cpp per instruction set and element
+        type (the float and double objects first: they take longest, about 47 s each for AVX-512
+        on one core of a 2-core AMD EPYC VM, against 124 s for one object of all four types)."""
         import torch
 
         cxx = os.environ.get("CXX", "c++")
@@ -96,7 +95,7 @@ class BuildExt(cpp_extension.BuildExtension):
         abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
         out_dir = os.path.join(self.build_temp, "isa")
         os.makedirs(out_dir, exist_ok=True)
-        commands = []
+        objects = []
         for elem in KERNEL_ELEMS:
             for isa in reversed(_isas()):
                 obj = os.path.join(out_dir, f"loss_kernels_{isa.lower()}_{elem}.o")
@@ -106,8 +105,8 @@ class BuildExt(cpp_extension.BuildExtension):
                        *ISA_FLAGS[isa]]
                 cmd += [f"-I{d}" for d in includes]
                 print(" ".join(cmd), flush=True)
-                commands.append(cmd)
-        return commands
+                objects.append((obj, cmd))
+        return objects
 
 
 def _jobs():

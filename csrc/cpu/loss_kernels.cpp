@@ -11,6 +11,9 @@
 #define CPU_CAPABILITY DEFAULT
 #define CPU_CAPABILITY_DEFAULT
 #endif
+#ifndef L1EXT_KERNEL_ELEM
+#error "L1EXT_KERNEL_ELEM (0-3: the element type of this object's kernels) is set by setup.py"
+#endif
 
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -398,21 +401,14 @@ void fill_elem(KernelTable& t) {
 
 }  // namespace
 
-// With L1EXT_KERNEL_ELEM = e the build compiles the kernels of one element type per object (four
+// The build compiles the kernels of one element type L1EXT_KERNEL_ELEM = e per object (four
 // objects per instruction set, in parallel; one object of all four took 2 minutes for AVX-512),
-// and each fills its column; without it, this object has them all.
+// and each fills its column; the object of element type 0 also holds the table.
 #define L1EXT_COLUMN2(e) fill_kernel_column_##e
 #define L1EXT_COLUMN(e) L1EXT_COLUMN2(e)
-#if defined(L1EXT_KERNEL_ELEM)
 void L1EXT_COLUMN(L1EXT_KERNEL_ELEM)(KernelTable& t) { fill_elem<L1EXT_KERNEL_ELEM>(t); }
-#else
-void fill_kernel_column_0(KernelTable& t) { fill_elem<0>(t); }
-void fill_kernel_column_1(KernelTable& t) { fill_elem<1>(t); }
-void fill_kernel_column_2(KernelTable& t) { fill_elem<2>(t); }
-void fill_kernel_column_3(KernelTable& t) { fill_elem<3>(t); }
-#endif
 
-#if !defined(L1EXT_KERNEL_ELEM) || L1EXT_KERNEL_ELEM == 0
+#if L1EXT_KERNEL_ELEM == 0
 #define L1EXT_STR2(x) #x
 #define L1EXT_STR(x) L1EXT_STR2(x)
 
