@@ -2,6 +2,7 @@
 same training with torch's built-ins, losses and parameters."""
 import os
 import socket
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,22 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _spawn(worker, out_dir):
+    """Runs worker(rank, 2, port, out_dir) on 2 processes. A process that gloo aborts with
+    SIGABRT ("terminate called without an active exception": a thread of torch's gloo backend
+    destroyed while joinable, which l1ext does not create; seen in one of six full CI runs,
+    never in 120 runs of this file alone) fails one attempt: the run is repeated once, on a fresh
+    port, and a second abort fails the test."""
+    for attempt in (1, 2):
+        try:
+            mp.spawn(worker, args=(2, _free_port(), out_dir), nprocs=2, join=True)
+            return
+        except mp.ProcessExitedException as e:
+            if attempt == 2 or e.signal_name != "SIGABRT":
+                raise
+            warnings.warn(f"gloo worker aborted, run repeated: {e}")
 
 
 class _ProcessGroup:
@@ -77,7 +94,7 @@ def _worker(rank, world, port, out_dir):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_ddp_gloo_two_processes(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn(_worker, str(tmp_path))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for name in ranks[0]:
         for rank in ranks:
@@ -129,7 +146,7 @@ def _dtensor_worker(rank, world, port, out_dir):
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
 def test_dtensor_sharded_any_dim(tmp_path):
-    mp.spawn(_dtensor_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _spawn(_dtensor_worker, str(tmp_path))
     for r in range(2):
         failures = torch.load(tmp_path / f"dtensor{r}.pt")
         assert not failures, "\n".join(failures[:5])
