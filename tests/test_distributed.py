@@ -22,9 +22,8 @@ def _spawn(worker, out_dir):
     """Runs worker(rank, 2, port, out_dir) on 2 processes. A process that gloo aborts with
     SIGABRT ("terminate called without an active exception": a std::thread destroyed while
     joinable, most likely in torch's gloo backend, as l1ext creates none; seen in one of six full
-    CI runs,
-    never in 120 runs of this file alone) fails one attempt: the run is repeated once, on a fresh
-    port, and a second abort fails the test."""
+    CI runs, never in 120 runs of this file alone) fails one attempt: the run is repeated once, on
+    a fresh port, and a second abort fails the test."""
     for attempt in (1, 2):
         try:
             mp.spawn(worker, args=(2, _free_port(), out_dir), nprocs=2, join=True)
