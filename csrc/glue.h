@@ -12,6 +12,9 @@
 //                        bool go_per_element, double divisor, double param, Tensor* gi, Tensor* gt);
 //   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool go_per_element,
 //                                  double divisor, Tensor* gi, Tensor* gt);
+//   static void backward_into_kept(LossKind, const Tensor& x, const Tensor& y, const Tensor& go,
+//                                  double divisor, double param, Tensor* gi, Tensor* gt);
+//     // gi / gt hold a forward's gradients for a go of one: rewritten in place for go
 // A one-element go is read where it lives (on the device for CUDA: no host synchronisation) and
 // divided by divisor (n for 'mean', 1 for 'sum'). gi / gt of a forward (may be null) receive the
 // gradient for an incoming gradient of one, as backward with go = 1 would write it.
@@ -207,6 +210,27 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
   Backend::backward(kind, ops.x, ops.y, go, per_element, reduction_divisor(reduction, n),
                     param, mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
   return {gi, gt};
+}
+
+// The backward of a reduced loss into the gradients its forward wrote for an incoming gradient of
+// one and l1ext's autograd kept (gi / gt, either may be null): rewritten in place, with the bits
+// the backward operator writes into new tensors. Returns false, having written nothing, where
+// they are not in the layout of the operands as the backward sees them (kept_gradients_match):
+// the caller then runs the backward operator.
+template <class Backend>
+bool backward_into_kept_impl(LossKind kind, const Tensor& grad_output, const Tensor& input,
+                             const Tensor& target, int64_t reduction, double param, Tensor* gi,
+                             Tensor* gt) {
+  const Operands ops = checked_operands<Backend>(kind, "backward", input, target, reduction,
+                                                 param);
+  TORCH_CHECK(reduction != kNone, "l1ext: a backward into kept gradients is for a reduced loss");
+  const int64_t n = ops.x.numel();
+  if (!kept_gradients_match({gi, gt}, ops.x)) return false;
+  if (n == 0 || !(gi || gt)) return true;
+  check_grad_output_scalar(grad_output, ops.x);
+  Backend::backward_into_kept(kind, ops.x, ops.y, grad_output, reduction_divisor(reduction, n),
+                              param, gi, gt);
+  return true;
 }
 
 template <class Backend>

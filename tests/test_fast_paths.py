@@ -145,8 +145,8 @@ def test_backward_of_one_runs_no_kernel(loss):
     x.grad = None
     with RecordOps() as rec:
         out = fn(x, y, **{param: value})
-        out.backward(torch.tensor(2.0))  # any other incoming gradient: the backward kernel
-    assert f"l1ext.{name}_loss_backward" in rec.names, rec.names
+        out.backward(torch.tensor(2.0))  # any other: the backward kernel, into the kept buffer
+    assert rec.names == [f"l1ext.{name}_loss_forward"], rec.names
     with RecordOps() as rec:
         fn(x, y, reduction="none", **{param: value}).sum().backward()  # 'none': recomputed
     assert f"l1ext.{name}_loss" in rec.names and f"l1ext.{name}_loss_backward" in rec.names
@@ -164,6 +164,37 @@ def test_forward_gradient_is_handed_out_once(loss):
     x.grad.zero_()
     out.backward()
     assert torch.equal(x.grad, expected)
+
+
+@pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("both", [False, True], ids=["input", "both"])
+def test_other_incoming_gradient_rewrites_the_forward_gradient(loss, dtype, both):
+    # An incoming gradient other than one (a loss weight, loss scaling) rewrites the gradients the
+    # forward kept, in place: no backward operator runs, and the bits are the backward operator's.
+    # A retained graph's second backward recomputes into new tensors.
+    name, fn, backward_op, param, value = loss
+    x0, y0 = torch.randn(3000, 5, dtype=dtype), torch.randn(3000, 5, dtype=dtype)
+    x, y = x0.clone().requires_grad_(), y0.clone().requires_grad_(both)
+    go = torch.tensor(0.375, dtype=dtype)
+    gi, gt = backward_op(go, x0, y0, 1, value, [True, both])
+    with RecordOps() as rec:
+        out = fn(x, y, **{param: value})
+        out.backward(go, retain_graph=True)
+    assert rec.names == [f"l1ext.{name}_loss_forward"], rec.names
+    assert torch.equal(x.grad, gi) and (not both or torch.equal(y.grad, gt))
+    x.grad = y.grad = None
+    with RecordOps() as rec:
+        out.backward(go)
+    assert rec.names == [f"l1ext.{name}_loss_backward"], rec.names
+    assert torch.equal(x.grad, gi) and (not both or torch.equal(y.grad, gt))
+    # a loss weight: the product's backward hands the node 0.5
+    x.grad = None
+    with RecordOps() as rec:
+        (fn(x, y0, reduction="sum", **{param: value}) * 0.5).backward()
+    assert rec.names == [f"l1ext.{name}_loss_forward"], rec.names
+    assert torch.equal(x.grad, backward_op(torch.tensor(0.5, dtype=dtype), x0, y0, 2, value,
+                                           [True, False])[0])
 
 
 @pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)

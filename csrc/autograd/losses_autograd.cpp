@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include "autograd/autograd_util.h"
+#include "cpu/fused_backward.h"
 #if defined(L1EXT_WITH_CUDA)
 #include "cuda/fused_backward.h"
 #endif
@@ -252,9 +253,10 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 //   read for free there), on a GPU after one launch that reads the incoming gradient on the
 //   device and finds it is one (reading it on the host would synchronise). 12 B in all, against
 //   about 32 B for torch's kernel + mean, zeros_like + backward kernel. Any other incoming
-//   gradient recomputes from x and y as below (on a GPU into the kept buffers, in the same
-//   launch; a power of two scales them there instead, 8 B), with the bits the fused gradient has
-//   for a gradient of one; so do a second backward through a retained graph and create_graph.
+//   gradient recomputes from x and y into the kept buffers (12 B; on a GPU in the same launch, where a
+//   power of two scales them instead, 8 B), with the bits the fused gradient has for a gradient
+//   of one; a second backward through a retained graph and create_graph recompute into new
+//   tensors.
 // - Otherwise ('none', traced or functorch calls): the forward reads x and y (8 B); the backward
 //   reads them again and writes the gradient (12 B): 20 B, and nothing is kept between the
 //   passes but references to x and y.
@@ -410,9 +412,11 @@ class PointwiseLossBackwardFunction
   }
 };
 
-// Backward node of Smooth L1 / Huber. On plain CPU tensors with a reduced loss the forward kept
-// the gradients for an incoming gradient of one (see above); otherwise, or for any other incoming
-// gradient, the backward operator recomputes them from input and target.
+// Backward node of Smooth L1 / Huber. With a reduced loss on plain tensors the forward kept the
+// gradients for an incoming gradient of one (see above): handed over for a gradient of one, and
+// for any other one-element gradient rewritten in place from input and target (on a GPU decided
+// on the device); otherwise (create_graph, a retained graph's second backward, operands in
+// another layout) the backward operator recomputes them into new tensors.
 template <class Loss>
 struct PointwiseLossBackward : Node {
   SavedVariable input, target;
@@ -436,6 +440,11 @@ struct PointwiseLossBackward : Node {
     // own smooth_l1_loss / huber_loss do.
     const Tensor x = input.unpack(), y = target.unpack();
     if (fused_gradients_serve(kept, grads[0], mask)) {
+      return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
+    }
+    if (fused_gradients_rewrite_on_cpu(kept, grads[0], mask) &&
+        cpu::backward_into_kept(Loss::kKind, grads[0], x, y, reduction, param,
+                                mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
     }
 #if defined(L1EXT_WITH_CUDA)

@@ -13,6 +13,7 @@
 #include <string>
 #include <tuple>
 
+#include "cpu/fused_backward.h"
 #include "cpu/kernel_table.h"
 #include "cpu/memory.h"
 #include "glue.h"
@@ -128,6 +129,12 @@ struct CpuBackend {
        data_or_null(gi), data_or_null(gt));
   }
 
+  // go is in host memory: the autograd node hands a go of exactly one over without calling this.
+  static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                                 double divisor, double param, Tensor* gi, Tensor* gt) {
+    backward(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt);
+  }
+
   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool per_element,
                                  double divisor, Tensor* gi, Tensor* gt) {
     const Tensor& like = gi ? *gi : *gt;
@@ -139,6 +146,13 @@ struct CpuBackend {
 };
 
 }  // namespace
+
+bool backward_into_kept(LossKind kind, const Tensor& grad_output, const Tensor& input,
+                        const Tensor& target, int64_t reduction, double param, Tensor* gi,
+                        Tensor* gt) {
+  return glue::backward_into_kept_impl<CpuBackend>(kind, grad_output, input, target, reduction,
+                                                   param, gi, gt);
+}
 
 TORCH_LIBRARY_IMPL(l1ext, CPU, m) { L1EXT_REGISTER_OPERATORS(m, CpuBackend); }
 

@@ -71,6 +71,20 @@ struct CudaBackend {
     });
   }
 
+  // One launch: it reads go on the device and returns at once where go is exactly one.
+  static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                                 double divisor, double param, Tensor* gi, Tensor* gt) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_elem(x.scalar_type(), "backward", [&](auto tag) {
+      using T = decltype(tag);
+      const Tensor g = in_dtype(go, x.scalar_type());
+      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), in<T>(g), false, divisor,
+                                         x.numel(), param, out_or_null<T>(gi),
+                                         out_or_null<T>(gt), /*unless_one=*/true, stream));
+    });
+  }
+
   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool per_element,
                                  double divisor, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(sign.device());
@@ -92,26 +106,8 @@ struct CudaBackend {
 bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor& input,
                          const Tensor& target, int64_t reduction, double param, Tensor* gi,
                          Tensor* gt) {
-  // The operands as backward_impl sees them (the forward's layout, so the kept gradients are in
-  // the order the kernel walks).
-  const Operands ops = checked_operands<CudaBackend>(kind, "backward", input, target, reduction,
-                                                     param);
-  TORCH_CHECK(reduction != kNone, "l1ext: backward_unless_one is for a reduced loss");
-  const int64_t n = ops.x.numel();
-  if (!kept_gradients_match({gi, gt}, ops.x)) return false;
-  if (n == 0 || !(gi || gt)) return true;
-  check_grad_output_scalar(grad_output, ops.x);
-  const c10::cuda::CUDAGuard guard(ops.x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_elem(ops.x.scalar_type(), "backward", [&](auto tag) {
-    using T = decltype(tag);
-    const Tensor g = in_dtype(grad_output, ops.x.scalar_type());
-    C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(ops.x), in<T>(ops.y), in<T>(g), false,
-                                       reduction_divisor(reduction, n), n, param,
-                                       out_or_null<T>(gi), out_or_null<T>(gt),
-                                       /*unless_one=*/true, stream));
-  });
-  return true;
+  return backward_into_kept_impl<CudaBackend>(kind, grad_output, input, target, reduction, param,
+                                               gi, gt);
 }
 
 bool l1_signs_survive(at::ScalarType dtype, int64_t n, int64_t reduction) {
