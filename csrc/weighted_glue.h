@@ -115,6 +115,10 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
 //   static void backward(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
 //                        int64_t inner, const Tensor& go, const Reduce&, Tensor* gi, Tensor* gt,
 //                        Tensor* gw);
+//   static void backward_into_kept(LossKind, const Tensor& x, const Tensor& y, Aux w, Aux p,
+//                                  double param, int64_t inner, const Tensor& go, const Reduce&,
+//                                  Tensor* gi, Tensor* gt);
+//     // gi / gt hold a reduced forward's gradients for a go of one: rewritten in place for go
 //   static void prepare_output(Tensor&);  // before a kernel writes a fresh output
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> forward_with_gradients_impl(
@@ -143,6 +147,29 @@ Tensor forward_impl(const Tensor& input, const Tensor& target, const std::option
   return std::get<0>(forward_with_gradients_impl<Backend>(input, target, weight, param, avg_factor,
                                                           kind, param_value, avg_value,
                                                           loss_weight, reduction, {false, false}));
+}
+
+// The backward of a reduced weighted loss (a weight that needs no gradient) into the gradients
+// its forward wrote for an incoming gradient of one and l1ext's autograd kept (gi / gt, either may
+// be null), in place, with the bits backward_impl writes into new tensors. Returns false, having
+// written nothing, where they are not in the operands' layout (glue::kept_gradients_match).
+template <class Backend>
+bool backward_into_kept_impl(const Tensor& grad_output, const Tensor& input, const Tensor& target,
+                             const std::optional<Tensor>& weight,
+                             const std::optional<Tensor>& param,
+                             const std::optional<Tensor>& avg_factor, int64_t kind,
+                             double param_value, std::optional<double> avg_value,
+                             double loss_weight, int64_t reduction, Tensor* gi, Tensor* gt) {
+  const Prepared s = prepare<Backend>("weighted_loss_backward", input, target, weight, param,
+                                      avg_factor, kind, avg_value, loss_weight, reduction);
+  TORCH_CHECK(reduction != 0, "l1ext: a backward into kept gradients is for a reduced loss");
+  if (!glue::kept_gradients_match({gi, gt}, s.x)) return false;
+  if (s.x.numel() == 0 || !(gi || gt)) return true;
+  glue::check_grad_output_scalar(grad_output, s.x);
+  Backend::backward_into_kept(LossKind(kind), s.x, s.y, s.w.aux(), s.p.aux(), param_value,
+                              s.inner, glue::in_dtype(grad_output, s.x.scalar_type()), s.r, gi,
+                              gt);
+  return true;
 }
 
 // Gradients for input, target and weight (the weight's in the weight's own shape).

@@ -281,6 +281,28 @@ def test_weighted_forward_gradient(inner, weight_kind, param):
     torch.testing.assert_close(p1.grad, 2 * gi)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_weighted_other_incoming_gradient_rewrites_the_forward_gradient(dtype):
+    # As for the plain losses: in place, with the backward operator's bits; a retained graph's
+    # second backward recomputes into new tensors.
+    p0, t0, w = (torch.randn(500, 4, dtype=dtype), torch.randn(500, 4, dtype=dtype),
+                 torch.rand(500, 1, dtype=dtype))
+    p, t = p0.clone().requires_grad_(), t0.clone().requires_grad_()
+    go = torch.tensor(0.375, dtype=dtype)
+    gi, gt, _ = ops.weighted_loss_backward(go, p0, t0, w, None, None, SMOOTH_L1, 1 / 9, 200.0, 2.0,
+                                           1, [True, True, False])
+    with RecordOps() as rec:
+        out = LF.smooth_l1_loss(p, t, beta=1 / 9, weight=w, avg_factor=200.0, loss_weight=2.0)
+        out.backward(go, retain_graph=True)
+    assert rec.names == ["l1ext.weighted_loss_forward"], rec.names
+    assert torch.equal(p.grad, gi) and torch.equal(t.grad, gt)
+    p.grad = t.grad = None
+    with RecordOps() as rec:
+        out.backward(go)
+    assert rec.names == ["l1ext.weighted_loss_backward"], rec.names
+    assert torch.equal(p.grad, gi) and torch.equal(t.grad, gt)
+
+
 def test_weighted_backward_of_one_runs_no_kernel():
     p, t, w = torch.randn(100, 4, requires_grad=True), torch.randn(100, 4), torch.rand(100, 1)
     with RecordOps() as rec:

@@ -8,7 +8,7 @@
 // writes the input/target gradients for an incoming gradient of one in the forward pass, and
 // loss.backward() hands them over without a backward pass on the CPU, after one launch that
 // finds the incoming gradient is one on a GPU (fp32 boxes (N, 4) with a per-box weight: 9 + 4 B
-// per element instead of 9 + 13).
+// per element instead of 9 + 13); any other one-element incoming gradient rewrites them in place.
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "autograd/autograd_util.h"
+#include "cpu/fused_backward.h"
 #if defined(L1EXT_WITH_CUDA)
 #include "cuda/fused_backward.h"
 #endif
@@ -114,6 +115,13 @@ struct WeightedLossBackward : Node {
     const Tensor p = param.unpack(), a = avg_factor.unpack();
     if ((kept[0].defined() || kept[1].defined()) &&
         fused_gradients_serve(kept, grads[0], {mask[0], mask[1]})) {
+      return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
+    }
+    if (!mask[2] && fused_gradients_rewrite_on_cpu(kept, grads[0], {mask[0], mask[1]}) &&
+        cpu::weighted_backward_into_kept(grads[0], x, y, as_optional(w), as_optional(p),
+                                         as_optional(a), kind, param_value, avg_value, loss_weight,
+                                         reduction, mask[0] ? &kept[0] : nullptr,
+                                         mask[1] ? &kept[1] : nullptr)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
     }
 #if defined(L1EXT_WITH_CUDA)

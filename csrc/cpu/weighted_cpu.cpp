@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/fused_backward.h"
 #include "cpu/kernel_table.h"
 #include "cpu/memory.h"
 #include "glue.h"
@@ -50,6 +51,12 @@ struct CpuBackend {
         gi ? gi->mutable_data_ptr() : nullptr, gt ? gt->mutable_data_ptr() : nullptr,
         gw ? gw->mutable_data_ptr() : nullptr);
   }
+  // go is in host memory: the autograd node hands a go of exactly one over without calling this.
+  static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p,
+                                 double param, int64_t inner, const Tensor& go, const Reduce& r,
+                                 Tensor* gi, Tensor* gt) {
+    backward(kind, x, y, w, p, param, inner, go, r, gi, gt, nullptr);
+  }
 };
 
 }  // namespace
@@ -61,4 +68,21 @@ TORCH_LIBRARY_IMPL(l1ext, CPU, m) {
 }
 
 }  // namespace weighted
+
+namespace cpu {
+
+bool weighted_backward_into_kept(const at::Tensor& grad_output, const at::Tensor& input,
+                                 const at::Tensor& target,
+                                 const std::optional<at::Tensor>& weight,
+                                 const std::optional<at::Tensor>& param,
+                                 const std::optional<at::Tensor>& avg_factor, int64_t kind,
+                                 double param_value, std::optional<double> avg_value,
+                                 double loss_weight, int64_t reduction, at::Tensor* gi,
+                                 at::Tensor* gt) {
+  return weighted::backward_into_kept_impl<weighted::CpuBackend>(
+      grad_output, input, target, weight, param, avg_factor, kind, param_value, avg_value,
+      loss_weight, reduction, gi, gt);
+}
+
+}  // namespace cpu
 }  // namespace l1ext

@@ -54,6 +54,19 @@ struct CudaWeightedBackend {
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p, double param,
                        int64_t inner, const Tensor& go, const Reduce& r, Tensor* gi, Tensor* gt,
                        Tensor* gw) {
+    launch_backward(kind, x, y, w, p, param, inner, go, r, gi, gt, gw, /*unless_one=*/false);
+  }
+
+  // One launch: it reads go on the device and returns at once where go is exactly one.
+  static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p,
+                                 double param, int64_t inner, const Tensor& go, const Reduce& r,
+                                 Tensor* gi, Tensor* gt) {
+    launch_backward(kind, x, y, w, p, param, inner, go, r, gi, gt, nullptr, /*unless_one=*/true);
+  }
+
+  static void launch_backward(LossKind kind, const Tensor& x, const Tensor& y, Aux w, Aux p,
+                              double param, int64_t inner, const Tensor& go, const Reduce& r,
+                              Tensor* gi, Tensor* gt, Tensor* gw, bool unless_one) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "weighted_loss_backward", [&](auto tag) {
@@ -61,8 +74,9 @@ struct CudaWeightedBackend {
       dispatch_kind(kind, [&](auto k) {
         constexpr LossKind K = decltype(k)::value;
         const WeightedElement<T, K> e{in<T>(x), in<T>(y), w, p, acc_t<T>(param), inner};
-        const cudaError_t err = weighted_backward<T, K>(e, x.numel(), r, in<T>(go), out_or_null<T>(gi),
-                                                        out_or_null<T>(gt), out_or_null<T>(gw), stream);
+        const cudaError_t err =
+            weighted_backward<T, K>(e, x.numel(), r, in<T>(go), out_or_null<T>(gi),
+                                    out_or_null<T>(gt), out_or_null<T>(gw), stream, unless_one);
         C10_CUDA_CHECK(err);
       });
     });
@@ -77,30 +91,9 @@ bool weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input
                                   const std::optional<Tensor>& avg_factor, int64_t kind,
                                   double param_value, std::optional<double> avg_value,
                                   double loss_weight, int64_t reduction, Tensor* gi, Tensor* gt) {
-  const weighted::Prepared s =
-      weighted::prepare<CudaWeightedBackend>("weighted_loss_backward", input, target, weight, param,
-                                             avg_factor, kind, avg_value, loss_weight, reduction);
-  TORCH_CHECK(reduction != 0, "l1ext: weighted_backward_unless_one is for a reduced loss");
-  const int64_t n = s.x.numel();
-  if (!glue::kept_gradients_match({gi, gt}, s.x)) return false;
-  if (n == 0 || !(gi || gt)) return true;
-  glue::check_grad_output_scalar(grad_output, s.x);
-  const c10::cuda::CUDAGuard guard(s.x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_elem(s.x.scalar_type(), "weighted_loss_backward", [&](auto tag) {
-    using T = decltype(tag);
-    const Tensor go = glue::in_dtype(grad_output, s.x.scalar_type());
-    dispatch_kind(LossKind(kind), [&](auto k) {
-      constexpr LossKind K = decltype(k)::value;
-      const WeightedElement<T, K> e{in<T>(s.x), in<T>(s.y), s.w.aux(), s.p.aux(),
-                                    acc_t<T>(param_value), s.inner};
-      const cudaError_t err = weighted_backward<T, K>(e, n, s.r, in<T>(go), out_or_null<T>(gi),
-                                                      out_or_null<T>(gt), nullptr, stream,
-                                                      /*unless_one=*/true);
-      C10_CUDA_CHECK(err);
-    });
-  });
-  return true;
+  return weighted::backward_into_kept_impl<CudaWeightedBackend>(
+      grad_output, input, target, weight, param, avg_factor, kind, param_value, avg_value,
+      loss_weight, reduction, gi, gt);
 }
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) {
