@@ -38,7 +38,7 @@ compile_one() {  # SOURCE INCLUDE_FLAG...
   esac
   "$NVCC" -c "$src" -o "$tmp/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
     -Xcompiler -fPIC -Xcompiler -Wno-c++20-extensions -diag-suppress 3306 \
-    -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C \
+    -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C -DL1EXT_WITH_CUDA=1 \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
     -D__CUDA_NO_HALF2_OPERATORS__ \
     -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \

@@ -160,14 +160,14 @@ inline bool fused_gradients_rewritable(const std::array<Tensor, 2>& fused,
 
 // On a GPU the incoming gradient's value is not known on the host (reading it would
 // synchronise): the kept gradients answer any one-element incoming gradient on their device, and
-// a kernel rewrites them there unless it is exactly one (cuda/fused_backward.h).
+// a kernel rewrites them there unless it is exactly one (kept_backward.h).
 inline bool fused_gradients_serve_on_device(const std::array<Tensor, 2>& fused,
                                             const Tensor& grad_output, std::array<bool, 2> mask) {
   return is_plain_cuda(grad_output) && fused_gradients_rewritable(fused, grad_output, mask);
 }
 
 // On the CPU an incoming gradient other than one (a loss weight, loss scaling) rewrites the kept
-// gradients in place (cpu/fused_backward.h) instead of filling new tensors that must first be
+// gradients in place (kept_backward.h) instead of filling new tensors that must first be
 // faulted in: a float32 Smooth L1 fwd + bwd of 2^24 elements, loss * 0.5, took twice as long
 // as loss.backward() when the backward wrote new tensors.
 inline bool fused_gradients_rewrite_on_cpu(const std::array<Tensor, 2>& fused,

@@ -18,7 +18,7 @@
 #include <torch/library.h>
 
 #include "autograd/autograd_util.h"
-#include "cpu/fused_backward.h"
+#include "kept_backward.h"
 #if defined(L1EXT_WITH_CUDA)
 #include "cuda/fused_backward.h"
 #endif
@@ -449,7 +449,7 @@ struct PointwiseLossBackward : Node {
     }
 #if defined(L1EXT_WITH_CUDA)
     if (fused_gradients_serve_on_device(kept, grads[0], mask) &&
-        cuda::backward_unless_one(Loss::kKind, grads[0], x, y, reduction, param,
+        cuda::backward_into_kept(Loss::kKind, grads[0], x, y, reduction, param,
                                   mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
     }

@@ -13,10 +13,10 @@
 #include <string>
 #include <tuple>
 
-#include "cpu/fused_backward.h"
 #include "cpu/kernel_table.h"
 #include "cpu/memory.h"
 #include "glue.h"
+#include "kept_backward.h"
 
 namespace l1ext {
 namespace cpu {

@@ -8,10 +8,10 @@
 #include <utility>
 #include <vector>
 
-#include "cpu/fused_backward.h"
 #include "cpu/kernel_table.h"
 #include "cpu/memory.h"
 #include "glue.h"
+#include "kept_backward.h"
 #include "weighted.h"
 #include "weighted_glue.h"
 

@@ -103,9 +103,9 @@ struct CudaBackend {
 
 }  // namespace
 
-bool backward_unless_one(LossKind kind, const Tensor& grad_output, const Tensor& input,
-                         const Tensor& target, int64_t reduction, double param, Tensor* gi,
-                         Tensor* gt) {
+bool backward_into_kept(LossKind kind, const Tensor& grad_output, const Tensor& input,
+                        const Tensor& target, int64_t reduction, double param, Tensor* gi,
+                        Tensor* gt) {
   return backward_into_kept_impl<CudaBackend>(kind, grad_output, input, target, reduction, param,
                                                gi, gt);
 }

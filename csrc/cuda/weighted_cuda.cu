@@ -5,7 +5,7 @@
 #include <torch/library.h>
 
 #include "cuda/dispatch.cuh"
-#include "cuda/fused_backward.h"
+#include "kept_backward.h"
 #include "cuda/weighted_kernels.cuh"
 #include "cuda/workspace.h"
 #include "weighted_glue.h"
@@ -85,12 +85,12 @@ struct CudaWeightedBackend {
 
 }  // namespace
 
-bool weighted_backward_unless_one(const Tensor& grad_output, const Tensor& input,
-                                  const Tensor& target, const std::optional<Tensor>& weight,
-                                  const std::optional<Tensor>& param,
-                                  const std::optional<Tensor>& avg_factor, int64_t kind,
-                                  double param_value, std::optional<double> avg_value,
-                                  double loss_weight, int64_t reduction, Tensor* gi, Tensor* gt) {
+bool weighted_backward_into_kept(const Tensor& grad_output, const Tensor& input,
+                                 const Tensor& target, const std::optional<Tensor>& weight,
+                                 const std::optional<Tensor>& param,
+                                 const std::optional<Tensor>& avg_factor, int64_t kind,
+                                 double param_value, std::optional<double> avg_value,
+                                 double loss_weight, int64_t reduction, Tensor* gi, Tensor* gt) {
   return weighted::backward_into_kept_impl<CudaWeightedBackend>(
       grad_output, input, target, weight, param, avg_factor, kind, param_value, avg_value,
       loss_weight, reduction, gi, gt);
