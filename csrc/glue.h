@@ -15,6 +15,10 @@
 //   static void backward_into_kept(LossKind, const Tensor& x, const Tensor& y, const Tensor& go,
 //                                  double divisor, double param, Tensor* gi, Tensor* gt);
 //     // gi / gt hold a forward's gradients for a go of one: rewritten in place for go
+//   static void l1_backward_from_kept(const Tensor& kept, bool negated, const Tensor& go,
+//                                     double divisor, Tensor* gi, Tensor* gt, bool in_place);
+//     // sgn(kept) * go / divisor (negated: of -kept); in_place: gi / gt hold the gradients for a
+//     // go of one, and a go of exactly one leaves them as they are
 // A one-element go is read where it lives (on the device for CUDA: no host synchronisation) and
 // divided by divisor (n for 'mean', 1 for 'sum'). gi / gt of a forward (may be null) receive the
 // gradient for an incoming gradient of one, as backward with go = 1 would write it.
@@ -142,6 +146,16 @@ inline bool kept_gradients_match(std::initializer_list<const Tensor*> kept, cons
   return true;
 }
 
+// Reduced L1 on plain tensors: the forward (smooth_l1_loss_forward with beta 0) writes the
+// gradients for an incoming gradient of one, sgn(d) * (1 / n) rounded to the dtype, and their
+// signs are all the backward reads, where 1 / n does not round to zero in the dtype (float16
+// 'mean' with n >= 2^25 - 1 loses them; the int8-sign design serves that case).
+inline bool l1_signs_survive(at::ScalarType dtype, int64_t n, int64_t reduction) {
+  if (reduction != kMean || dtype != at::kHalf) return true;
+  // 1 / n rounded as the kernels round it: to float, then to half (both to nearest even).
+  return float(c10::Half(float(1.0 / double(n)))) != 0.0f;
+}
+
 // What a forward returns: the loss; the int8 sign (L1's saved state) or an empty tensor; the
 // gradients for an incoming gradient of one (see *_loss_forward in ops.cpp) or empty tensors.
 struct Forward {
@@ -231,6 +245,35 @@ bool backward_into_kept_impl(LossKind kind, const Tensor& grad_output, const Ten
   Backend::backward_into_kept(kind, ops.x, ops.y, grad_output, reduction_divisor(reduction, n),
                               param, gi, gt);
   return true;
+}
+
+// Reduced L1: the gradients asked for (mask) from the ones its forward kept (kept[0] the input's,
+// kept[1] the target's; one may be undefined where it was not asked for), with the bits the
+// backward operator writes from the int8 signs. in_place: the kept tensors are returned,
+// rewritten unless grad_output is exactly one (then they hold its gradients already). Otherwise
+// (a retained graph may run this backward again) new tensors, the kept ones left as they are.
+template <class Backend>
+std::array<Tensor, 2> l1_backward_from_kept_impl(const Tensor& grad_output, int64_t reduction,
+                                                 const std::array<Tensor, 2>& kept,
+                                                 std::array<bool, 2> mask, bool in_place) {
+  const Tensor& source = kept[0].defined() ? kept[0] : kept[1];
+  TORCH_CHECK(source.defined() && reduction != kNone && (!mask[0] || kept[0].defined()) &&
+                  (!mask[1] || kept[1].defined()),
+              "l1ext: l1_backward_from_kept needs the kept gradients of a reduced L1 forward");
+  check_grad_output_scalar(grad_output, source);
+  std::array<Tensor, 2> out;
+  for (int i = 0; i < 2; ++i) {
+    if (mask[i]) out[i] = in_place ? kept[i] : at::empty_like(kept[i]);
+  }
+  const int64_t n = source.numel();
+  if (n == 0 || !(mask[0] || mask[1])) return out;
+  for (int i = 0; i < 2; ++i) {
+    if (mask[i] && !in_place) Backend::prepare_output(out[i]);
+  }
+  Backend::l1_backward_from_kept(source, /*negated=*/!kept[0].defined(), grad_output,
+                                 reduction_divisor(reduction, n), mask[0] ? &out[0] : nullptr,
+                                 mask[1] ? &out[1] : nullptr, in_place);
+  return out;
 }
 
 template <class Backend>

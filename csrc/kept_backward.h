@@ -1,5 +1,5 @@
 // The entries that l1ext's autograd calls directly rather than through the dispatcher: the
-// backward of a reduced loss (Smooth L1, Huber, weighted) whose forward, on plain tensors, wrote
+// backward of a reduced loss (L1, Smooth L1, Huber, weighted) whose forward, on plain tensors, wrote
 // the gradients for an incoming gradient of one, kept by the autograd node. Declared once for
 // each backend: cpu:: in cpu/losses_cpu.cpp and cpu/weighted_cpu.cpp, cuda:: in
 // cuda/losses_cuda.cu and cuda/weighted_cuda.cu (only where l1ext is built with CUDA). Here so
@@ -15,9 +15,12 @@
 // it is given (glue::kept_gradients_match): the caller then runs the backward operator.
 // weighted_backward_into_kept: the same for a reduced weighted loss (a weight that needs no
 // gradient), with the operands of the weighted_loss operator.
+// l1_backward_from_kept: reduced L1 from the gradients its forward kept, where l1_signs_survive
+// (glue.h): glue::l1_backward_from_kept_impl.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <array>
 #include <optional>
 
 #include "loss_kind.h"
@@ -31,7 +34,11 @@
       const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& param,        \
       const std::optional<at::Tensor>& avg_factor, int64_t kind, double param_value,          \
       std::optional<double> avg_value, double loss_weight, int64_t reduction, at::Tensor* gi, \
-      at::Tensor* gt);
+      at::Tensor* gt);                                                                       \
+  std::array<at::Tensor, 2> l1_backward_from_kept(const at::Tensor& grad_output,              \
+                                                  int64_t reduction,                          \
+                                                  const std::array<at::Tensor, 2>& kept,      \
+                                                  std::array<bool, 2> mask, bool in_place);
 
 namespace l1ext {
 namespace cpu {

@@ -335,8 +335,9 @@ def _same_bits(a, b):
 
 
 def _kept_l1_case(n, dtype, offset, device="cuda"):
-    # A reduced L1 forward on the GPU keeps the gradients for an incoming gradient of one (the
-    # memory it keeps says so: the int8-sign design keeps n bytes), and the backward hands them
+    # A reduced L1 forward on plain tensors keeps the gradients for an incoming gradient of one
+    # (on a GPU the memory it keeps says so: the int8-sign design keeps n bytes; test_fast_paths
+    # runs this on the CPU and checks the operators called instead), and the backward hands them
     # over or rewrites them from their own signs: the bits of the backward operator from the int8
     # sign (zeros' signs included), and torch's values, for every incoming gradient, with the
     # input's gradient, the target's, both, or only the target's asked of a loss that has both.

@@ -513,7 +513,7 @@ def test_l1_backward_from_sign_and_from_kept(emu, dtype):
 
 
 def test_float16_mean_l1_kept_gradient_keeps_its_signs_exactly_where_the_glue_says(emu):
-    # losses_cuda.cu l1_signs_survive: a float16 'mean' L1 keeps its gradient (sgn(d) / n rounded
+    # glue.h l1_signs_survive: a float16 'mean' L1 keeps its gradient (sgn(d) / n rounded
     # to float, then to half) only while 1 / n does not round to zero; 2^25 - 1 is the first n
     # where it does (a tie at 2^-25, rounded to even).
     for n in [(1 << 25) - 2, (1 << 25) - 1]:

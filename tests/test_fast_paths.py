@@ -197,6 +197,51 @@ def test_other_incoming_gradient_rewrites_the_forward_gradient(loss, dtype, both
                                            [True, False])[0])
 
 
+# ---- reduced L1: the kept gradient instead of the int8 sign --------------------------------------
+
+# The GPU's cases, run on the CPU (device-neutral helpers of test_cuda.py; gc_held is its fixture).
+from test_cuda import _kept_l1_case, _kept_l1_retained_and_create_graph, gc_held  # noqa: E402,F401
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("n", [5, 4096, 100_003])
+def test_kept_l1_gradients_on_cpu(n, dtype, offset, gc_held):
+    _kept_l1_case(n, dtype, offset, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_kept_l1_gradients_retained_graph_and_create_graph_on_cpu(dtype):
+    _kept_l1_retained_and_create_graph(dtype, device="cpu")
+
+
+def test_reduced_l1_keeps_the_gradient_not_the_sign():
+    # What the forward runs: the fused forward (gradients kept) for a reduced loss on plain
+    # tensors, the int8-sign forward for 'none', under saved-tensor hooks, and for float16 'mean'
+    # from n = 2^25 - 1 on, where 1 / n rounds to zero in float16 and a kept gradient would carry
+    # no signs; the gradients are the sign design's bits either side of that edge.
+    x, y = torch.randn(100, requires_grad=True), torch.randn(100)
+    for reduction, expected in (("mean", "smooth_l1_loss_forward"), ("sum", "smooth_l1_loss_forward"),
+                                ("none", "l1_loss_forward")):
+        with RecordOps() as rec:
+            LF.l1_loss(x, y, reduction=reduction).sum().backward()
+        assert rec.names[0] == f"l1ext.{expected}", (reduction, rec.names)
+    with RecordOps() as rec, torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        LF.l1_loss(x, y).backward()
+    assert rec.names == ["l1ext.l1_loss_forward", "l1ext.l1_loss_backward"], rec.names
+    for n, keeps in ((2**25 - 2, True), (2**25 - 1, False)):
+        x0, y0 = torch.randn(n, dtype=torch.float16), torch.randn(n, dtype=torch.float16)
+        x = x0.clone().requires_grad_()
+        go = torch.tensor(1024.0, dtype=torch.float16)
+        with RecordOps() as rec:
+            LF.l1_loss(x, y0).backward(go)
+        assert (rec.names == ["l1ext.smooth_l1_loss_forward"]) == keeps, rec.names
+        sign = ops.l1_loss_forward(x0, y0, 1)[1]
+        ri = ops.l1_loss_backward(go, sign, 1, torch.float16, [True, False])[0]
+        assert torch.equal(x.grad.view(torch.int16), ri.view(torch.int16))
+        del x, x0, y0, sign, ri
+
+
 @pytest.mark.parametrize("loss", POINTWISE, ids=POINTWISE_IDS)
 def test_forward_gradient_partial_and_higher_order(loss):
     _, fn, _, param, value = loss

@@ -30,6 +30,10 @@ using BackwardFn = void (*)(const void* x, const void* y, const void* go, double
 // L1 backward from the saved int8 sign: g = sign[i] * scale * (go ? go[i] : 1).
 using BackwardFromSignFn = void (*)(const int8_t* sign, const void* go, double scale, int64_t n,
                                     void* gi, void* gt);
+// Reduced L1 backward from the gradients its forward kept (the input's, or negated the
+// target's): g = sgn(kept[i]) * scale, the bits of BackwardFromSignFn; kept may be gi or gt.
+using BackwardFromKeptFn = void (*)(const void* kept, bool negated, double scale, int64_t n,
+                                    void* gi, void* gt);
 
 // Weighted losses (weighted.h): out is the 'none' loss or the one-element reduced loss; gi, gt
 // (may be null) receive the gradients for an incoming gradient of one, as the backward would.
@@ -47,6 +51,7 @@ struct KernelTable {
   ForwardFn forward[kNumLosses][kNumElems];
   BackwardFn backward[kNumLosses][kNumElems];
   BackwardFromSignFn backward_from_sign[kNumElems];
+  BackwardFromKeptFn backward_from_kept[kNumElems];
   WeightedForwardFn weighted_forward[kNumLosses][kNumElems];
   WeightedBackwardFn weighted_backward[kNumLosses][kNumElems];
 };

@@ -135,6 +135,17 @@ struct CpuBackend {
     backward(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt);
   }
 
+  // go is read in host memory; with in_place a go of exactly one leaves the kept gradients as
+  // they are (they hold its gradients), with no pass over them.
+  static void l1_backward_from_kept(const Tensor& kept, bool negated, const Tensor& go,
+                                    double divisor, Tensor* gi, Tensor* gt, bool in_place) {
+    const double g = glue::host_scalar_value(go);
+    if (in_place && g == 1.0) return;
+    kernels().backward_from_kept[int(elem_of(kept.scalar_type(), ""))](
+        kept.const_data_ptr(), negated, g / divisor, kept.numel(), data_or_null(gi),
+        data_or_null(gt));
+  }
+
   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool per_element,
                                  double divisor, Tensor* gi, Tensor* gt) {
     const Tensor& like = gi ? *gi : *gt;
@@ -152,6 +163,13 @@ bool backward_into_kept(LossKind kind, const Tensor& grad_output, const Tensor& 
                         Tensor* gt) {
   return glue::backward_into_kept_impl<CpuBackend>(kind, grad_output, input, target, reduction,
                                                    param, gi, gt);
+}
+
+std::array<Tensor, 2> l1_backward_from_kept(const Tensor& grad_output, int64_t reduction,
+                                            const std::array<Tensor, 2>& kept,
+                                            std::array<bool, 2> mask, bool in_place) {
+  return glue::l1_backward_from_kept_impl<CpuBackend>(grad_output, reduction, kept, mask,
+                                                      in_place);
 }
 
 TORCH_LIBRARY_IMPL(l1ext, CPU, m) { L1EXT_REGISTER_OPERATORS(m, CpuBackend); }

@@ -10,10 +10,10 @@
 #include <type_traits>
 
 #include "cuda/dispatch.cuh"
-#include "cuda/fused_backward.h"
 #include "cuda/launch.h"
 #include "cuda/workspace.h"
 #include "glue.h"
+#include "kept_backward.h"
 
 namespace l1ext {
 namespace cuda {
@@ -85,6 +85,20 @@ struct CudaBackend {
     });
   }
 
+  // One launch: with in_place it reads go on the device and returns at once where go is one.
+  static void l1_backward_from_kept(const Tensor& kept, bool negated, const Tensor& go,
+                                    double divisor, Tensor* gi, Tensor* gt, bool in_place) {
+    const c10::cuda::CUDAGuard guard(kept.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_elem(kept.scalar_type(), "l1_loss_backward", [&](auto tag) {
+      using T = decltype(tag);
+      const Tensor g = in_dtype(go, kept.scalar_type());
+      C10_CUDA_CHECK(Launch<T>::l1_backward_from_kept(in<T>(kept), negated, in<T>(g), divisor,
+                                                      kept.numel(), out_or_null<T>(gi),
+                                                      out_or_null<T>(gt), in_place, stream));
+    });
+  }
+
   static void backward_from_sign(const Tensor& sign, const Tensor& go, bool per_element,
                                  double divisor, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(sign.device());
@@ -110,37 +124,10 @@ bool backward_into_kept(LossKind kind, const Tensor& grad_output, const Tensor& 
                                                gi, gt);
 }
 
-bool l1_signs_survive(at::ScalarType dtype, int64_t n, int64_t reduction) {
-  if (reduction != kMean || dtype != at::kHalf) return true;
-  // 1 / n rounded as the kernels round it: to float, then to half (both to nearest even).
-  return float(c10::Half(float(1.0 / double(n)))) != 0.0f;
-}
-
 std::array<Tensor, 2> l1_backward_from_kept(const Tensor& grad_output, int64_t reduction,
                                             const std::array<Tensor, 2>& kept,
                                             std::array<bool, 2> mask, bool in_place) {
-  const Tensor& source = kept[0].defined() ? kept[0] : kept[1];
-  TORCH_CHECK(source.defined() && reduction != kNone && (!mask[0] || kept[0].defined()) &&
-                  (!mask[1] || kept[1].defined()),
-              "l1ext: l1_backward_from_kept needs the kept gradients of a reduced L1 forward");
-  check_grad_output_scalar(grad_output, source);
-  std::array<Tensor, 2> out;
-  for (int i = 0; i < 2; ++i) {
-    if (mask[i]) out[i] = in_place ? kept[i] : at::empty_like(kept[i]);
-  }
-  const int64_t n = source.numel();
-  if (n == 0 || !(mask[0] || mask[1])) return out;
-  const c10::cuda::CUDAGuard guard(source.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  dispatch_elem(source.scalar_type(), "l1_loss_backward", [&](auto tag) {
-    using T = decltype(tag);
-    const Tensor g = in_dtype(grad_output, source.scalar_type());
-    C10_CUDA_CHECK(Launch<T>::l1_backward_from_kept(
-        in<T>(source), /*kept_negated=*/!kept[0].defined(), in<T>(g),
-        reduction_divisor(reduction, n), n, out_or_null<T>(mask[0] ? &out[0] : nullptr),
-        out_or_null<T>(mask[1] ? &out[1] : nullptr), /*unless_one=*/in_place, stream));
-  });
-  return out;
+  return l1_backward_from_kept_impl<CudaBackend>(grad_output, reduction, kept, mask, in_place);
 }
 
 TORCH_LIBRARY_IMPL(l1ext, CUDA, m) { L1EXT_REGISTER_OPERATORS(m, CudaBackend); }
