@@ -257,10 +257,10 @@ std::tuple<Tensor, Tensor> l1_loss_backward_autograd(const Tensor& grad_output, 
 //   read for free there), on a GPU after one launch that reads the incoming gradient on the
 //   device and finds it is one (reading it on the host would synchronise). 12 B in all, against
 //   about 32 B for torch's kernel + mean, zeros_like + backward kernel. Any other incoming
-//   gradient recomputes from x and y into the kept buffers (12 B; on a GPU in the same launch, where a
-//   power of two scales them instead, 8 B), with the bits the fused gradient has for a gradient
-//   of one; a second backward through a retained graph and create_graph recompute into new
-//   tensors.
+//   gradient recomputes from x and y into the kept buffers (12 B; on a GPU in the same launch,
+//   where a power of two scales them instead, 8 B), with the bits the fused gradient has for a
+//   gradient of one; a second backward through a retained graph and create_graph recompute into
+//   new tensors.
 // - Otherwise ('none', traced or functorch calls): the forward reads x and y (8 B); the backward
 //   reads them again and writes the gradient (12 B): 20 B, and nothing is kept between the
 //   passes but references to x and y.
@@ -454,7 +454,7 @@ struct PointwiseLossBackward : Node {
 #if defined(L1EXT_WITH_CUDA)
     if (fused_gradients_serve_on_device(kept, grads[0], mask) &&
         cuda::backward_into_kept(Loss::kKind, grads[0], x, y, reduction, param,
-                                  mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr)) {
+                                 mask[0] ? &kept[0] : nullptr, mask[1] ? &kept[1] : nullptr)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor()};
     }
 #endif

@@ -124,9 +124,9 @@ struct WeightedLossBackward : Node {
 #if defined(L1EXT_WITH_CUDA)
     if (!mask[2] && fused_gradients_serve_on_device(kept, grads[0], {mask[0], mask[1]}) &&
         cuda::weighted_backward_into_kept(grads[0], x, y, as_optional(w), as_optional(p),
-                                           as_optional(a), kind, param_value, avg_value,
-                                           loss_weight, reduction, mask[0] ? &kept[0] : nullptr,
-                                           mask[1] ? &kept[1] : nullptr)) {
+                                          as_optional(a), kind, param_value, avg_value,
+                                          loss_weight, reduction, mask[0] ? &kept[0] : nullptr,
+                                          mask[1] ? &kept[1] : nullptr)) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
     }
 #endif
