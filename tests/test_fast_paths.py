@@ -215,6 +215,28 @@ def test_kept_l1_gradients_retained_graph_and_create_graph_on_cpu(dtype):
     _kept_l1_retained_and_create_graph(dtype, device="cpu")
 
 
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_kept_l1_gradient_of_special_residuals(dtype):
+    # Residuals 0, +-inf and NaN (inf - inf too): the kept gradient, handed over or rewritten from
+    # its own signs, has the int8-sign backward's bits, signed zeros included.
+    inf, nan = float("inf"), float("nan")
+    xs = torch.tensor([0.0, -0.0, 1.0, inf, -inf, nan, inf, 2.0, 3.0, -inf, 5.0] * 7, dtype=dtype)
+    ys = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, inf, inf, nan, -inf, -5.0] * 7, dtype=dtype)
+    width = {2: torch.int16, 4: torch.int32, 8: torch.int64}[xs.element_size()]
+    for reduction, red in (("mean", 1), ("sum", 2)):
+        sign = ops.l1_loss_forward(xs, ys, red)[1]
+        for value in (1.0, 0.5, -2.0, 0.0, -0.0, nan):
+            go = torch.tensor(value, dtype=dtype)
+            ri, rt = ops.l1_loss_backward(go, sign, red, dtype, [True, True])
+            for x_needs in (True, False):  # the target's kept gradient alone: negated signs
+                x, y = xs.clone().requires_grad_(x_needs), ys.clone().requires_grad_()
+                with RecordOps() as rec:
+                    LF.l1_loss(x, y, reduction=reduction).backward(go)
+                assert rec.names == ["l1ext.smooth_l1_loss_forward"], rec.names
+                assert not x_needs or torch.equal(x.grad.view(width), ri.view(width))
+                assert torch.equal(y.grad.view(width), rt.view(width)), (reduction, value)
+
+
 def test_reduced_l1_keeps_the_gradient_not_the_sign():
     # What the forward runs: the fused forward (gradients kept) for a reduced loss on plain
     # tensors, the int8-sign forward for 'none', under saved-tensor hooks, and for float16 'mean'
