@@ -60,6 +60,19 @@ struct CudaBackend {
 
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                        bool per_element, double divisor, double param, Tensor* gi, Tensor* gt) {
+    launch_backward(kind, x, y, go, per_element, divisor, param, gi, gt, /*unless_one=*/false);
+  }
+
+  // One launch: it reads go on the device and returns at once where go is exactly one.
+  static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                                 double divisor, double param, Tensor* gi, Tensor* gt) {
+    launch_backward(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt,
+                    /*unless_one=*/true);
+  }
+
+  static void launch_backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                              bool per_element, double divisor, double param, Tensor* gi,
+                              Tensor* gt, bool unless_one) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
@@ -67,21 +80,7 @@ struct CudaBackend {
       const Tensor g = in_dtype(go, x.scalar_type());
       C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), in<T>(g), per_element,
                                          divisor, x.numel(), param, out_or_null<T>(gi),
-                                         out_or_null<T>(gt), /*unless_one=*/false, stream));
-    });
-  }
-
-  // One launch: it reads go on the device and returns at once where go is exactly one.
-  static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
-                                 double divisor, double param, Tensor* gi, Tensor* gt) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-    dispatch_elem(x.scalar_type(), "backward", [&](auto tag) {
-      using T = decltype(tag);
-      const Tensor g = in_dtype(go, x.scalar_type());
-      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), in<T>(g), false, divisor,
-                                         x.numel(), param, out_or_null<T>(gi),
-                                         out_or_null<T>(gt), /*unless_one=*/true, stream));
+                                         out_or_null<T>(gt), unless_one, stream));
     });
   }
 

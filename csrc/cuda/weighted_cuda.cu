@@ -5,9 +5,9 @@
 #include <torch/library.h>
 
 #include "cuda/dispatch.cuh"
-#include "kept_backward.h"
 #include "cuda/weighted_kernels.cuh"
 #include "cuda/workspace.h"
+#include "kept_backward.h"
 #include "weighted_glue.h"
 
 namespace l1ext {
