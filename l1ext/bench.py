@@ -140,9 +140,9 @@ def resolve(args):
 
 def l1_keeps_gradient(device, dtype, n, reduction):
     """Whether a reduced L1 forward with gradients keeps the gradient rather than the int8 sign:
-    on a GPU, where the signs survive the rounding of 1 / n (float16 'mean' loses them from
-    n = 2^25 - 1 on). Mirrors keeps_l1_gradients in csrc/autograd/losses_autograd.cpp."""
-    if torch.device(device).type != "cuda" or reduction == "none":
+    on the CPU and on a GPU, where the signs survive the rounding of 1 / n (float16 'mean' loses
+    them from n = 2^25 - 1 on). Mirrors keeps_l1_gradients in csrc/autograd/losses_autograd.cpp."""
+    if torch.device(device).type not in ("cpu", "cuda") or reduction == "none":
         return False
     if dtype == torch.float16 and reduction == "mean":
         return bool(torch.tensor(1.0 / n, dtype=torch.float32).half() != 0)

@@ -53,11 +53,14 @@ def test_design_bytes():
     assert bench.design_bytes("huber", n, 4, "sum", "bwd") == 0
     assert bench.design_bytes("smooth_l1", n, 2, "mean", "fwdbwd") == 6 * n
     assert bench.design_bytes("huber", n, 4, "none", "fwdbwd") == 12 * n + 16 * n
-    # a reduced L1 on a GPU keeps the gradient (l1_keeps_gradient), as Smooth L1 / Huber do
+    # a reduced L1 keeps the gradient (l1_keeps_gradient), as Smooth L1 / Huber do
     assert bench.design_bytes("l1", n, 4, "mean", "fwdbwd", l1_kept=True) == 12 * n
     assert bench.design_bytes("l1", n, 2, "sum", "bwd", l1_kept=True) == 0
     assert bench.design_bytes("l1", n, 4, "none", "fwdbwd", l1_kept=True) == 9 * n + 5 * n + 4 * n + 4 * n
-    assert not bench.l1_keeps_gradient("cpu", torch.float32, n, "mean")
+    assert bench.l1_keeps_gradient("cpu", torch.float32, n, "mean")
+    assert not bench.l1_keeps_gradient("cpu", torch.float32, n, "none")
+    assert not bench.l1_keeps_gradient("cpu", torch.float16, 2**25 - 1, "mean")
+    assert not bench.l1_keeps_gradient("meta", torch.float32, n, "mean")
     assert bench.l1_keeps_gradient("cuda", torch.bfloat16, 2**26, "mean")
     assert not bench.l1_keeps_gradient("cuda", torch.float32, n, "none")
     assert bench.l1_keeps_gradient("cuda", torch.float16, 2**25 - 2, "mean")
