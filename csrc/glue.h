@@ -3,7 +3,8 @@
 //
 // The operator bodies are templates over a Backend (cpu/losses_cpu.cpp, cuda/losses_cuda.cu):
 //   static void check_dtype(at::ScalarType, const char* name);
-//   static void prepare_output(Tensor&);            // before a kernel writes a fresh output
+//   static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+//                            const at::TensorOptions&);  // a fresh tensor a kernel writes whole
 //   static void reduce(LossKind, const Tensor& x, const Tensor& y, double param, double divisor,
 //                      Tensor& out /*0-d*/, Tensor* sign /*int8 or null*/, Tensor* gi, Tensor* gt);
 //   static void pointwise(LossKind, const Tensor& x, const Tensor& y, double param, Tensor& out,
@@ -24,6 +25,7 @@
 // gradient for an incoming gradient of one, as backward with go = 1 would write it.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/util/strides.h>
 
 #include <array>
 #include <initializer_list>
@@ -75,12 +77,23 @@ inline void check_operands(const char* name, const Tensor& input, const Tensor& 
 struct Operands {
   Tensor x, y;
   bool keep_layout;
-  // A new tensor of the operands' size in the layout the kernels write.
-  Tensor new_like(const at::TensorOptions& options) const {
-    return keep_layout ? at::empty_like(x, options) : at::empty(x.sizes(), options);
-  }
-  Tensor new_like() const { return new_like(x.options()); }
 };
+
+// New tensors for a kernel to write whole (Backend::new_output): contiguous, with the strides of
+// a dense tensor, or of the operands' size in the layout the kernels write.
+template <class Backend>
+Tensor new_contiguous(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return Backend::new_output(sizes, c10::contiguous_strides(sizes), options);
+}
+template <class Backend>
+Tensor new_strided_like(const Tensor& dense, const at::TensorOptions& options) {
+  return Backend::new_output(dense.sizes(), dense.strides(), options);
+}
+template <class Backend>
+Tensor new_like(const Operands& ops, const at::TensorOptions& options) {
+  return ops.keep_layout ? new_strided_like<Backend>(ops.x, options)
+                         : new_contiguous<Backend>(ops.x.sizes(), options);
+}
 
 inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
   if (input.strides() == target.strides() && input.is_non_overlapping_and_dense()) {
@@ -183,20 +196,16 @@ Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const
   const int64_t n = ops.x.numel();
   const at::TensorOptions sign_options = ops.x.options().dtype(at::kChar);
   Forward f;
-  f.sign = save_sign ? ops.new_like(sign_options) : empty_output(sign_options);
-  f.grad_input = grad_mask[0] ? ops.new_like() : empty_output(ops.x.options());
-  f.grad_target = grad_mask[1] ? ops.new_like() : empty_output(ops.x.options());
+  const at::TensorOptions options = ops.x.options();
+  f.sign = save_sign ? new_like<Backend>(ops, sign_options) : empty_output(sign_options);
+  f.grad_input = grad_mask[0] ? new_like<Backend>(ops, options) : empty_output(options);
+  f.grad_target = grad_mask[1] ? new_like<Backend>(ops, options) : empty_output(options);
   Tensor* sign = save_sign && n > 0 ? &f.sign : nullptr;
   Tensor* gi = grad_mask[0] && n > 0 ? &f.grad_input : nullptr;
   Tensor* gt = grad_mask[1] && n > 0 ? &f.grad_target : nullptr;
-  for (Tensor* t : {sign, gi, gt})
-    if (t) Backend::prepare_output(*t);
   if (reduction == kNone) {
-    f.loss = ops.new_like();
-    if (n > 0) {
-      Backend::prepare_output(f.loss);
-      Backend::pointwise(kind, ops.x, ops.y, param, f.loss, sign, gi, gt);
-    }
+    f.loss = new_like<Backend>(ops, options);
+    if (n > 0) Backend::pointwise(kind, ops.x, ops.y, param, f.loss, sign, gi, gt);
     return f;
   }
   f.loss = at::empty({}, ops.x.options());
@@ -212,12 +221,11 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
                                          const Tensor& target, int64_t reduction, double param,
                                          std::array<bool, 2> mask) {
   const Operands ops = checked_operands<Backend>(kind, name, input, target, reduction, param);
-  Tensor gi = mask[0] ? ops.new_like() : empty_output(ops.x.options());
-  Tensor gt = mask[1] ? ops.new_like() : empty_output(ops.x.options());
+  const at::TensorOptions options = ops.x.options();
+  Tensor gi = mask[0] ? new_like<Backend>(ops, options) : empty_output(options);
+  Tensor gt = mask[1] ? new_like<Backend>(ops, options) : empty_output(options);
   const int64_t n = ops.x.numel();
   if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
-  if (mask[0]) Backend::prepare_output(gi);
-  if (mask[1]) Backend::prepare_output(gt);
   const bool per_element = reduction == kNone;
   if (!per_element) check_grad_output_scalar(grad_output, ops.x);
   const Tensor go = per_element ? grad_in_layout(grad_output, ops.x, ops.x.scalar_type()) : grad_output;
@@ -263,13 +271,10 @@ std::array<Tensor, 2> l1_backward_from_kept_impl(const Tensor& grad_output, int6
   check_grad_output_scalar(grad_output, source);
   std::array<Tensor, 2> out;
   for (int i = 0; i < 2; ++i) {
-    if (mask[i]) out[i] = in_place ? kept[i] : at::empty_like(kept[i]);
+    if (mask[i]) out[i] = in_place ? kept[i] : new_strided_like<Backend>(kept[i], kept[i].options());
   }
   const int64_t n = source.numel();
   if (n == 0 || !(mask[0] || mask[1])) return out;
-  for (int i = 0; i < 2; ++i) {
-    if (mask[i] && !in_place) Backend::prepare_output(out[i]);
-  }
   Backend::l1_backward_from_kept(source, /*negated=*/!kept[0].defined(), grad_output,
                                  reduction_divisor(reduction, n), mask[0] ? &out[0] : nullptr,
                                  mask[1] ? &out[1] : nullptr, in_place);
@@ -287,12 +292,10 @@ std::tuple<Tensor, Tensor> backward_from_sign_impl(const Tensor& grad_output, co
   const at::TensorOptions options = sign.options().dtype(dtype);
   // Gradients take the sign's layout (the forward's kernel layout).
   const Tensor s = sign.is_non_overlapping_and_dense() ? sign : sign.contiguous();
-  Tensor gi = mask[0] ? at::empty_like(s, options) : empty_output(options);
-  Tensor gt = mask[1] ? at::empty_like(s, options) : empty_output(options);
+  Tensor gi = mask[0] ? new_strided_like<Backend>(s, options) : empty_output(options);
+  Tensor gt = mask[1] ? new_strided_like<Backend>(s, options) : empty_output(options);
   const int64_t n = s.numel();
   if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
-  if (mask[0]) Backend::prepare_output(gi);
-  if (mask[1]) Backend::prepare_output(gt);
   const bool per_element = reduction == kNone;
   if (!per_element) check_grad_output_scalar(grad_output, s);
   const Tensor go = per_element ? grad_in_layout(grad_output, s, dtype) : grad_output;

@@ -119,7 +119,8 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
 //                                  double param, int64_t inner, const Tensor& go, const Reduce&,
 //                                  Tensor* gi, Tensor* gt);
 //     // gi / gt hold a reduced forward's gradients for a go of one: rewritten in place for go
-//   static void prepare_output(Tensor&);  // before a kernel writes a fresh output
+//   static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+//                            const at::TensorOptions&);  // a fresh tensor a kernel writes whole
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> forward_with_gradients_impl(
     const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
@@ -128,11 +129,11 @@ std::tuple<Tensor, Tensor, Tensor> forward_with_gradients_impl(
     std::array<bool, 2> mask) {
   const Prepared s = prepare<Backend>("weighted_loss", input, target, weight, param, avg_factor,
                                       kind, avg_value, loss_weight, reduction);
-  Tensor out = reduction == 0 ? at::empty(s.x.sizes(), s.x.options()) : at::empty({}, s.x.options());
-  Tensor gi = mask[0] ? at::empty(s.x.sizes(), s.x.options()) : glue::empty_output(s.x.options());
-  Tensor gt = mask[1] ? at::empty(s.x.sizes(), s.x.options()) : glue::empty_output(s.x.options());
-  for (Tensor* t : {&out, &gi, &gt})
-    if (t->numel() > 0) Backend::prepare_output(*t);
+  const at::TensorOptions options = s.x.options();
+  const auto new_like_x = [&] { return glue::new_contiguous<Backend>(s.x.sizes(), options); };
+  Tensor out = reduction == 0 ? new_like_x() : at::empty({}, options);
+  Tensor gi = mask[0] ? new_like_x() : glue::empty_output(options);
+  Tensor gt = mask[1] ? new_like_x() : glue::empty_output(options);
   const bool any = s.x.numel() > 0;
   Backend::forward(LossKind(kind), s.x, s.y, s.w.aux(), s.p.aux(), param_value, s.inner, s.r, out,
                    mask[0] && any ? &gi : nullptr, mask[1] && any ? &gt : nullptr);
@@ -186,9 +187,10 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
   const Operand &w = s.w, &p = s.p;
   const Reduce& r = s.r;
   const bool want_w = mask[2] && w.t.defined();
-  Tensor gi = mask[0] ? at::empty(x.sizes(), x.options()) : glue::empty_output(x.options());
-  Tensor gt = mask[1] ? at::empty(x.sizes(), x.options()) : glue::empty_output(x.options());
-  Tensor gw_full = want_w ? at::empty(x.sizes(), x.options()) : Tensor();
+  const auto new_like_x = [&] { return glue::new_contiguous<Backend>(x.sizes(), x.options()); };
+  Tensor gi = mask[0] ? new_like_x() : glue::empty_output(x.options());
+  Tensor gt = mask[1] ? new_like_x() : glue::empty_output(x.options());
+  Tensor gw_full = want_w ? new_like_x() : Tensor();
   Tensor go;
   if (reduction == 0) {
     go = glue::grad_in_layout(grad_output, x, x.scalar_type());
@@ -197,8 +199,6 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
     go = glue::in_dtype(grad_output, x.scalar_type());
   }
   if (x.numel() > 0 && (mask[0] || mask[1] || want_w)) {
-    for (Tensor* t : {&gi, &gt, &gw_full})
-      if (t->numel() > 0) Backend::prepare_output(*t);
     Backend::backward(LossKind(kind), x, y, w.aux(), p.aux(), param_value, s.inner, go, r,
                       mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr, want_w ? &gw_full : nullptr);
   }

@@ -9,14 +9,14 @@ The operators are also available as torch.ops.l1ext.* (reduction as torch's enum
 """
 import torch
 
-from . import functional
+from . import _C, functional
 from ._patch import is_patched, patch, unpatch
 from .modules import HuberLoss, L1Loss, QuantileLoss, SmoothL1Loss
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss", "cpu_capability", "patch", "unpatch",
-           "is_patched"]
+__all__ = ["functional", "L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss", "cpu_capability",
+           "empty_cache", "patch", "unpatch", "is_patched"]
 
 
 def cpu_capability() -> str:
@@ -25,3 +25,14 @@ def cpu_capability() -> str:
     Set L1EXT_CPU_CAPABILITY (or torch's ATEN_CPU_CAPABILITY) to default/avx2/avx512 before the
     first call to pick a narrower one."""
     return torch.ops.l1ext.cpu_capability()
+
+
+def empty_cache() -> int:
+    """Frees the memory l1ext keeps for its next large CPU outputs and returns its bytes.
+
+    CPU outputs of 8 MiB and more (a loss with reduction='none', the gradients a forward writes
+    for its backward, the backward's gradients) reuse the memory of l1ext outputs the program has
+    released, as torch's CUDA caching allocator does, so a training loop does not fault in and zero
+    a fresh gradient every step. At most four released blocks are kept; set L1EXT_OUTPUT_CACHE=0
+    before the first call to keep none. Like torch.cuda.empty_cache() for CUDA memory."""
+    return _C.empty_cache()

@@ -3,10 +3,6 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
@@ -51,30 +47,6 @@ const KernelTable& kernels() {
   return *table;
 }
 
-// A large output the kernels are about to write whole: ask Linux to back it with transparent
-// huge pages. Fresh allocations of this size come straight from mmap, and on this path their
-// first-touch page faults (one per 4 KiB, each zeroing the page) cost more than the kernel
-// itself: about 15 ms for a 64 MiB gradient on a 2-core machine, against 5 ms with 2 MiB pages.
-// The memory stays torch's allocation; only the kernel's paging of it changes.
-// L1EXT_HUGEPAGES=0 turns this off.
-void advise_huge_pages(at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool enabled = [] {
-    const char* env = std::getenv("L1EXT_HUGEPAGES");
-    return env == nullptr || std::string(env) != "0";
-  }();
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const size_t nbytes = t.nbytes();
-  if (!enabled || nbytes < 4 * kHuge) return;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + nbytes) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
 namespace {
 
 Elem elem_of(at::ScalarType t, const char* name) {
@@ -103,7 +75,10 @@ int8_t* sign_or_null(Tensor* t) { return t ? t->mutable_data_ptr<int8_t>() : nul
 struct CpuBackend {
   static void check_dtype(at::ScalarType t, const char* name) { elem_of(t, name); }
 
-  static void prepare_output(Tensor& t) { advise_huge_pages(t); }
+  static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                           const at::TensorOptions& options) {
+    return cpu::new_output(sizes, strides, options);
+  }
 
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {

@@ -32,7 +32,10 @@ cpu::Elem elem(at::ScalarType t) {
 }
 
 struct CpuBackend {
-  static void prepare_output(Tensor& t) { cpu::advise_huge_pages(t); }
+  static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                           const at::TensorOptions& options) {
+    return cpu::new_output(sizes, strides, options);
+  }
   static void check_dtype(at::ScalarType t, const char* name) {
     TORCH_CHECK_NOT_IMPLEMENTED(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
                                 "\"", name, "\" not implemented for '", t, "'");

@@ -27,7 +27,10 @@ struct CudaBackend {
     dispatch_elem(t, name, [](auto) {});
   }
 
-  static void prepare_output(Tensor&) {}
+  static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                           const at::TensorOptions& options) {
+    return at::empty_strided(sizes, strides, options);
+  }
 
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {

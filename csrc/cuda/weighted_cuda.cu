@@ -20,7 +20,10 @@ using weighted::Reduce;
 
 struct CudaWeightedBackend {
   static void check_dtype(at::ScalarType t, const char* name) { dispatch_elem(t, name, [](auto) {}); }
-  static void prepare_output(Tensor&) {}
+  static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                           const at::TensorOptions& options) {
+    return at::empty_strided(sizes, strides, options);
+  }
 
   // Gradients requested of a forward (gi, gt): for a reduced loss written by the same launch as
   // the loss; for 'none' by a second launch, the backward kernel with an incoming gradient of one.

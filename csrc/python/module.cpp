@@ -19,6 +19,7 @@
 
 #include <optional>
 
+#include "cpu/memory.h"
 #include "loss_kind.h"
 
 namespace l1ext {
@@ -213,11 +214,19 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   END_HANDLE_TH_ERRORS
 }
 
+// l1ext.empty_cache(): frees the CPU output cache's idle memory (cpu/memory.cpp); returns its bytes.
+PyObject* empty_cache(PyObject* /*module*/, PyObject* /*unused*/) {
+  HANDLE_TH_ERRORS
+  return PyLong_FromSize_t(cpu::empty_output_cache());
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"loss_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&loss_fast)),
      METH_FASTCALL,
      "loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight) "
      "-> Tensor | None"},
+    {"empty_cache", &empty_cache, METH_NOARGS, "empty_cache() -> int"},
     {nullptr, nullptr, 0, nullptr},
 };
 
