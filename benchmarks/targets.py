@@ -29,6 +29,8 @@ def check_targets(result):
     big = 2**26 if gpu else 2**24
     if result["meta"]["reduction"] != "mean":
         raise ValueError("the targets are for reduction='mean'")
+    if result["meta"].get("compile_mode", "default") != "default":
+        raise ValueError("the targets are for torch.compile's default mode")
     rows = {(r["loss"], r["dtype"], r["n"], r["pass"], r["impl"]): r for r in result["rows"]}
 
     def row(*key):

@@ -10,7 +10,9 @@ l1ext design must move (the same count for all three, so the ratios carry over),
 a fraction of the device's copy bandwidth measured in the same run, and the peak memory of a
 forward + backward. Figures are medians over repetitions after warm-up; GPU times come from CUDA
 events with L2 flushed between repetitions for sizes of 2^20 elements and more; torch.compile's
-compile time is excluded and reported separately.
+compile time is excluded and reported separately. --compile-mode picks torch.compile's mode for
+that column (default: 'default', the one the speed targets name; 'reduce-overhead' replays CUDA
+graphs on a GPU).
 """
 import argparse
 import datetime
@@ -40,6 +42,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 PASSES = ("fwd", "bwd", "fwdbwd")
 IMPLS = ("eager", "compiled", "l1ext")
 REDUCTIONS = ("mean", "sum", "none")
+# torch.compile's modes; the two that capture CUDA graphs on a GPU replay the compiled step.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 CPU_SIZES = [2**12, 2**16, 2**20, 2**24]
 GPU_SIZES = [2**k for k in range(12, 27, 2)]
 QUICK_CPU_SIZES = [2**12, 2**18, 2**24]
@@ -106,6 +111,9 @@ def build_parser():
                    help="fewer sizes and dtypes, shorter timing (the default on a CPU)")
     p.add_argument("--full", action="store_true", help="on a CPU, the full sweep instead of --quick")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile's mode for the compiled column (default: default); on a "
+                        "GPU reduce-overhead and max-autotune replay CUDA graphs")
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of timing per figure (default 0.1 quick, 0.3 full)")
     p.add_argument("--json", metavar="PATH", help="write every figure and the run's metadata here")
@@ -290,7 +298,7 @@ def peak_memory(device, run):
 
 # ---- the run -----------------------------------------------------------------------------------
 
-def implementations(loss, compile_):
+def implementations(loss, compile_, mode="default", device=torch.device("cpu")):
     fname, param, value = LOSSES[loss]
     kw = {param: value} if param else {}
     torch_fn = getattr(TF, fname)
@@ -307,7 +315,17 @@ def implementations(loss, compile_):
         # Static shapes, as a training loop of one size compiles them. Under automatic dynamic
         # shapes the sweep's second size would switch every later one to a single symbolic-size
         # graph, whose reduction took 10 to 18 ms at 2^26 on an H100 (eager: 0.5 to 1.2 ms).
-        impls["compiled"] = torch.compile(eager, dynamic=False)
+        compiled = torch.compile(eager, dynamic=False, mode=None if mode == "default" else mode)
+        impls["compiled"] = compiled
+        if device.type == "cuda" and mode in CUDA_GRAPH_MODES:
+            def replayed(x, y, reduction):
+                # Each call is a new step: CUDA graph trees may then reuse the memory of the
+                # previous step's outputs, which the benchmark has dropped (the forward-only
+                # pass would otherwise leave a backward pending and keep recording).
+                torch.compiler.cudagraph_mark_step_begin()
+                return compiled(x, y, reduction)
+
+            impls["compiled"] = replayed
     return impls
 
 
@@ -356,6 +374,7 @@ def metadata(device, args):
         "threads": torch.get_num_threads(),
         "cpu_capability": l1ext.cpu_capability(),
         "reduction": args.reduction,
+        "compile_mode": getattr(args, "compile_mode", "default"),
         "quick": args.quick,
     }
     if device.type == "cpu":
@@ -385,7 +404,7 @@ def run(args, checkpoint=None):
     red = args.reduction
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for loss in args.losses:
-        impls = implementations(loss, compile_)
+        impls = implementations(loss, compile_, args.compile_mode, device)
         for dname in args.dtypes:
             dtype = DTYPES[dname]
             for n in args.sizes:
@@ -484,6 +503,9 @@ def format_table(result):
         "GB/s below = bytes the l1ext design must move / time",
         "",
     ]
+    mode = meta.get("compile_mode", "default")
+    if mode != "default" and any(r["impl"] == "compiled" for r in result["rows"]):
+        lines.insert(2, f"compiled = torch.compile(mode='{mode}'), static shapes")
     rows = result["rows"]
     has_compiled = any(r["impl"] == "compiled" for r in rows)
     head = f"{'loss':<10}{'dtype':<9}{'n':>6} {'pass':<7}{'eager':>11}"

@@ -22,6 +22,8 @@
 #              float32 L1 at 2^26 and at 4096)
 #   grid       benchmarks/cuda/reduce_grid.cu (torch-free): the reduced forward's bandwidth per
 #              block count and packs in flight per thread (kUnroll 1, 2, 4)
+#   graphs     the quick sweep's fwd+bwd against torch.compile(mode='reduce-overhead'), which
+#              replays CUDA graphs (l1ext and eager run as in the bench stage)
 #
 # Each stage runs under a time limit, and all of them together under L1EXT_CHECK_BUDGET seconds
 # (default 560): a stage that would outlast the budget is cut short, so the results are always
@@ -46,7 +48,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${L1EXT_RESULTS:-benchmarks/results/gpu}
 BUDGET=${L1EXT_CHECK_BUDGET:-560}
-ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted kernels grid)
+ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted kernels grid graphs)
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL_STAGES[@]}")
 for s in "${STAGES[@]}"; do
@@ -165,6 +167,9 @@ for stage in "${STAGES[@]}"; do
     grid) run_stage gpu-grid 120 reduce_grid ;;
     overhead) run_stage gpu-overhead 200 "$PY" benchmarks/overhead.py --device cuda --json "$RESULTS/gpu-overhead.json" ;;
     weighted) run_stage gpu-weighted 300 "$PY" benchmarks/weighted.py --device cuda --json "$RESULTS/gpu-weighted.json" ;;
+    graphs) run_stage gpu-bench-reduce-overhead 300 "$PY" -m l1ext.bench --device cuda --quick \
+      --passes fwdbwd --compile-mode reduce-overhead --no-progress \
+      --json "$RESULTS/gpu-bench-reduce-overhead.json" ;;
     # shellcheck disable=SC2086  # L1EXT_BENCH_ARGS is a list of arguments
     bench)
       run_stage gpu-bench 540 "$PY" -m l1ext.bench --device cuda --no-progress \

@@ -33,7 +33,8 @@ def test_defaults_on_cpu():
 
 
 @pytest.mark.parametrize("argv", [["--losses", "l2"], ["--dtypes", "int8"], ["--passes", "back"],
-                                  ["--reduction", "avg"], ["--sizes", "x"], ["--losses", ""]])
+                                  ["--reduction", "avg"], ["--sizes", "x"], ["--losses", ""],
+                                  ["--compile-mode", "fast"]])
 def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as e:
         bench.build_parser().parse_args(argv)
@@ -228,6 +229,45 @@ def test_targets_judged_from_a_saved_result(tmp_path, capsys):
         r["fraction_of_copy"] = 0.95
     gpu = targets.check_targets(result)
     assert len(gpu) == 3 * 2 * 5 and sum("bandwidth" in c[0] for c in gpu) == 12
+    result["meta"]["compile_mode"] = "reduce-overhead"
+    with pytest.raises(ValueError, match="default mode"):
+        targets.check_targets(result)
+    result["meta"]["compile_mode"] = "default"
     result["rows"] = [r for r in result["rows"] if not (r["loss"] == "huber" and r["n"] == 4096)]
     with pytest.raises(KeyError, match="huber"):
         targets.check_targets(result)
+
+
+def test_compile_mode_is_used_and_recorded(monkeypatch):
+    """--compile-mode reaches torch.compile, the JSON's meta and the table; on a GPU the modes
+    that replay CUDA graphs begin a new step before each call of the compiled function."""
+    seen = []
+    real_compile = torch.compile
+
+    def recording_compile(fn, **kw):
+        seen.append(kw)
+        return real_compile(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    args = bench.resolve(bench.build_parser().parse_args(
+        ["--device", "cpu", "--losses", "huber", "--dtypes", "float32", "--sizes", "64",
+         "--passes", "fwdbwd", "--compile-mode", "reduce-overhead", "--min-time", "0.001",
+         "--no-progress"]))
+    result = bench.run(args)
+    assert seen == [{"dynamic": False, "mode": "reduce-overhead"}]
+    assert result["meta"]["compile_mode"] == "reduce-overhead"
+    assert "compiled = torch.compile(mode='reduce-overhead')" in bench.format_table(result)
+    assert {r["impl"] for r in result["rows"]} == {"eager", "compiled", "l1ext"}
+
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    x, y = torch.randn(8), torch.randn(8)
+    for mode, device, want in (("default", "cpu", 0), ("reduce-overhead", "cpu", 0),
+                               ("max-autotune-no-cudagraphs", "cuda", 0),
+                               ("reduce-overhead", "cuda", 1), ("max-autotune", "cuda", 1)):
+        seen.clear()
+        marks.clear()
+        impls = bench.implementations("l1", True, mode, torch.device(device))
+        assert seen == [{"dynamic": False, "mode": None if mode == "default" else mode}]
+        torch.testing.assert_close(impls["compiled"](x, y, "mean"), impls["eager"](x, y, "mean"))
+        assert len(marks) == want, (mode, device)
