@@ -271,7 +271,9 @@ std::array<Tensor, 2> l1_backward_from_kept_impl(const Tensor& grad_output, int6
   check_grad_output_scalar(grad_output, source);
   std::array<Tensor, 2> out;
   for (int i = 0; i < 2; ++i) {
-    if (mask[i]) out[i] = in_place ? kept[i] : new_strided_like<Backend>(kept[i], kept[i].options());
+    if (mask[i]) {
+      out[i] = in_place ? kept[i] : new_strided_like<Backend>(kept[i], kept[i].options());
+    }
   }
   const int64_t n = source.numel();
   if (n == 0 || !(mask[0] || mask[1])) return out;

@@ -1,6 +1,10 @@
 """The two shortcuts that make small losses cheap, and that they change nothing but speed:
 the C++ entry of the functional API (l1ext._C.loss_fast) and, on the CPU, the gradient written by
 the forward pass of Smooth L1 / Huber and handed to loss.backward() without a backward pass."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch.overrides import TorchFunctionMode
@@ -346,6 +350,69 @@ def test_weighted_forward_gradient(inner, weight_kind, param):
     LF.smooth_l1_loss(p1, t, beta=beta, weight=w, avg_factor=123.0, loss_weight=1.5).backward(
         torch.tensor(2.0, dtype=torch.float64))  # recomputed in the backward
     torch.testing.assert_close(p1.grad, 2 * gi)
+
+
+# Row lengths that tile the kernels' 64-element blocks (where a row operand's vectors are built in
+# registers, a different path per vector width) and one that does not; rows chosen so that the
+# elements span chunks and, but for 64, end in a partial block.
+ROW_INNERS = [1, 2, 4, 8, 16, 32, 64, 3]
+
+
+def _row_broadcast_mismatches():
+    """The cases in which a row-broadcast weight or beta (rows, 1) gives other bits than the same
+    operand expanded to (rows, inner): the loss, the gradient the forward writes, and the backward's
+    for a scalar and an elementwise incoming gradient. Each lane computes the same products either
+    way, so the bits must agree on every instruction set."""
+    g = torch.Generator().manual_seed(3)
+    bad = []
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        for inner in ROW_INNERS:
+            rows = 20_001 // inner + 1
+            p0 = torch.randn(rows, inner, generator=g).to(dtype)
+            t = torch.randn(rows, inner, generator=g).to(dtype)
+            w_row = torch.rand(rows, 1, generator=g).to(dtype)
+            b_row = (torch.rand(rows, 1, generator=g) + 0.05).to(dtype)
+            go = torch.randn(rows, inner, generator=g).to(dtype)
+            expand = lambda v: None if v is None else v.expand(rows, inner).contiguous()
+            for w, beta in ((w_row, 0.3), (None, b_row), (w_row, b_row)):
+                def run(w, beta):
+                    outs = []
+                    for reduction, incoming in (("mean", None), ("mean", torch.tensor(0.75, dtype=dtype)),
+                                                ("none", go)):
+                        p = p0.clone().requires_grad_()
+                        kw = {"avg_factor": 77.0} if reduction == "mean" else {"loss_weight": 1.5}
+                        out = LF.smooth_l1_loss(p, t, beta=beta, weight=w, reduction=reduction, **kw)
+                        out.backward(incoming)
+                        outs += [out.detach(), p.grad]
+                    return outs
+                got = run(w, beta)
+                want = run(expand(w), expand(beta) if isinstance(beta, torch.Tensor) else beta)
+                if not all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+                           for a, b in zip(got, want)):
+                    bad.append(f"{dtype} inner={inner} weight={w is not None} beta_row={beta is b_row}")
+    return bad
+
+
+_ROW_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import l1ext
+from test_fast_paths import _row_broadcast_mismatches
+print(l1ext.cpu_capability())
+print(*_row_broadcast_mismatches(), sep="\\n")
+"""
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
+def test_row_broadcast_operands_have_the_bits_of_full_ones(isa):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, L1EXT_CPU_CAPABILITY=isa)
+    proc = subprocess.run([sys.executable, "-c", _ROW_SCRIPT.format(tests=tests)], env=env,
+                          capture_output=True, text=True, check=True)
+    capability, *bad = proc.stdout.strip().split("\n")
+    if capability != isa.upper():
+        pytest.skip(f"this CPU runs {capability}, not {isa}")
+    assert not [b for b in bad if b], bad
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
