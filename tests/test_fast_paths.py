@@ -352,62 +352,72 @@ def test_weighted_forward_gradient(inner, weight_kind, param):
     torch.testing.assert_close(p1.grad, 2 * gi)
 
 
-# Row lengths that tile the kernels' 64-element blocks (where a row operand's vectors are built in
-# registers, a different path per vector width) and one that does not; rows chosen so that the
-# elements span chunks and, but for 64, end in a partial block.
-ROW_INNERS = [1, 2, 4, 8, 16, 32, 64, 3]
+# Row lengths that tile the kernels' 64-element blocks (a row operand's vectors are built by
+# interleaving, a different path per vector width), that do not (blended from the rows' values),
+# and longer than a block (columns read where they are, or one by one where a block wraps a row);
+# rows chosen so that the elements span chunks and, but for 64, end in a partial block.
+BROADCAST_INNERS = [1, 2, 4, 8, 16, 32, 64, 3, 5, 7, 12, 100, 1000]
 
 
-def _row_broadcast_mismatches():
-    """The cases in which a row-broadcast weight or beta (rows, 1) gives other bits than the same
-    operand expanded to (rows, inner): the loss, the gradient the forward writes, and the backward's
-    for a scalar and an elementwise incoming gradient. Each lane computes the same products either
-    way, so the bits must agree on every instruction set."""
+def _broadcast_mismatches():
+    """The cases in which a row-broadcast ((rows, 1)) or column-broadcast ((1, inner), beta (inner,))
+    weight or beta gives other bits than the same operand expanded to (rows, inner): the loss, the
+    gradient the forward writes, and the backward's for a scalar and an elementwise incoming
+    gradient. Each lane computes the same products either way, so the bits must agree on every
+    instruction set."""
     g = torch.Generator().manual_seed(3)
     bad = []
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        for inner in ROW_INNERS:
+        for inner in BROADCAST_INNERS:
             rows = 20_001 // inner + 1
             p0 = torch.randn(rows, inner, generator=g).to(dtype)
             t = torch.randn(rows, inner, generator=g).to(dtype)
             w_row = torch.rand(rows, 1, generator=g).to(dtype)
+            w_col = torch.rand(1, inner, generator=g).to(dtype)
             b_row = (torch.rand(rows, 1, generator=g) + 0.05).to(dtype)
+            b_col = (torch.rand(inner, generator=g) + 0.05).to(dtype)
             go = torch.randn(rows, inner, generator=g).to(dtype)
-            expand = lambda v: None if v is None else v.expand(rows, inner).contiguous()
-            for w, beta in ((w_row, 0.3), (None, b_row), (w_row, b_row)):
-                def run(w, beta):
-                    outs = []
-                    for reduction, incoming in (("mean", None), ("mean", torch.tensor(0.75, dtype=dtype)),
-                                                ("none", go)):
-                        p = p0.clone().requires_grad_()
-                        kw = {"avg_factor": 77.0} if reduction == "mean" else {"loss_weight": 1.5}
-                        out = LF.smooth_l1_loss(p, t, beta=beta, weight=w, reduction=reduction, **kw)
-                        out.backward(incoming)
-                        outs += [out.detach(), p.grad]
-                    return outs
-                got = run(w, beta)
-                want = run(expand(w), expand(beta) if isinstance(beta, torch.Tensor) else beta)
+
+            def expand(v):
+                return v.expand(rows, inner).contiguous() if isinstance(v, torch.Tensor) else v
+
+            def run(w, beta):
+                outs = []
+                for reduction, incoming in (("mean", None), ("mean", torch.tensor(0.75, dtype=dtype)),
+                                            ("none", go)):
+                    p = p0.clone().requires_grad_()
+                    kw = {"avg_factor": 77.0} if reduction == "mean" else {"loss_weight": 1.5}
+                    out = LF.smooth_l1_loss(p, t, beta=beta, weight=w, reduction=reduction, **kw)
+                    out.backward(incoming)
+                    outs += [out.detach(), p.grad]
+                return outs
+
+            for name, w, beta in (("row weight", w_row, 0.3), ("row beta", None, b_row),
+                                  ("row weight, row beta", w_row, b_row), ("column weight", w_col, 0.3),
+                                  ("column beta", None, b_col), ("column weight, row beta", w_col, b_row),
+                                  ("row weight, column beta", w_row, b_col)):
+                got, want = run(w, beta), run(expand(w), expand(beta))
                 if not all(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
                            for a, b in zip(got, want)):
-                    bad.append(f"{dtype} inner={inner} weight={w is not None} beta_row={beta is b_row}")
+                    bad.append(f"{dtype} inner={inner}: {name}")
     return bad
 
 
-_ROW_SCRIPT = """
+_BROADCAST_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 import l1ext
-from test_fast_paths import _row_broadcast_mismatches
+from test_fast_paths import _broadcast_mismatches
 print(l1ext.cpu_capability())
-print(*_row_broadcast_mismatches(), sep="\\n")
+print(*_broadcast_mismatches(), sep="\\n")
 """
 
 
 @pytest.mark.parametrize("isa", ["default", "avx2", "avx512"])
-def test_row_broadcast_operands_have_the_bits_of_full_ones(isa):
+def test_broadcast_operands_have_the_bits_of_full_ones(isa):
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, L1EXT_CPU_CAPABILITY=isa)
-    proc = subprocess.run([sys.executable, "-c", _ROW_SCRIPT.format(tests=tests)], env=env,
+    proc = subprocess.run([sys.executable, "-c", _BROADCAST_SCRIPT.format(tests=tests)], env=env,
                           capture_output=True, text=True, check=True)
     capability, *bad = proc.stdout.strip().split("\n")
     if capability != isa.upper():

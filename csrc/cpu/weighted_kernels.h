@@ -10,7 +10,7 @@
 // write them). The backward writes the input, target and weight gradients in one pass.
 //
 // Elements go in blocks of kLanes = 64. A weight or parameter broadcast by row or column is first
-// gathered for the block (carrying (row, col) along: no division per element), then the loss math
+// located or built for the block (AuxBlock::fill: a division per block at most), then the loss math
 // of loss_math.h runs on at::vec vectors, with one parameter per lane where it varies. The last,
 // partial block of a chunk runs the same formulas one element at a time.
 #pragma once
@@ -36,56 +36,84 @@ constexpr int kLanes = 64;
 // thread from the same size on, e.g. 10,000 boxes (N, 4) split evenly over two cores.
 constexpr int64_t kWeightedChunk = 8192;
 
-// The values of a weight or parameter operand for the elements of one block.
+// The values of a weight or parameter operand for the elements of one block. Blocks start at
+// multiples of kLanes (chunks at multiples of kWeightedChunk). Every layout is read by vectors
+// that were never written one value at a time just before: writing a block's 64 values one by
+// one and reading them back as vectors stalls on store forwarding, and a vector gather per vector
+// is slow too (forward of boxes (N, 4) with a weight (N, 1), 10^5 boxes, AVX-512, one thread:
+// float32 137 us with gathers, 55 us with the row vectors built in registers, 53 us with a full
+// (N, 4) weight, 35 us without one; bfloat16 210 us with gathers, 58 us built).
 template <class T>
 struct AuxBlock {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
   static constexpr int VS = Vec::size();
+  static constexpr int NV = kLanes / VS;
+  // Where a block's lanes are, set by fill: the operand's own elements (converted as loaded), the
+  // vectors of row_vecs, or values in A.
+  enum class Source { kUniform, kElements, kRegisters, kValues };
+
   const T* data;
   Broadcast mode;
   A uniform;  // the value of every element, when the operand is absent or a scalar
-  A buf[kLanes];
-
-  // Blocks start at multiples of kLanes (chunks at multiples of kWeightedChunk), so when the row length
-  // divides kLanes every block starts a row and has the same layout: a block's row values are
-  // data[i0 / inner + k / inner], its column values data[k % inner] (the same for every block).
+  // The row length divides kLanes: every block starts a row, and a row operand's vectors are built
+  // from the block's kLanes / inner row values by interleaving (expand_rows).
   bool tiled;
-  // Row operand, tiled: the vectors of a full block are built from the block's kLanes / inner
-  // row values in registers (expand_rows), as fast as loading a full weight. Writing the block's
-  // 64 values one by one and reading them back as vectors stalls on store forwarding, and a vector
-  // gather per vector is slow too (forward of boxes (N, 4) with a weight (N, 1), 10^5 boxes,
-  // AVX-512, one thread: float32 137 us with gathers, 55 us built in registers, 53 us with a full
-  // (N, 4) weight, 35 us without one; bfloat16 210 us with gathers, 58 us built).
-  Vec row_vecs[kLanes / VS];
-  uint8_t row_of[kLanes];  // the row of each lane of the partial block
-  bool cols_filled = false;
+  Source source = Source::kUniform;
+  const T* elements = nullptr;  // kElements: lane k is elements[k]
+  const A* values = nullptr;    // kValues: lane k is values[k]
+  Vec row_vecs[NV];             // kRegisters: lanes [j, j + VS) are row_vecs[j / VS]
+  A buf[kLanes];                // values written one by one: partial blocks, long wrapping columns
+  // A column operand shorter than a block: pattern[q] = data[q % inner], written once, so a block
+  // starting at column c reads its lanes at pattern + c.
+  A pattern[2 * kLanes];
 
   AuxBlock(const Aux& a, A absent, int64_t inner)
       : data(static_cast<const T*>(a.data)), mode(data ? a.mode : Broadcast::kAbsent),
         uniform(mode == Broadcast::kScalar ? A(data[0]) : absent), tiled(inner > 0 && kLanes % inner == 0) {
     if (mode == Broadcast::kScalar) mode = Broadcast::kAbsent;
-    if (mode == Broadcast::kRow && tiled) {
-      for (int k = 0; k < kLanes; ++k) row_of[k] = uint8_t(k / inner);
+    if (mode == Broadcast::kCol && inner > 0 && inner < kLanes) {
+      for (int q = 0; q < kLanes + inner - 1; ++q) pattern[q] = A(data[q % inner]);
     }
   }
   bool is_uniform() const { return mode == Broadcast::kAbsent; }
-  bool expands_rows() const { return tiled && mode == Broadcast::kRow; }
 
-  // Gathers a row- or column-broadcast operand for elements [i0, i0 + m).
+  // Sets where the lanes of the block [i0, i0 + m) are.
   void fill(int64_t i0, int m, int64_t inner) {
-    if (expands_rows()) {
-      if (m == kLanes) return expand_rows(i0, inner);
-      const T* block_rows = data + i0 / inner;
-      for (int k = 0; k < m; ++k) buf[k] = A(block_rows[row_of[k]]);
-      return;
+    switch (mode) {
+      case Broadcast::kAbsent:
+      case Broadcast::kScalar:
+        return;
+      case Broadcast::kFull:
+        source = Source::kElements;
+        elements = data + i0;
+        return;
+      case Broadcast::kRow:
+        if (m < kLanes) break;
+        if (tiled) {
+          expand_rows(i0, inner);
+        } else {
+          blend_rows(i0, inner);
+        }
+        source = Source::kRegisters;
+        return;
+      case Broadcast::kCol: {
+        const int64_t col = i0 % inner;
+        if (inner < kLanes) {
+          source = Source::kValues;
+          values = pattern + col;
+          return;
+        }
+        if (col + m <= inner) {  // within one row: the columns themselves
+          source = Source::kElements;
+          elements = data + col;
+          return;
+        }
+        break;
+      }
     }
-    if (tiled && mode == Broadcast::kCol) {
-      if (!cols_filled)
-        for (int k = 0; k < kLanes; ++k) buf[k] = A(data[k % inner]);
-      cols_filled = true;
-      return;
-    }
+    // A partial block of a row operand, or a block that wraps past the end of a long column
+    // operand (one block a row): one value at a time.
     int64_t row = i0 / inner, col = i0 % inner;
     if (mode == Broadcast::kRow) {
       for (int k = 0; k < m; ++row, col = 0) {
@@ -94,12 +122,14 @@ struct AuxBlock {
         for (int r = 0; r < run; ++r) buf[k + r] = v;
         k += run;
       }
-    } else if (mode == Broadcast::kCol) {
+    } else {
       for (int k = 0; k < m; ++k) {
         buf[k] = A(data[col]);
         if (++col == inner) col = 0;
       }
     }
+    source = Source::kValues;
+    values = buf;
   }
   // row_vecs of the full block starting at element i0: lane k holds row (i0 + k) / inner, inner a
   // power of two up to kLanes (as tiled requires), a constant in each expand_rows_of.
@@ -116,7 +146,6 @@ struct AuxBlock {
   }
   template <int kInner>
   void expand_rows_of(int64_t i0) {
-    constexpr int NV = kLanes / VS;
     const T* rows = data + i0 / kInner;
     if constexpr (kInner >= VS) {  // every vector lies within one row
       for (int v = 0; v < NV; ++v) row_vecs[v] = Vec(A(rows[v * VS / kInner]));
@@ -137,7 +166,7 @@ struct AuxBlock {
   // One round from have vectors of runs to twice as many, of runs twice as long, until NV.
   template <int kHave>
   static void double_runs(Vec* runs) {
-    if constexpr (kHave < kLanes / VS) {
+    if constexpr (kHave < NV) {
       for (int v = kHave - 1; v >= 0; --v) {  // from the end: [2v] and [2v + 1] replace [v]
         const auto pair = at::vec::interleave2(runs[v], runs[v]);
         runs[2 * v + 1] = pair.second;
@@ -146,18 +175,42 @@ struct AuxBlock {
       double_runs<2 * kHave>(runs);
     }
   }
-  // Lanes [j, j + VS) of the full block starting at element i0.
-  Vec vec(int64_t i0, int j) const {
-    if (mode == Broadcast::kFull) return Io<T>::load(data + i0 + j);
-    if (mode == Broadcast::kAbsent) return Vec(uniform);
-    if (expands_rows()) return row_vecs[j / VS];
-    return Vec::loadu(buf + j);
+  // row_vecs of the full block starting at element i0 for any row length: each vector starts as
+  // its first lane's row value, and each following row that starts inside it is blended in from
+  // its first lane on (a comparison with the lane indices). Reads only the block's rows.
+  void blend_rows(int64_t i0, int64_t inner) {
+    const Vec lane = Vec::arange(A(0), A(1));
+    int64_t row = i0 / inner;
+    int64_t next = inner - i0 % inner;  // lanes from the vector's first to the next row's first
+    for (int v = 0; v < NV; ++v) {
+      Vec r(A(data[row]));
+      for (; next < VS; next += inner) {
+        r = Vec::blendv(r, Vec(A(data[++row])), lane >= Vec(A(next)));
+      }
+      row_vecs[v] = r;
+      next -= VS;
+      if (next == 0) {  // the next vector starts a row
+        ++row;
+        next = inner;
+      }
+    }
   }
-  // Element k of the block starting at element i0 (the partial block).
-  A one(int64_t i0, int k) const {
-    if (mode == Broadcast::kFull) return A(data[i0 + k]);
-    if (mode == Broadcast::kAbsent) return uniform;
-    return buf[k];
+  // Lanes [j, j + VS) of a full block.
+  Vec vec(int j) const {
+    switch (source) {
+      case Source::kUniform: return Vec(uniform);
+      case Source::kElements: return Io<T>::load(elements + j);
+      case Source::kRegisters: return row_vecs[j / VS];
+      default: return Vec::loadu(values + j);
+    }
+  }
+  // Lane k of the partial block.
+  A one(int k) const {
+    switch (source) {
+      case Source::kUniform: return uniform;
+      case Source::kElements: return A(elements[k]);
+      default: return values[k];
+    }
   }
 };
 
@@ -181,9 +234,9 @@ template <class Loss>
 struct UniformMath {
   Loss loss;
   template <class Block>
-  const Loss& vec(const Block&, int64_t, int) const { return loss; }
+  const Loss& vec(const Block&, int) const { return loss; }
   template <class Block>
-  const Loss& one(const Block&, int64_t, int) const { return loss; }
+  const Loss& one(const Block&, int) const { return loss; }
 };
 template <LossKind K>
 struct PerLaneMath {
@@ -198,9 +251,9 @@ struct PerLaneMath {
     }
   };
   template <class Block>
-  Lanes<typename Block::Vec> vec(const Block& p, int64_t i0, int j) const { return {p.vec(i0, j)}; }
+  Lanes<typename Block::Vec> vec(const Block& p, int j) const { return {p.vec(j)}; }
   template <class Block>
-  Lanes<typename Block::A> one(const Block& p, int64_t i0, int k) const { return {p.one(i0, k)}; }
+  Lanes<typename Block::A> one(const Block& p, int k) const { return {p.one(k)}; }
 };
 
 // Walks the elements [b, e) of a chunk in blocks of kLanes, with the weight and parameter of each
@@ -250,20 +303,20 @@ struct WeightedBlocks {
         for (int v = 0; v < NV; ++v) {
           const int j = v * VS;
           const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
-          const auto& loss = math.vec(p, i0, j);
+          const auto& loss = math.vec(p, j);
           Vec g;
           if constexpr (kGrad) g = loss.grad(d);
-          vec(i0 + j, v, loss.value(d), g, w.vec(i0, j));
+          vec(i0 + j, v, loss.value(d), g, w.vec(j));
         }
         continue;
       }
       for (int k = 0; k < m; ++k) {
         const int64_t i = i0 + k;
         const A d = A(x[i]) - A(y[i]);
-        const auto& loss = math.one(p, i0, k);
+        const auto& loss = math.one(p, k);
         A g{};
         if constexpr (kGrad) g = loss.grad(d);
-        one(i, k, loss.value(d), g, w.one(i0, k));
+        one(i, k, loss.value(d), g, w.one(k));
       }
     }
   }
