@@ -144,7 +144,8 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
                                   f"on {input.device} and {target.device}")
     x, y = operands[0].to(dtype), operands[1].to(dtype)
     if x.numel() == 0 and reduction != "none":
-        return x.sum() * 0  # no positive boxes: a zero that stays in the graph
+        zero = x.sum() * 0 + y.sum() * 0  # no positive boxes: a zero connected to every operand
+        return zero if weight is None else zero + (weight.sum() * 0).to(zero.dtype)
     param_tensor, param_value = _tensor_or_float(param)
     avg_tensor: Optional[Tensor] = None
     avg_value: Optional[float] = None

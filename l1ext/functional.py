@@ -143,8 +143,10 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
             f"got {input.dtype} and {target.dtype} on {input.device} and {target.device}")
     x, y = _cast(expanded_input, dtype), _cast(expanded_target, dtype)
     if x.numel() == 0 and reduction != "none":
-        # No positive boxes: a zero loss that stays connected to the graph (zero gradients).
-        return x.sum() * 0
+        # No positive boxes: a zero loss (mmdetection's pred.sum() * 0), connected to every operand
+        # as the eager composition is: zero gradients for the target and the weight too.
+        zero = x.sum() * 0 + y.sum() * 0
+        return zero if weight is None else zero + (weight.sum() * 0).to(zero.dtype)
     param_tensor = param if isinstance(param, Tensor) else None
     param_value = 0.0 if param_tensor is not None else float(param)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None

@@ -1,10 +1,21 @@
 """Shared test helpers. torch's own losses are the oracle; tolerances are stated here, once."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as TF
+from hypothesis import HealthCheck, settings
 
 import l1ext
 import l1ext.functional as LF
+
+# Property-based tests (tests/test_hardening.py, tests/test_weighted.py): a bounded, fixed set of
+# examples in CI; L1EXT_HYPOTHESIS_PROFILE=long for many more.
+settings.register_profile("ci", max_examples=250, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=20000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("L1EXT_HYPOTHESIS_PROFILE", "ci"))
 
 # Tolerances per dtype, for values and gradients. l1ext rounds once from float (half, bfloat16)
 # or double accumulators; torch rounds some intermediate steps in the input dtype, so reduced

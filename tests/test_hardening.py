@@ -3,23 +3,16 @@
 The property tests run a bounded number of examples per loss in CI; the long profile is
     L1EXT_HYPOTHESIS_PROFILE=long python -m pytest tests/test_hardening.py
 """
-import os
 import threading
 import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import l1ext.functional as LF
 from conftest import DEVICES, LOSS_IDS, LOSSES, REDUCTIONS, assert_close
-
-settings.register_profile("ci", max_examples=250, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.register_profile("long", max_examples=20000, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-settings.load_profile(os.environ.get("L1EXT_HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 

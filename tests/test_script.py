@@ -265,6 +265,12 @@ def test_scripted_functional_arguments():
     want = LF.smooth_l1_loss(x, y, beta=1.0 / 9, weight=w, avg_factor=a, loss_weight=2.0)
     assert torch.equal(weighted(x, y, w, a), want)
     assert torch.equal(quantile(x, y), LF.quantile_loss(x, y, 0.25, "sum"))
+    # no boxes: a zero connected to the target and the weight too, as in eager
+    y0, w0 = torch.randn(0, 4, requires_grad=True), torch.rand(0, dtype=torch.float64, requires_grad=True)
+    out = weighted(torch.randn(0, 4), y0, w0, a)
+    assert out.item() == 0.0 and out.dtype == torch.float32
+    out.backward()
+    assert y0.grad.shape == (0, 4) and w0.grad.shape == (0,)
 
 
 def test_scripted_torch_functional_under_patch():

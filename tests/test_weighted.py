@@ -1,8 +1,12 @@
 """Weighted (detection-style) losses and the quantile loss, against the eager compositions
 detection code writes and a float64 formula oracle."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as TF
+from hypothesis import given
+from hypothesis import strategies as st
 
 import l1ext
 import l1ext.functional as LF
@@ -116,6 +120,17 @@ def test_empty_boxes_give_connected_zero():
         assert out.item() == 0.0 and out.requires_grad
         out.backward()
         assert pred.grad.shape == (0, 4)
+    # As the eager composition, the zero reaches every operand that needs a gradient: zero
+    # gradients for the target and the weight (also where the prediction needs none), in the
+    # input's dtype whatever the weight's.
+    for reduction, avg in (("mean", 3.0), ("mean", None), ("sum", None)):
+        for fn in (LF.l1_loss, LF.smooth_l1_loss, LF.huber_loss, LF.quantile_loss):
+            t = torch.randn(0, 4, requires_grad=True)
+            w = torch.rand(0, 1, dtype=torch.float64, requires_grad=True)
+            out = fn(torch.randn(0, 4), t, weight=w, avg_factor=avg, loss_weight=2.0, reduction=reduction)
+            assert out.dtype == torch.float32 and out.item() == 0.0
+            out.backward()
+            assert t.grad.shape == (0, 4) and w.grad.shape == (0, 1) and w.grad.dtype == torch.float64
 
 
 def test_weighted_errors():
@@ -280,3 +295,148 @@ def test_inplace_change_before_backward_raises_like_the_composition(changed):
         {"pred": pred, "target": target, "weight": weight}[changed].add_(1)
         with pytest.raises(RuntimeError, match="modified by an inplace operation"):
             out.backward()
+
+
+# ---- property-based: every operand layout against the composition -----------------------------
+
+# Row lengths that do and do not tile the CPU kernels' 64-element blocks, and longer ones.
+PROPERTY_INNERS = [1, 2, 3, 4, 5, 7, 8, 16, 33, 64, 65, 100]
+PROPERTY_PARAMS = {"l1": None, "smooth_l1": [0.0, 1 / 9, 0.5, 1.0, 2.0], "huber": [0.3, 1.0, 1.5],
+                   "quantile": [0.1, 0.5, 0.9]}
+PROPERTY_FNS = {"l1": LF.l1_loss, "smooth_l1": LF.smooth_l1_loss, "huber": LF.huber_loss,
+                "quantile": LF.quantile_loss}
+
+
+def _formula(loss, p, t, prm):
+    """The elementwise loss in the dtype of its operands (float64 here), with l1ext's (and
+    torch's) subgradient choices: 0 at a zero residual, the linear branch at |d| == beta/delta."""
+    d = p - t
+    a = d.abs()
+    if loss == "l1":
+        return a
+    if loss == "smooth_l1":
+        safe = torch.where(prm == 0, torch.ones_like(prm), prm)
+        return torch.where(prm == 0, a, torch.where(a < prm, 0.5 * d * d / safe, a - 0.5 * prm))
+    if loss == "huber":
+        return torch.where(a < prm, 0.5 * d * d, prm * (a - 0.5 * prm))
+    return torch.where(d == 0, d * 0, torch.where(d < 0, -prm * d, (1 - prm) * d))
+
+
+@st.composite
+def weighted_case(draw, loss):
+    # rows: mostly one or two leading dimensions, at times none (a 1-d input is one row)
+    lead = draw(st.lists(st.sampled_from([1, 2, 3, 5, 64, 300, 2100]),
+                         min_size=0 if draw(st.integers(0, 5)) == 0 else 1, max_size=2))
+    inner = draw(st.sampled_from(PROPERTY_INNERS))
+    while lead and inner * math.prod(lead) > 40_000:
+        lead = lead[:-1]
+    if lead and draw(st.integers(0, 15)) == 0:
+        lead[0] = 0  # no boxes
+    shape = tuple(lead) + (inner,)
+    n = math.prod(shape)
+    dtype = draw(st.sampled_from([torch.float64, torch.float32, torch.bfloat16]
+                                 + ([torch.float16] if n <= 4096 else [])))
+    kinds = {"scalar": (), "one": (1,), "row": tuple(lead) + (1,), "col": (inner,),
+             "col_keepdims": (1,) * len(lead) + (inner,), "full": shape}
+    if lead:
+        kinds["row_dropped"] = tuple(lead)
+    if len(lead) == 2:
+        kinds["broadcast"] = (lead[0], 1, inner)
+    weight = draw(st.sampled_from([None] + sorted(kinds)))
+    weight_shape = None if weight is None else kinds[weight]
+    strided_weight = weight_shape is not None and len(weight_shape) >= 2 and draw(st.booleans())
+    param = None
+    if loss != "l1":
+        param = draw(st.sampled_from(PROPERTY_PARAMS[loss] + ["scalar", "row", "col", "full"]))
+        if isinstance(param, str):
+            param = {"scalar": (), "row": tuple(lead) + (1,), "col": (inner,), "full": shape}[param]
+    reduction = draw(st.sampled_from(["none", "mean", "sum"]))
+    avg = draw(st.sampled_from([None, 37.5, "tensor"])) if reduction != "sum" else None
+    loss_weight = draw(st.sampled_from([1.0, 2.5] + ([None] if loss in ("smooth_l1", "quantile") else [])))
+    grads = draw(st.sampled_from([(True, False, False), (False, True, False), (True, True, False),
+                                  (True, False, True), (False, False, True)]))
+    incoming = draw(st.sampled_from([None, 0.75]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    return (shape, dtype, weight_shape, strided_weight, param, reduction, avg, loss_weight, grads,
+            incoming, seed)
+
+
+def _weighted_operands(loss, case, device):
+    shape, dtype, weight_shape, strided_weight, param, reduction, avg, loss_weight, grads, incoming, seed = case
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randn(shape, generator=g).to(dtype)
+    t = torch.randn(shape, generator=g).to(dtype)
+    t.view(-1)[::7] = p.view(-1)[::7]  # zero residuals
+    w = None
+    if weight_shape is not None:
+        w = torch.rand(weight_shape, generator=g, dtype=torch.float64).to(dtype)
+        if strided_weight:
+            w = w.transpose(0, -1).contiguous().transpose(0, -1)
+    prm = param
+    if isinstance(param, tuple):
+        low = 0.05 if loss == "quantile" else 0.0
+        prm = (torch.rand(param, generator=g, dtype=torch.float64) * 0.9 + low).to(dtype)
+        if loss == "smooth_l1" and prm.numel() > 1:
+            prm.view(-1)[::5] = 0  # L1 there
+        if loss == "huber":
+            prm = prm + 0.05
+    if avg == "tensor":
+        avg = torch.tensor(21.0)
+    go = None  # loss.backward(): one
+    if reduction == "none":
+        go = torch.randn(shape, generator=g).to(dtype) if incoming is not None else torch.ones(shape, dtype=dtype)
+    elif incoming is not None:
+        go = torch.tensor(incoming, dtype=dtype)
+    move = lambda v: v.to(device) if isinstance(v, torch.Tensor) else v
+    return tuple(move(v) for v in (p, t, w, prm, avg, go))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("loss", list(PROPERTY_FNS))
+def test_property_weighted_against_the_formula(loss, device):
+    """Random shapes (rows of 1 to 100, up to 40,000 elements, no rows), weights of every
+    broadcast (scalar, per row with and without the last dimension, per column, full, by torch's
+    rules, strided), parameters as numbers or tensors of every broadcast, reductions, avg_factor
+    (number, tensor), loss_weight, gradients of any operands and incoming gradients (one, a number,
+    elementwise): l1ext against mmdetection's composition of the float64 formula."""
+    @given(weighted_case(loss))
+    def check(case):
+        shape, dtype, weight_shape, _, param, reduction, avg, loss_weight, grads, _, _ = case
+        p, t, w, prm, avg, go = _weighted_operands(loss, case, device)
+        leaves = [p.detach().clone().requires_grad_(grads[0]), t.detach().clone().requires_grad_(grads[1]),
+                  None if w is None else w.detach().clone().requires_grad_(grads[2])]
+        if not any(v is not None and v.requires_grad for v in leaves):
+            leaves[0].requires_grad_()
+        kw = {"weight": leaves[2], "avg_factor": avg, "loss_weight": loss_weight, "reduction": reduction}
+        if loss != "l1":
+            kw[PROPERTY_PNAMES[loss]] = prm
+        out = PROPERTY_FNS[loss](leaves[0], leaves[1], **kw)
+        assert out.dtype == dtype and out.shape == (shape if reduction == "none" else ())
+        out.backward(go)
+        # the oracle: float64 of the same (rounded) operands; a weight of the input's shape without
+        # its last dimension is one per row (l1ext's rule beyond torch's broadcasting)
+        ref_leaves = [v if v is None else v.detach().double().requires_grad_(v.requires_grad) for v in leaves]
+        rw = ref_leaves[2]
+        if rw is not None and rw.dim() >= 1 and tuple(rw.shape) == tuple(shape[:-1]):
+            rw = rw.unsqueeze(-1)
+        rprm = prm.double() if isinstance(prm, torch.Tensor) else torch.tensor(
+            0.0 if prm is None else float(prm), dtype=torch.float64, device=device)
+        elementwise = _formula(loss, ref_leaves[0], ref_leaves[1], rprm).expand(shape)
+        ref = _mmdet_reference(elementwise, rw, reduction, avg, loss_weight)  # a tensor avg + eps in its dtype
+        if elementwise.numel() == 0 and reduction != "none":
+            ref = ref.nan_to_num(0.0)  # no boxes: zero (mmdetection's), not the mean's 0 / 0
+        ref.backward(None if go is None else go.double())
+        tol = TOL[dtype]
+        torch.testing.assert_close(out.detach().double(), ref.detach(), **tol)
+        for mine, theirs in zip(leaves, ref_leaves):
+            if mine is not None and mine.requires_grad:
+                # A broadcast weight's gradient sums k elementwise terms, each rounded to the dtype
+                # (as in the eager composition), and may cancel: its rounding grows as sqrt(k).
+                k = max(1, math.prod(shape) // max(1, mine.numel()))
+                torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=tol["rtol"],
+                                           atol=tol["atol"] * math.sqrt(k))
+
+    check()
+
+
+PROPERTY_PNAMES = {"smooth_l1": "beta", "huber": "delta", "quantile": "tau"}
