@@ -158,9 +158,13 @@ def test_torch_semantics_kept_without_new_arguments():
 def test_modules_with_reduction_override():
     crit = l1ext.SmoothL1Loss(beta=1 / 9, loss_weight=2.0)
     p, t, w = torch.randn(8, 4), torch.randn(8, 4), torch.rand(8)
-    out = crit(p, t, weight=w, avg_factor=4.0, reduction_override="sum" if False else None)
-    ref = _mmdet_reference(TF.smooth_l1_loss(p, t, reduction="none", beta=1 / 9), w[:, None], "mean", 4.0, 2.0)
-    torch.testing.assert_close(out, ref)
+    elementwise = TF.smooth_l1_loss(p, t, reduction="none", beta=1 / 9)
+    out = crit(p, t, weight=w, avg_factor=4.0, reduction_override=None)  # the module's 'mean'
+    torch.testing.assert_close(out, _mmdet_reference(elementwise, w[:, None], "mean", 4.0, 2.0))
+    out = crit(p, t, weight=w, reduction_override="sum")
+    torch.testing.assert_close(out, _mmdet_reference(elementwise, w[:, None], "sum", None, 2.0))
+    with pytest.raises(ValueError, match="avg_factor can not be used"):
+        crit(p, t, weight=w, avg_factor=4.0, reduction_override="sum")
     assert crit(p, t, weight=w, reduction_override="none").shape == (8, 4)
     with pytest.raises(ValueError):
         crit(p, t, reduction_override="avg")
@@ -416,25 +420,45 @@ def test_property_weighted_against_the_formula(loss, device):
         # the oracle: float64 of the same (rounded) operands; a weight of the input's shape without
         # its last dimension is one per row (l1ext's rule beyond torch's broadcasting)
         ref_leaves = [v if v is None else v.detach().double().requires_grad_(v.requires_grad) for v in leaves]
-        rw = ref_leaves[2]
-        if rw is not None and rw.dim() >= 1 and tuple(rw.shape) == tuple(shape[:-1]):
-            rw = rw.unsqueeze(-1)
         rprm = prm.double() if isinstance(prm, torch.Tensor) else torch.tensor(
             0.0 if prm is None else float(prm), dtype=torch.float64, device=device)
-        elementwise = _formula(loss, ref_leaves[0], ref_leaves[1], rprm).expand(shape)
-        ref = _mmdet_reference(elementwise, rw, reduction, avg, loss_weight)  # a tensor avg + eps in its dtype
-        if elementwise.numel() == 0 and reduction != "none":
-            ref = ref.nan_to_num(0.0)  # no boxes: zero (mmdetection's), not the mean's 0 / 0
+        # no boxes: zero (mmdetection's) where any argument beyond torch's is given (a tensor
+        # beta / delta too); torch's own mean is 0 / 0
+        beyond_torch = (loss == "quantile" or any(v is not None for v in (w, avg, loss_weight))
+                        or (isinstance(prm, torch.Tensor) and prm.dim() > 0))
+
+        def reference(p, t, w, magnitudes=False):
+            # a weight of the input's shape without its last dimension is one per row (l1ext's
+            # rule beyond torch's broadcasting); a tensor avg_factor + eps in its own dtype
+            if w is not None and w.dim() >= 1 and tuple(w.shape) == tuple(shape[:-1]):
+                w = w.unsqueeze(-1)
+            elementwise = _formula(loss, p, t, rprm).expand(shape)
+            lw = loss_weight
+            if magnitudes:
+                elementwise, lw = elementwise.abs(), None if lw is None else abs(lw)
+            ref = _mmdet_reference(elementwise, w, reduction, avg, lw)
+            if beyond_torch and elementwise.numel() == 0 and reduction != "none":
+                ref = ref.nan_to_num(0.0)
+            return ref
+
+        ref = reference(*ref_leaves)
         ref.backward(None if go is None else go.double())
         tol = TOL[dtype]
-        torch.testing.assert_close(out.detach().double(), ref.detach(), **tol)
-        for mine, theirs in zip(leaves, ref_leaves):
-            if mine is not None and mine.requires_grad:
-                # A broadcast weight's gradient sums k elementwise terms, each rounded to the dtype
-                # (as in the eager composition), and may cancel: its rounding grows as sqrt(k).
-                k = max(1, math.prod(shape) // max(1, mine.numel()))
-                torch.testing.assert_close(mine.grad.double(), theirs.grad, rtol=tol["rtol"],
-                                           atol=tol["atol"] * math.sqrt(k))
+        torch.testing.assert_close(out.detach().double(), ref.detach(), equal_nan=True, **tol)
+        for mine, theirs in zip(leaves[:2], ref_leaves[:2]):
+            if mine.requires_grad:
+                torch.testing.assert_close(mine.grad.double(), theirs.grad, **tol)
+        if leaves[2] is not None and leaves[2].requires_grad:
+            # A broadcast weight's gradient sums elementwise terms, each rounded to the dtype (as
+            # in the eager composition), which may cancel: its rounding is bounded by the sum of
+            # the terms' magnitudes, the weight gradient of the same sum of |terms|.
+            w_abs = ref_leaves[2].detach().clone().requires_grad_()
+            reference(ref_leaves[0].detach(), ref_leaves[1].detach(), w_abs, magnitudes=True).backward(
+                None if go is None else go.double().abs())
+            mine, theirs = leaves[2].grad.double(), ref_leaves[2].grad
+            assert mine.shape == theirs.shape
+            bound = tol["atol"] + tol["rtol"] * (theirs.abs() + w_abs.grad)
+            assert ((mine - theirs).abs() <= bound).all(), ((mine - theirs).abs() - bound).max()
 
     check()
 
