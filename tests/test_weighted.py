@@ -307,8 +307,9 @@ def test_inplace_change_before_backward_raises_like_the_composition(changed):
 PROPERTY_INNERS = [1, 2, 3, 4, 5, 7, 8, 16, 33, 64, 65, 100]
 PROPERTY_PARAMS = {"l1": None, "smooth_l1": [0.0, 1 / 9, 0.5, 1.0, 2.0], "huber": [0.3, 1.0, 1.5],
                    "quantile": [0.1, 0.5, 0.9]}
-PROPERTY_FNS = {"l1": LF.l1_loss, "smooth_l1": LF.smooth_l1_loss, "huber": LF.huber_loss,
-                "quantile": LF.quantile_loss}
+# name -> (l1ext function, parameter name): the elementwise losses above and the quantile loss
+PROPERTY_LOSSES = {name: (fn, pname) for name, (fn, _, pname) in ELEMENTWISE.items()}
+PROPERTY_LOSSES["quantile"] = (LF.quantile_loss, "tau")
 
 
 def _formula(loss, p, t, prm):
@@ -396,7 +397,7 @@ def _weighted_operands(loss, case, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("loss", list(PROPERTY_FNS))
+@pytest.mark.parametrize("loss", list(PROPERTY_LOSSES))
 def test_property_weighted_against_the_formula(loss, device):
     """Random shapes (rows of 1 to 100, up to 40,000 elements, no rows), weights of every
     broadcast (scalar, per row with and without the last dimension, per column, full, by torch's
@@ -412,13 +413,13 @@ def test_property_weighted_against_the_formula(loss, device):
         if not any(v is not None and v.requires_grad for v in leaves):
             leaves[0].requires_grad_()
         kw = {"weight": leaves[2], "avg_factor": avg, "loss_weight": loss_weight, "reduction": reduction}
-        if loss != "l1":
-            kw[PROPERTY_PNAMES[loss]] = prm
-        out = PROPERTY_FNS[loss](leaves[0], leaves[1], **kw)
+        fn, pname = PROPERTY_LOSSES[loss]
+        if pname:
+            kw[pname] = prm
+        out = fn(leaves[0], leaves[1], **kw)
         assert out.dtype == dtype and out.shape == (shape if reduction == "none" else ())
         out.backward(go)
-        # the oracle: float64 of the same (rounded) operands; a weight of the input's shape without
-        # its last dimension is one per row (l1ext's rule beyond torch's broadcasting)
+        # the oracle: float64 of the same (rounded) operands
         ref_leaves = [v if v is None else v.detach().double().requires_grad_(v.requires_grad) for v in leaves]
         rprm = prm.double() if isinstance(prm, torch.Tensor) else torch.tensor(
             0.0 if prm is None else float(prm), dtype=torch.float64, device=device)
@@ -461,6 +462,3 @@ def test_property_weighted_against_the_formula(loss, device):
             assert ((mine - theirs).abs() <= bound).all(), ((mine - theirs).abs() - bound).max()
 
     check()
-
-
-PROPERTY_PNAMES = {"smooth_l1": "beta", "huber": "delta", "quantile": "tau"}
