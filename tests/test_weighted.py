@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as TF
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 import l1ext
 import l1ext.functional as LF
 
-from conftest import DEVICES, FLOAT_DTYPES, TOL
+from conftest import DEVICES, FLOAT_DTYPES, TOL, assert_close
 
 EPS = torch.finfo(torch.float32).eps
 
@@ -462,3 +463,184 @@ def test_property_weighted_against_the_formula(loss, device):
             assert ((mine - theirs).abs() <= bound).all(), ((mine - theirs).abs() - bound).max()
 
     check()
+
+
+# ---- torch.func, forward-mode AD, double backward, vmap ----------------------------------------
+
+# name -> (l1ext function, keyword arguments): every loss with a number and a tensor parameter
+# (a tensor beta with zeros: L1 there)
+FUNC_LOSSES = {
+    "l1": (LF.l1_loss, {}),
+    "smooth_l1": (LF.smooth_l1_loss, {"beta": 0.5}),
+    "smooth_l1_beta_0": (LF.smooth_l1_loss, {"beta": 0.0}),
+    "smooth_l1_tensor_beta": (LF.smooth_l1_loss, {"beta": torch.tensor([0.5, 0.0, 1.0, 2.0], dtype=torch.float64)}),
+    "huber": (LF.huber_loss, {"delta": 0.7}),
+    "huber_tensor_delta": (LF.huber_loss, {"delta": torch.tensor([0.5, 0.1, 1.0, 2.0], dtype=torch.float64)}),
+    "quantile": (LF.quantile_loss, {"tau": 0.3}),
+    "quantile_tensor_tau": (LF.quantile_loss, {"tau": torch.tensor([0.1, 0.5, 0.7, 0.9], dtype=torch.float64)}),
+}
+FUNC_WEIGHTS = ["none", "full", "row", "row_dropped", "col"]
+
+
+def _func_operands(n=6, dtype=torch.float64, special=False):
+    p = torch.randn(n, 4, dtype=dtype)
+    t = torch.randn(n, 4, dtype=dtype)
+    t[0] = p[0]  # zero residuals
+    if special:  # |d| at beta / delta, and a NaN residual
+        t[1] = p[1] - torch.tensor([0.5, 0.0, 1.0, 2.0], dtype=dtype)
+        t[2, 1] = p[2, 1] + 0.7
+        t[3, 2] = float("nan")
+    return p, t
+
+
+def _func_loss(loss, weight_kind, reduction="mean", avg="tensor", device="cpu"):
+    fn, kw = FUNC_LOSSES[loss]
+    kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    avg_factor = {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
+    if reduction != "mean":
+        avg_factor = None
+
+    def f(p, t, w):
+        return fn(p, t, weight=w, avg_factor=avg_factor, loss_weight=1.5, reduction=reduction, **kw)
+
+    return f
+
+
+def _func_weight(weight_kind, n=6):
+    w = _weight(weight_kind, n, "cpu")
+    return None if w is None else w.double()
+
+
+FUNC_CASES_WEIGHTED = {
+    "grad": lambda f, p, t, w: torch.func.grad(f, argnums=(0, 1) if w is None else (0, 1, 2))(p, t, w),
+    "vjp": lambda f, p, t, w: torch.func.vjp(lambda a: f(a, t, w), p)[1](torch.tensor(0.75, dtype=p.dtype)),
+    "jacrev": lambda f, p, t, w: torch.func.jacrev(f)(p, t, w),
+    "jacfwd": lambda f, p, t, w: torch.func.jacfwd(f)(p, t, w),
+    "jvp": lambda f, p, t, w: torch.func.jvp(lambda a: f(a, t, w), (p,), (torch.ones_like(p),))[1],
+    "hessian": lambda f, p, t, w: torch.func.hessian(f)(p, t, w),
+    "vmap_grad": lambda f, p, t, w: torch.func.vmap(torch.func.grad(f), in_dims=(0, 0, None))(
+        p.expand(3, *p.shape), t.expand(3, *t.shape), w),
+}
+
+
+def _oracle(loss, weight_kind, reduction="mean", avg="tensor"):
+    """The same loss as mmdetection's composition of the float64 formula (torch's operators)."""
+    fn, kw = FUNC_LOSSES[loss]
+    name = next(k for k in PROPERTY_LOSSES if loss.startswith(k))
+    prm = next(iter(kw.values()), 0.0)
+    avg_factor = {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
+    if reduction != "mean":
+        avg_factor = None
+
+    def f(p, t, w):
+        rprm = prm.to(p.dtype) if isinstance(prm, torch.Tensor) else torch.tensor(float(prm), dtype=p.dtype)
+        if w is not None and w.dim() == 1 and w.shape[0] == p.shape[0] and w.shape != (p.shape[-1],):
+            w = w[:, None]
+        return _mmdet_reference(_formula(name, p, t, rprm), w, reduction, avg_factor, 1.5)
+
+    return f
+
+
+@pytest.mark.parametrize("weight_kind", FUNC_WEIGHTS)
+@pytest.mark.parametrize("case", list(FUNC_CASES_WEIGHTED))
+@pytest.mark.parametrize("loss", list(FUNC_LOSSES))
+def test_weighted_torch_func(loss, case, weight_kind):
+    """torch.func's transforms of the weighted and quantile losses (computed there from torch's
+    operators, as the plain losses are) against the same transforms of the formula."""
+    p, t = _func_operands()
+    w = _func_weight(weight_kind)
+    a = FUNC_CASES_WEIGHTED[case](_func_loss(loss, weight_kind), p, t, w)
+    b = FUNC_CASES_WEIGHTED[case](_oracle(loss, weight_kind), p, t, w)
+    for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+        assert_close(x, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("loss", list(FUNC_LOSSES))
+def test_weighted_gradients_of_transforms_and_of_backward_agree(loss, reduction, device):
+    """At zero residuals, at |d| == beta / delta and at a NaN residual, torch.func.grad (torch's
+    operators) gives the subgradients the kernels' backward gives (which are torch's own), and
+    forward-mode AD the matching tangents."""
+    for weight_kind in FUNC_WEIGHTS:
+        p, t = (v.to(device) for v in _func_operands(special=True))
+        w = _func_weight(weight_kind)
+        w = None if w is None else w.to(device)
+        f = _func_loss(loss, weight_kind, reduction, avg="number", device=device)
+        reduce = (lambda v: v.sum()) if reduction == "none" else (lambda v: v)
+        by_func = torch.func.grad(lambda a: reduce(f(a, t, w)))(p)
+        leaf = p.clone().requires_grad_()
+        reduce(f(leaf, t, w)).backward()
+        assert_close(by_func, leaf.grad)
+        with fwAD.dual_level():
+            tangent = torch.randn_like(p)
+            out = fwAD.unpack_dual(f(fwAD.make_dual(p, tangent), t, w)).tangent
+        leaf = p.clone().requires_grad_()
+        expected = torch.autograd.grad(f(leaf, t, w), leaf, torch.ones((), device=device) if reduction != "none"
+                                       else torch.ones(p.shape, dtype=p.dtype, device=device))[0]
+        expected = (expected * tangent).sum() if reduction != "none" else expected * tangent
+        assert_close(out, expected.to(out.dtype))
+
+
+@pytest.mark.parametrize("weight_kind", FUNC_WEIGHTS)
+@pytest.mark.parametrize("loss", list(FUNC_LOSSES))
+def test_weighted_double_backward(loss, weight_kind):
+    """create_graph: the gradients are differentiable (in the input, the target, the weight and
+    the incoming gradient), as those of the eager composition are."""
+    p, t = _func_operands()
+    t[0] += 0.37  # no zero residuals: finite differences across a kink are no derivative
+    w = _func_weight(weight_kind)
+    f = _func_loss(loss, weight_kind)
+    inputs = [p.requires_grad_(), t.requires_grad_()] + ([] if w is None else [w.requires_grad_()])
+    assert torch.autograd.gradgradcheck(lambda *a: f(*a, *([None] * (3 - len(a)))), inputs)
+    g_ours = torch.autograd.grad(f(p, t, w), inputs, create_graph=True)
+    g_ref = torch.autograd.grad(_oracle(loss, weight_kind)(p, t, w), inputs, create_graph=True)
+    for a, b in zip(g_ours, g_ref):
+        assert_close(a, b)
+        assert a.requires_grad == b.requires_grad  # (the quantile loss unweighted is linear)
+    if any(g.requires_grad for g in g_ref):
+        h_ours = torch.autograd.grad(sum((g * g).sum() for g in g_ours if g.requires_grad), inputs,
+                                     allow_unused=True, materialize_grads=True)
+        h_ref = torch.autograd.grad(sum((g * g).sum() for g in g_ref if g.requires_grad), inputs,
+                                    allow_unused=True, materialize_grads=True)
+        for a, b in zip(h_ours, h_ref):
+            assert_close(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("avg", [None, "number", "tensor", "batched"])
+@pytest.mark.parametrize("weight", ["none", "full", "row", "row_dropped", "col", "one",
+                                    "batched_full", "batched_row_dropped", "batched_one"])
+@pytest.mark.parametrize("loss", ["l1", "smooth_l1_tensor_beta", "huber", "quantile_tensor_tau"])
+def test_weighted_vmap_batching_rule(loss, weight, avg, dtype, device):
+    """vmap of a weighted loss: one batched call (no per-sample fallback loop, which warns), the
+    results of a loop over the samples, for weights and avg_factors batched or shared (a shared
+    host avg_factor for a loss on a GPU is read on the host, as without vmap)."""
+    import warnings
+
+    batch, n = 3, 5
+    fn, kw = FUNC_LOSSES[loss]
+    kw = {k: v.to(device, dtype) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+    p, t = torch.randn(batch, n, 4).to(device, dtype), torch.randn(batch, n, 4).to(device, dtype)
+    w_shape = {"none": None, "full": (n, 4), "row": (n, 1), "row_dropped": (n,), "col": (4,), "one": (1,),
+               "batched_full": (batch, n, 4), "batched_row_dropped": (batch, n), "batched_one": (batch,)}[weight]
+    w = None if w_shape is None else torch.rand(w_shape).to(device, dtype)
+    w_dim = 0 if weight.startswith("batched") else None
+    avg_factor = {None: None, "number": 4.0, "tensor": torch.tensor(4.0),
+                  "batched": torch.rand(batch, dtype=torch.float64, device=device) * 5 + 1}[avg]
+    a_dim = 0 if avg == "batched" else None
+    for reduction in ["none", "mean", "sum"]:
+        if avg is not None and reduction != "mean":
+            continue
+
+        def f(p, t, w, a):
+            return fn(p, t, weight=w, avg_factor=a, loss_weight=1.5, reduction=reduction, **kw)
+
+        in_dims = (0, 0, w_dim, a_dim)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            batched = torch.func.vmap(f, in_dims=in_dims)(p, t, w, avg_factor)
+        looped = torch.stack([f(p[b], t[b], w if w_dim is None else w[b],
+                                avg_factor if a_dim is None else avg_factor[b]) for b in range(batch)])
+        assert_close(batched, looped)

@@ -1,7 +1,8 @@
 // Autograd of the weighted losses: one backward node (built by hand, autograd_util.h); gradients
 // for input, target and weight from one backward pass. The parameter tensor (beta, delta, tau)
 // and avg_factor get none (an input that requires one is refused rather than given a silent
-// zero), and the backward is not differentiable again (asking for it raises).
+// zero). Forward-mode AD, torch.func's grad / vjp / jacrev and a differentiable backward
+// (create_graph) compute the same formula from torch's operators (weighted_torch_composite).
 //
 // Reduced losses on plain CPU or CUDA tensors whose weight needs no gradient (the detection case)
 // take the design of the plain Smooth L1 / Huber (losses_autograd.cpp): weighted_loss_forward
@@ -19,6 +20,7 @@
 
 #include "autograd/autograd_util.h"
 #include "kept_backward.h"
+#include "weighted.h"
 
 namespace l1ext {
 namespace autograd {
@@ -78,6 +80,109 @@ bool writes_fused_gradients(const Tensor& input, const Tensor& target, const Opt
 #endif
 }
 
+// Operand t (a weight or a parameter) broadcast to the input x as the kernels read it
+// (weighted_glue.h's classify): rounded to the input's dtype, in the accumulation type acc; one
+// element is a scalar, a weight of the input's shape without its last dimension is one per row,
+// anything else broadcasts by torch's rules and must not grow the input (an error, as there).
+Tensor operand_like(const Tensor& t, const Tensor& x, at::ScalarType acc, bool rows_by_dropped_dim,
+                    const char* what) {
+  TORCH_CHECK(t.device() == x.device(), "l1ext: ", what, " on ", t.device(), " for an input on ",
+              x.device());
+  Tensor v = glue::in_dtype(t, x.scalar_type()).to(acc);
+  if (v.numel() == 1) return v.reshape({});
+  if (rows_by_dropped_dim && x.dim() >= 1 && v.dim() == x.dim() - 1 &&
+      v.sizes() == x.sizes().slice(0, x.dim() - 1)) {
+    v = v.unsqueeze(-1);
+  }
+  return v.expand(x.sizes());
+}
+
+// The weighted loss (weighted.h) from torch's differentiable operators, for what l1ext's C++
+// autograd cannot serve: forward-mode AD and torch.func's grad / vjp / jacrev (as the plain losses
+// route to torch's own), and a backward that must itself be differentiable (create_graph). The
+// kernels' formula: operands rounded to the input's dtype, computed in the accumulation type,
+// the sum scaled by loss_weight / divisor in double. Written so that torch's derivatives are the
+// kernels' subgradients: a scalar beta / delta takes torch's own losses; a tensor one takes the
+// quadratic branch wherever !(|d| >= b), so a NaN residual's gradient is NaN as in torch's
+// smooth_l1_backward (b == 0: L1, whose gradient there is 0); the quantile loss is 0 (and its
+// gradient 0) at a zero or NaN residual.
+Tensor weighted_torch_composite(const Tensor& input, const Tensor& target, const Tensor& weight,
+                                const Tensor& param, const Tensor& avg_factor, int64_t kind,
+                                double param_value, std::optional<double> avg_value,
+                                double loss_weight, int64_t reduction) {
+  TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
+  glue::check_operands("weighted_loss", input, target);
+  glue::check_reduction(reduction);
+  const bool has_avg = avg_factor.defined() || avg_value.has_value();
+  TORCH_CHECK(!(has_avg && reduction == glue::kSum),
+              "avg_factor can not be used with reduction=\"sum\"");
+  const at::ScalarType dtype = input.scalar_type();
+  const at::ScalarType acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const Tensor x = input.to(acc), y = target.to(acc);
+  const Tensor p = param.defined() ? operand_like(param, input, acc, false, "parameter") : Tensor();
+  // The parameter as the kernels hold it: rounded to the accumulation type.
+  const double pv = acc == at::kFloat ? double(float(param_value)) : param_value;
+  Tensor loss;
+  switch (LossKind(kind)) {
+    case LossKind::L1:
+      loss = at::l1_loss(x, y, glue::kNone);
+      break;
+    case LossKind::SmoothL1:
+      if (!p.defined()) {
+        loss = pv == 0.0 ? at::l1_loss(x, y, glue::kNone) : at::smooth_l1_loss(x, y, glue::kNone, pv);
+      } else {
+        const Tensor d = x - y, z = d.abs(), l1 = p.eq(0);
+        const Tensor safe = at::where(l1, at::ones_like(p), p);
+        loss = at::where(l1, z, at::where(z >= p, z - 0.5 * p, 0.5 * d * d / safe));
+      }
+      break;
+    case LossKind::Huber:
+      if (!p.defined()) {
+        loss = at::huber_loss(x, y, glue::kNone, pv);
+      } else {
+        const Tensor d = x - y, z = d.abs();
+        loss = at::where(z >= p, p * (z - 0.5 * p), 0.5 * d * d);
+      }
+      break;
+    case LossKind::Quantile: {
+      const Tensor d = x - y;
+      const Tensor below = d < 0;
+      if (p.defined()) {
+        loss = at::where(d > 0, at::rsub(p, 1) * d, at::where(below, -p * d, d * 0));
+      } else {
+        // 1 - tau as the kernels form it, in the accumulation type
+        const double above = acc == at::kFloat ? double(1.0f - float(pv)) : 1.0 - pv;
+        loss = at::where(d > 0, d * above, at::where(below, d * -pv, d * 0));
+      }
+      break;
+    }
+  }
+  if (weight.defined()) loss = operand_like(weight, input, acc, true, "weight") * loss;
+  if (reduction == glue::kNone) return (loss * loss_weight).to(dtype);
+  const Tensor sum = loss.sum().to(at::kDouble);
+  if (reduction == glue::kSum) return (sum * loss_weight).to(dtype);
+  if (!has_avg) return (sum * (loss_weight / double(input.numel()))).to(dtype);
+  // avg_factor + eps in avg_factor's own precision (weighted::Reduce::divisor); a host tensor for
+  // a loss on a GPU is a host number there, and a tensor takes precedence over a number.
+  std::optional<double> host_avg = avg_factor.defined() ? std::nullopt : avg_value;
+  if (avg_factor.defined() && avg_factor.device() != input.device()) {
+    TORCH_CHECK(avg_factor.device().is_cpu() && avg_factor.numel() == 1, "l1ext: avg_factor on ",
+                avg_factor.device(), " for an input on ", input.device());
+    host_avg = avg_factor.item<double>();
+  }
+  if (host_avg.has_value()) {
+    return (sum * (loss_weight / (*host_avg + weighted::kFloat32Eps))).to(dtype);
+  }
+  TORCH_CHECK(avg_factor.numel() == 1, "l1ext: avg_factor must have one element, got ",
+              avg_factor.numel());
+  const Tensor a = avg_factor.reshape({});
+  const Tensor divisor = a.scalar_type() == at::kDouble
+                             ? a + weighted::kFloat32Eps
+                             : (a.to(at::kFloat) + float(weighted::kFloat32Eps)).to(at::kDouble);
+  const Tensor lw = at::scalar_tensor(loss_weight, divisor.options());
+  return (sum * at::div(lw, divisor)).to(dtype);
+}
+
 struct WeightedLossBackward : Node {
   SavedVariable input, target, weight, param, avg_factor;
   int64_t kind = 0;
@@ -110,6 +215,7 @@ struct WeightedLossBackward : Node {
     // the torch composition (smooth_l1_loss(...) * weight saves all three).
     const Tensor x = input.unpack(), y = target.unpack(), w = weight.unpack();
     const Tensor p = param.unpack(), a = avg_factor.unpack();
+    if (at::GradMode::is_enabled()) return differentiable_backward(grads[0], x, y, w, p, a, mask);
     if ((kept[0].defined() || kept[1].defined()) &&
         fused_gradients_serve(kept, grads[0], {mask[0], mask[1]})) {
       return {mask[0] ? kept[0] : Tensor(), mask[1] ? kept[1] : Tensor(), Tensor()};
@@ -134,6 +240,25 @@ struct WeightedLossBackward : Node {
                                            as_optional(a), kind, param_value, avg_value,
                                            loss_weight, reduction, mask);
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor(), mask[2] ? gw : Tensor()};
+  }
+  // create_graph: gradients that are themselves differentiable, those of the loss recomputed
+  // from torch's operators (weighted_torch_composite), by a nested backward over that graph alone.
+  variable_list differentiable_backward(const Tensor& go, const Tensor& x, const Tensor& y,
+                                        const Tensor& w, const Tensor& p, const Tensor& a,
+                                        const std::array<bool, 3>& mask) const {
+    const std::array<const Tensor*, 3> operands = {&x, &y, &w};
+    variable_list wrt;
+    for (int k = 0; k < 3; ++k)
+      if (mask[k]) wrt.push_back(*operands[k]);
+    if (wrt.empty()) return {Tensor(), Tensor(), Tensor()};
+    const Tensor loss = weighted_torch_composite(x, y, w, p, a, kind, param_value, avg_value,
+                                                 loss_weight, reduction);
+    const variable_list g = torch::autograd::grad({loss}, wrt, {go}, /*retain_graph=*/true,
+                                                  /*create_graph=*/true, /*allow_unused=*/true);
+    variable_list out(3);
+    for (int k = 0, j = 0; k < 3; ++k)
+      if (mask[k]) out[k] = g[j++];
+    return out;
   }
   // Compiled autograd (see PointwiseLossBackward).
   void compiled_args(CompiledNodeArgs& args) const override {
@@ -194,11 +319,12 @@ Tensor weighted_loss_autograd(const Tensor& input, const Tensor& target, const O
                               double param_value, std::optional<double> avg_value,
                               double loss_weight, int64_t reduction) {
   const Tensor w = or_undefined(weight), p = or_undefined(param), a = or_undefined(avg_factor);
-  TORCH_CHECK(!needs_torch_composite({&input, &target, &w}),
-              "l1ext: the weighted losses support neither forward-mode AD nor torch.func's grad, "
-              "vjp and jacrev transforms");
   TORCH_CHECK(!needs_grad({&p, &a}), "l1ext: no gradient with respect to beta, delta, tau or ",
               "avg_factor: pass them detached");
+  if (needs_torch_composite({&input, &target, &w, &p, &a})) {
+    return weighted_torch_composite(input, target, w, p, a, kind, param_value, avg_value,
+                                    loss_weight, reduction);
+  }
   if (needs_grad({&input, &target, &w})) {
     return weighted_loss_with_node(input, target, weight, param, avg_factor, kind, param_value,
                                    avg_value, loss_weight, reduction);
