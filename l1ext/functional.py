@@ -38,6 +38,8 @@ _loss_fast = _C.loss_fast
 _is_compiling = torch.compiler.is_compiling
 
 _KERNEL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
+# What autocast casts to float32 for a loss on its float32 list.
+_AUTOCAST_FLOAT32 = frozenset({torch.float16, torch.bfloat16})
 _KERNEL_DEVICES = frozenset(
     ["cpu", "meta"]
     + (["cuda"] if torch._C._dispatch_has_kernel_for_dispatch_key("l1ext::l1_loss", "CUDA") else [])
@@ -144,9 +146,15 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
     x, y = _cast(expanded_input, dtype), _cast(expanded_target, dtype)
     if x.numel() == 0 and reduction != "none":
         # No positive boxes: a zero loss (mmdetection's pred.sum() * 0), connected to every operand
-        # as the eager composition is: zero gradients for the target and the weight too.
+        # as the eager composition is: zero gradients for the target and the weight too; float32
+        # under autocast, as the operator's result (csrc/autocast).
         zero = x.sum() * 0 + y.sum() * 0
-        return zero if weight is None else zero + (weight.sum() * 0).to(zero.dtype)
+        if weight is not None:
+            zero = zero + (weight.sum() * 0).to(zero.dtype)
+        if zero.dtype in _AUTOCAST_FLOAT32 and x.device.type in ("cpu", "cuda") \
+                and torch.is_autocast_enabled(x.device.type):
+            zero = zero.float()
+        return zero
     param_tensor = param if isinstance(param, Tensor) else None
     param_value = 0.0 if param_tensor is not None else float(param)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None

@@ -644,3 +644,37 @@ def test_weighted_vmap_batching_rule(loss, weight, avg, dtype, device):
         looped = torch.stack([f(p[b], t[b], w if w_dim is None else w[b],
                                 avg_factor if a_dim is None else avg_factor[b]) for b in range(batch)])
         assert_close(batched, looped)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [37, 0])
+@pytest.mark.parametrize("loss", list(ELEMENTWISE) + ["quantile"])
+def test_weighted_under_autocast(loss, n, dtype, device):
+    """torch.autocast: float32, as the eager composition is (torch's losses are on autocast's
+    float32 list and the weight is promoted to their result); empty inputs too. Gradients in the
+    operands' dtypes."""
+    p0, t = torch.randn(n, 4, device=device).to(dtype), torch.randn(n, 4, device=device).to(dtype)
+    w = torch.rand(n, 1, device=device).to(dtype)
+    results = []
+    for mine in (True, False):
+        p = p0.clone().requires_grad_()
+        with torch.autocast(device, dtype=dtype):
+            if loss == "quantile":
+                out = (LF.quantile_loss(p, t, 0.3, weight=w, avg_factor=5.0) if mine else
+                       (_formula("quantile", p.float(), t.float(), torch.tensor(0.3, device=device)) * w)
+                       .sum() / (5.0 + EPS))
+            else:
+                ours, elementwise, pname = ELEMENTWISE[loss]
+                if loss == "l1":  # torch's loss, not the formula (p - t).abs()
+                    elementwise = lambda p, t, _: TF.l1_loss(p, t, reduction="none")
+                kw = {pname: 0.3} if pname else {}
+                out = (ours(p, t, weight=w, avg_factor=5.0, **kw) if mine else
+                       (elementwise(p, t, 0.3) * w).sum() / (5.0 + EPS))
+        out.backward()
+        results.append((out.detach(), p.grad))
+    (a, ga), (b, gb) = results
+    assert a.dtype == b.dtype == torch.float32
+    assert_close(a, b)
+    assert ga.dtype == gb.dtype == dtype
+    assert_close(ga, gb)
