@@ -32,6 +32,8 @@ struct Prim {
   static L1EXT_HD V select(M mask, V a, V b) { return mask ? a : b; }
   static L1EXT_HD int int_sign(V x) { return int(x > V(0)) - int(x < V(0)); }
   static L1EXT_HD V sign(V x) { return V(int_sign(x)); }
+  // x limited to [lo, hi]; NaN stays NaN.
+  static L1EXT_HD V clamp(V x, V lo, V hi) { return x < lo ? lo : (hi < x ? hi : x); }
   // L1's saved state, taken straight from the comparisons (no float round trip).
   static L1EXT_HD int8_t int8_sign(V x) { return int8_t(int_sign(x)); }
 };
@@ -45,8 +47,10 @@ struct L1Loss {
 };
 
 // 0.5 d^2 / beta for |d| < beta, else |d| - 0.5 beta (beta > 0; beta == 0 is routed to L1Loss,
-// as torch does). Gradient d / beta inside, +-1 outside; the comparisons are written as torch's
-// smooth_l1_backward writes them so that NaN residuals give NaN gradients.
+// as torch does). Gradient d / beta inside, +-1 outside, as torch's smooth_l1_backward: d / beta
+// limited to [-1, 1] has its bits (|d| >= beta rounds d / beta to at least 1 in magnitude, |d| <
+// beta to at most 1), and a NaN residual gives a NaN gradient; a multiply and a clamp instead of
+// two compares and two selects.
 // kByReciprocal: beta is a power of two with an exact reciprocal (exact_reciprocal), and x / beta
 // is computed as x * inv_beta: the same real number rounded once, so the same bits, from a
 // product instead of a quotient (several times cheaper on a CPU, and a GPU's division is a
@@ -83,8 +87,7 @@ struct SmoothL1Loss {
   }
   template <class V>
   L1EXT_HD V grad(V d) const {
-    const V b(beta);
-    return Prim<V>::select(d <= V(-beta), V(T(-1)), Prim<V>::select(d >= b, V(T(1)), over_beta(d)));
+    return Prim<V>::clamp(over_beta(d), V(T(-1)), V(T(1)));
   }
 };
 
@@ -99,7 +102,7 @@ inline bool exact_reciprocal(T beta) {
 }
 
 // 0.5 d^2 for |d| < delta, else delta (|d| - 0.5 delta) (delta > 0). Gradient d inside,
-// +-delta outside (torch's huber_backward comparisons).
+// +-delta outside: d limited to [-delta, delta], torch's huber_backward (NaN stays NaN).
 template <class T>
 struct HuberLoss {
   T delta;
@@ -111,8 +114,7 @@ struct HuberLoss {
   }
   template <class V>
   L1EXT_HD V grad(V d) const {
-    const V dl(delta);
-    return Prim<V>::select(d <= V(-delta), V(-delta), Prim<V>::select(d >= dl, dl, d));
+    return Prim<V>::clamp(d, V(-delta), V(delta));
   }
 };
 

@@ -44,6 +44,8 @@ struct Prim<at::vec::Vectorized<T>> {
     const V zero(T(0));
     return x.gt(zero) - x.lt(zero);  // gt/lt give 1 or 0 per lane; NaN gives 0 - 0
   }
+  // max(lo, x) then min(hi, .): on every instruction set at::vec passes a NaN x through.
+  static V clamp(const V& x, const V& lo, const V& hi) { return at::vec::clamp(x, lo, hi); }
 };
 }  // namespace math
 
@@ -178,8 +180,10 @@ void store_sign(int8_t* p, const Vectorized<A>& d) {
 // One chunk of the forward. kOut: write the per-element loss instead of summing it.
 // kSign: also store sgn(d) (L1 only). kGrad: also write the gradient for an incoming gradient of
 // one, grad(d) * scale, to gi and/or -grad(d) * scale to gt (the backward's formula and rounding).
+// The loss functor is a copy: a referenced one might alias the stores, and its parameters would
+// be reloaded and broadcast again after each (six instructions per vector).
 template <class T, class Loss, bool kOut, bool kSign, bool kGrad>
-double forward_chunk(const T* x, const T* y, int64_t n, const Loss& loss, T* out, int8_t* sign,
+double forward_chunk(const T* x, const T* y, int64_t n, const Loss loss, T* out, int8_t* sign,
                      T* gi, T* gt, acc_t<T> scale) {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
@@ -282,7 +286,7 @@ double forward(const void* xv, const void* yv, int64_t n, double param, void* ou
 // g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = -g.
 template <class T, class Loss, bool kGo>
 void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t n,
-                    const Loss& loss, T* gi, T* gt) {
+                    const Loss loss, T* gi, T* gt) {  // a copy, as forward_chunk's
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
   constexpr int VS = Vec::size();

@@ -291,8 +291,10 @@ struct WeightedBlocks {
   }
 
  private:
+  // math is a copy, as forward_chunk's functor (loss_kernels.cpp): a referenced one might alias
+  // the stores.
   template <bool kGrad, class Math, class VecFn, class OneFn>
-  void walk_with(const Math& math, const T* x, const T* y, int64_t b, int64_t e, int64_t inner,
+  void walk_with(const Math math, const T* x, const T* y, int64_t b, int64_t e, int64_t inner,
                  VecFn& vec, OneFn& one) {
     constexpr bool kPerLane = std::is_same_v<Math, PerLaneMath<K>>;
     for (int64_t i0 = b; i0 < e; i0 += kLanes) {
