@@ -493,7 +493,7 @@ def _func_operands(n=6, dtype=torch.float64, special=False):
     return p, t
 
 
-def _func_loss(loss, weight_kind, reduction="mean", avg="tensor", device="cpu"):
+def _func_loss(loss, reduction="mean", avg="tensor", device="cpu"):
     fn, kw = FUNC_LOSSES[loss]
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     avg_factor = {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
@@ -523,9 +523,9 @@ FUNC_CASES_WEIGHTED = {
 }
 
 
-def _oracle(loss, weight_kind, reduction="mean", avg="tensor"):
+def _oracle(loss, reduction="mean", avg="tensor"):
     """The same loss as mmdetection's composition of the float64 formula (torch's operators)."""
-    fn, kw = FUNC_LOSSES[loss]
+    _, kw = FUNC_LOSSES[loss]
     name = next(k for k in PROPERTY_LOSSES if loss.startswith(k))
     prm = next(iter(kw.values()), 0.0)
     avg_factor = {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
@@ -534,8 +534,8 @@ def _oracle(loss, weight_kind, reduction="mean", avg="tensor"):
 
     def f(p, t, w):
         rprm = prm.to(p.dtype) if isinstance(prm, torch.Tensor) else torch.tensor(float(prm), dtype=p.dtype)
-        if w is not None and w.dim() == 1 and w.shape[0] == p.shape[0] and w.shape != (p.shape[-1],):
-            w = w[:, None]
+        if w is not None and w.shape == p.shape[:-1]:  # one weight per row (l1ext's rule)
+            w = w[..., None]
         return _mmdet_reference(_formula(name, p, t, rprm), w, reduction, avg_factor, 1.5)
 
     return f
@@ -549,8 +549,8 @@ def test_weighted_torch_func(loss, case, weight_kind):
     operators, as the plain losses are) against the same transforms of the formula."""
     p, t = _func_operands()
     w = _func_weight(weight_kind)
-    a = FUNC_CASES_WEIGHTED[case](_func_loss(loss, weight_kind), p, t, w)
-    b = FUNC_CASES_WEIGHTED[case](_oracle(loss, weight_kind), p, t, w)
+    a = FUNC_CASES_WEIGHTED[case](_func_loss(loss), p, t, w)
+    b = FUNC_CASES_WEIGHTED[case](_oracle(loss), p, t, w)
     for x, y in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
         assert_close(x, y)
 
@@ -566,7 +566,7 @@ def test_weighted_gradients_of_transforms_and_of_backward_agree(loss, reduction,
         p, t = (v.to(device) for v in _func_operands(special=True))
         w = _func_weight(weight_kind)
         w = None if w is None else w.to(device)
-        f = _func_loss(loss, weight_kind, reduction, avg="number", device=device)
+        f = _func_loss(loss, reduction, avg="number", device=device)
         reduce = (lambda v: v.sum()) if reduction == "none" else (lambda v: v)
         by_func = torch.func.grad(lambda a: reduce(f(a, t, w)))(p)
         leaf = p.clone().requires_grad_()
@@ -590,11 +590,11 @@ def test_weighted_double_backward(loss, weight_kind):
     p, t = _func_operands()
     t[0] += 0.37  # no zero residuals: finite differences across a kink are no derivative
     w = _func_weight(weight_kind)
-    f = _func_loss(loss, weight_kind)
+    f = _func_loss(loss)
     inputs = [p.requires_grad_(), t.requires_grad_()] + ([] if w is None else [w.requires_grad_()])
     assert torch.autograd.gradgradcheck(lambda *a: f(*a, *([None] * (3 - len(a)))), inputs)
     g_ours = torch.autograd.grad(f(p, t, w), inputs, create_graph=True)
-    g_ref = torch.autograd.grad(_oracle(loss, weight_kind)(p, t, w), inputs, create_graph=True)
+    g_ref = torch.autograd.grad(_oracle(loss)(p, t, w), inputs, create_graph=True)
     for a, b in zip(g_ours, g_ref):
         assert_close(a, b)
         assert a.requires_grad == b.requires_grad  # (the quantile loss unweighted is linear)
