@@ -52,20 +52,38 @@ inline Operand classify(const std::optional<Tensor>& maybe, const Tensor& input,
   return {v.expand(s).contiguous(), Broadcast::kFull};
 }
 
+// avg_factor's checks (one element; on the input's device, or on the host; not with 'sum') and
+// its value where the host has it: a number, or a host tensor for a loss on a device (its value
+// is on the host already: no synchronisation). nullopt: no avg_factor, or a tensor on the
+// input's device.
+inline std::optional<double> checked_host_avg(int64_t reduction, const Tensor& input,
+                                              const std::optional<Tensor>& avg_factor,
+                                              std::optional<double> avg_value) {
+  const bool tensor = avg_factor.has_value() && avg_factor->defined();
+  std::optional<double> host = tensor ? std::nullopt : avg_value;
+  if (tensor && avg_factor->device() != input.device()) {
+    TORCH_CHECK(avg_factor->device().is_cpu() && avg_factor->numel() == 1, "l1ext: avg_factor on ",
+                avg_factor->device(), " for an input on ", input.device());
+    host = avg_factor->item<double>();
+  } else if (tensor) {
+    TORCH_CHECK(avg_factor->numel() == 1, "l1ext: avg_factor must have one element, got ",
+                avg_factor->numel());
+  }
+  TORCH_CHECK(!((tensor || host.has_value()) && reduction == 2),
+              "avg_factor can not be used with reduction=\"sum\"");
+  return host;
+}
+
 inline Reduce make_reduce(int64_t reduction, double loss_weight, const Tensor& input,
                           const std::optional<Tensor>& avg_factor, std::optional<double> avg_value,
                           Tensor& avg_holder) {
   glue::check_reduction(reduction);
   Reduce r{int(reduction), loss_weight, input.numel(), false, 0.0, nullptr, nullptr};
-  if (avg_factor.has_value() && avg_factor->defined() && avg_factor->device() != input.device()) {
-    // A host tensor for a device loss: its value is on the host already (no synchronisation).
-    TORCH_CHECK(avg_factor->device().is_cpu() && avg_factor->numel() == 1, "l1ext: avg_factor on ",
-                avg_factor->device(), " for an input on ", input.device());
+  const std::optional<double> host = checked_host_avg(reduction, input, avg_factor, avg_value);
+  if (host.has_value()) {
     r.has_avg = true;
-    r.avg_value = avg_factor->item<double>();
+    r.avg_value = *host;
   } else if (avg_factor.has_value() && avg_factor->defined()) {
-    TORCH_CHECK(avg_factor->numel() == 1, "l1ext: avg_factor must have one element, got ",
-                avg_factor->numel());
     avg_holder = avg_factor->scalar_type() == at::kDouble ? avg_factor->reshape({1})
                                                           : avg_factor->to(at::kFloat).reshape({1});
     r.has_avg = true;
@@ -74,11 +92,7 @@ inline Reduce make_reduce(int64_t reduction, double loss_weight, const Tensor& i
     } else {
       r.avg_f32 = avg_holder.const_data_ptr<float>();
     }
-  } else if (avg_value.has_value()) {
-    r.has_avg = true;
-    r.avg_value = *avg_value;
   }
-  TORCH_CHECK(!(r.has_avg && reduction == 2), "avg_factor can not be used with reduction=\"sum\"");
   return r;
 }
 

@@ -44,11 +44,11 @@ def _weight(shape_kind, n, device):
     }[shape_kind]
 
 
-def _as_broadcast(weight, n):
-    if weight is None:
-        return None
-    if weight.shape == (n,):
-        return weight[:, None]
+def _as_broadcast(weight, shape):
+    """weight as torch broadcasts it to an input of `shape` the way l1ext does: a weight of the
+    input's shape without its last dimension is one per row (beyond torch's broadcasting)."""
+    if weight is not None and weight.dim() >= 1 and tuple(weight.shape) == tuple(shape[:-1]):
+        return weight.unsqueeze(-1)
     return weight
 
 
@@ -74,7 +74,7 @@ def test_weighted_matches_mmdet_composition(loss, reduction, weight_kind, avg_fa
         if mine:
             out = ours(pred, target, reduction=reduction, weight=w, avg_factor=avg, loss_weight=2.0, **kw)
         else:
-            out = _mmdet_reference(elementwise(pred, target, kw.get(pname)), _as_broadcast(w, n), reduction, avg, 2.0)
+            out = _mmdet_reference(elementwise(pred, target, kw.get(pname)), _as_broadcast(w, (n, 4)), reduction, avg, 2.0)
         out.backward(torch.ones_like(out))
         results.append((out.detach(), pred.grad, None if w is None else w.grad))
     for a, b in zip(*results):
@@ -430,10 +430,8 @@ def test_property_weighted_against_the_formula(loss, device):
                         or (isinstance(prm, torch.Tensor) and prm.dim() > 0))
 
         def reference(p, t, w, magnitudes=False):
-            # a weight of the input's shape without its last dimension is one per row (l1ext's
-            # rule beyond torch's broadcasting); a tensor avg_factor + eps in its own dtype
-            if w is not None and w.dim() >= 1 and tuple(w.shape) == tuple(shape[:-1]):
-                w = w.unsqueeze(-1)
+            # a weight per row where l1ext takes one; a tensor avg_factor + eps in its own dtype
+            w = _as_broadcast(w, shape)
             elementwise = _formula(loss, p, t, rprm).expand(shape)
             lw = loss_weight
             if magnitudes:
@@ -493,12 +491,17 @@ def _func_operands(n=6, dtype=torch.float64, special=False):
     return p, t
 
 
+def _func_avg(avg, reduction):
+    """The avg_factor of the torch.func cases: a tensor, a number or none; only with 'mean'."""
+    if reduction != "mean":
+        return None
+    return {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
+
+
 def _func_loss(loss, reduction="mean", avg="tensor", device="cpu"):
     fn, kw = FUNC_LOSSES[loss]
     kw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
-    avg_factor = {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
-    if reduction != "mean":
-        avg_factor = None
+    avg_factor = _func_avg(avg, reduction)
 
     def f(p, t, w):
         return fn(p, t, weight=w, avg_factor=avg_factor, loss_weight=1.5, reduction=reduction, **kw)
@@ -528,14 +531,11 @@ def _oracle(loss, reduction="mean", avg="tensor"):
     _, kw = FUNC_LOSSES[loss]
     name = next(k for k in PROPERTY_LOSSES if loss.startswith(k))
     prm = next(iter(kw.values()), 0.0)
-    avg_factor = {"tensor": torch.tensor(3.0, dtype=torch.float64), "number": 3.0, None: None}[avg]
-    if reduction != "mean":
-        avg_factor = None
+    avg_factor = _func_avg(avg, reduction)
 
     def f(p, t, w):
         rprm = prm.to(p.dtype) if isinstance(prm, torch.Tensor) else torch.tensor(float(prm), dtype=p.dtype)
-        if w is not None and w.shape == p.shape[:-1]:  # one weight per row (l1ext's rule)
-            w = w[..., None]
+        w = _as_broadcast(w, p.shape)
         return _mmdet_reference(_formula(name, p, t, rprm), w, reduction, avg_factor, 1.5)
 
     return f

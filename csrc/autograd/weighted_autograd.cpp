@@ -17,10 +17,11 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "autograd/autograd_util.h"
 #include "kept_backward.h"
-#include "weighted.h"
+#include "weighted_glue.h"
 
 namespace l1ext {
 namespace autograd {
@@ -80,21 +81,24 @@ bool writes_fused_gradients(const Tensor& input, const Tensor& target, const Opt
 #endif
 }
 
-// Operand t (a weight or a parameter) broadcast to the input x as the kernels read it
-// (weighted_glue.h's classify): rounded to the input's dtype, in the accumulation type acc; one
-// element is a scalar, a weight of the input's shape without its last dimension is one per row,
-// anything else broadcasts by torch's rules and must not grow the input (an error, as there).
+// Operand t (a weight or a parameter) in a shape that broadcasts to the input x as the kernels
+// read it (weighted_glue.h's classify, whose checks it takes: one element is a scalar, a weight
+// of the input's shape without its last dimension is one per row), in the accumulation type acc.
 Tensor operand_like(const Tensor& t, const Tensor& x, at::ScalarType acc, bool rows_by_dropped_dim,
                     const char* what) {
-  TORCH_CHECK(t.device() == x.device(), "l1ext: ", what, " on ", t.device(), " for an input on ",
-              x.device());
-  Tensor v = glue::in_dtype(t, x.scalar_type()).to(acc);
-  if (v.numel() == 1) return v.reshape({});
-  if (rows_by_dropped_dim && x.dim() >= 1 && v.dim() == x.dim() - 1 &&
-      v.sizes() == x.sizes().slice(0, x.dim() - 1)) {
-    v = v.unsqueeze(-1);
+  const weighted::Operand o = weighted::classify(t, x, what, rows_by_dropped_dim);
+  const Tensor v = o.t.to(acc);
+  switch (o.mode) {
+    case weighted::Broadcast::kScalar:
+      return v.reshape({});
+    case weighted::Broadcast::kRow: {
+      std::vector<int64_t> rows = x.sizes().vec();
+      rows.back() = 1;
+      return v.reshape(rows);
+    }
+    default:  // kFull: the input's shape; kCol: (inner,), one value per column
+      return v;
   }
-  return v.expand(x.sizes());
 }
 
 // The weighted loss (weighted.h) from torch's differentiable operators, for what l1ext's C++
@@ -113,9 +117,10 @@ Tensor weighted_torch_composite(const Tensor& input, const Tensor& target, const
   TORCH_CHECK(kind >= 0 && kind < kNumLosses, "l1ext: unknown loss kind ", kind);
   glue::check_operands("weighted_loss", input, target);
   glue::check_reduction(reduction);
-  const bool has_avg = avg_factor.defined() || avg_value.has_value();
-  TORCH_CHECK(!(has_avg && reduction == glue::kSum),
-              "avg_factor can not be used with reduction=\"sum\"");
+  // A host number where the host has avg_factor (a tensor takes precedence over a number).
+  const std::optional<double> host_avg =
+      weighted::checked_host_avg(reduction, input, as_optional(avg_factor), avg_value);
+  const bool has_avg = host_avg.has_value() || avg_factor.defined();
   const at::ScalarType dtype = input.scalar_type();
   const at::ScalarType acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor x = input.to(acc), y = target.to(acc);
@@ -162,19 +167,10 @@ Tensor weighted_torch_composite(const Tensor& input, const Tensor& target, const
   const Tensor sum = loss.sum().to(at::kDouble);
   if (reduction == glue::kSum) return (sum * loss_weight).to(dtype);
   if (!has_avg) return (sum * (loss_weight / double(input.numel()))).to(dtype);
-  // avg_factor + eps in avg_factor's own precision (weighted::Reduce::divisor); a host tensor for
-  // a loss on a GPU is a host number there, and a tensor takes precedence over a number.
-  std::optional<double> host_avg = avg_factor.defined() ? std::nullopt : avg_value;
-  if (avg_factor.defined() && avg_factor.device() != input.device()) {
-    TORCH_CHECK(avg_factor.device().is_cpu() && avg_factor.numel() == 1, "l1ext: avg_factor on ",
-                avg_factor.device(), " for an input on ", input.device());
-    host_avg = avg_factor.item<double>();
-  }
+  // avg_factor + eps in avg_factor's own precision (weighted::Reduce::divisor).
   if (host_avg.has_value()) {
     return (sum * (loss_weight / (*host_avg + weighted::kFloat32Eps))).to(dtype);
   }
-  TORCH_CHECK(avg_factor.numel() == 1, "l1ext: avg_factor must have one element, got ",
-              avg_factor.numel());
   const Tensor a = avg_factor.reshape({});
   const Tensor divisor = a.scalar_type() == at::kDouble
                              ? a + weighted::kFloat32Eps
