@@ -48,9 +48,12 @@ def _kernel_dtype(input: Tensor, target: Tensor) -> Optional[int]:
         if target.dtype == torch.bool:
             return None
         dtype = torch.promote_types(dtype, target.dtype)
-    if dtype == torch.float32 or dtype == torch.bfloat16 or dtype == torch.float16:
-        return dtype
-    return dtype if dtype == torch.float64 else None
+    return dtype if _is_kernel_dtype(dtype) else None
+
+
+def _is_kernel_dtype(dtype: int) -> bool:
+    return (dtype == torch.float32 or dtype == torch.bfloat16 or dtype == torch.float16
+            or dtype == torch.float64)
 
 
 def _warn_if_sizes_differ(input: Tensor, target: Tensor):
@@ -142,19 +145,38 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
         raise NotImplementedError("l1ext weighted losses support floating dtypes on the devices "
                                   f"l1ext has kernels for, got {input.dtype} and {target.dtype} "
                                   f"on {input.device} and {target.device}")
-    x, y = operands[0].to(dtype), operands[1].to(dtype)
-    if x.numel() == 0 and reduction != "none":
-        zero = x.sum() * 0 + y.sum() * 0  # no positive boxes: a zero connected to every operand
-        return zero if weight is None else zero + (weight.sum() * 0).to(zero.dtype)
-    param_tensor, param_value = _tensor_or_float(param)
+    x = operands[0].to(dtype)
+    if weight is not None:  # loss * weight in torch's result type of the two
+        dtype = torch.result_type(x, weight)
+        if not _is_kernel_dtype(dtype):
+            raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
+        x = x.to(dtype)
+    y = operands[1].to(dtype)
     avg_tensor: Optional[Tensor] = None
     avg_value: Optional[float] = None
     if avg_factor is not None:
         avg_tensor, avg_number = _tensor_or_float(avg_factor)
         if avg_tensor is None:
             avg_value = avg_number
-    return torch.ops.l1ext.weighted_loss(x, y, weight, param_tensor, avg_tensor, kind, param_value,
+    if x.numel() == 0 and reduction != "none":
+        zero = x.sum() * 0 + y.sum() * 0  # no positive boxes: a zero connected to every operand
+        if weight is not None:
+            zero = zero + (weight.sum() * 0).to(zero.dtype)
+        return _as_divided_by(zero, avg_tensor) if reduction == "mean" else zero
+    param_tensor, param_value = _tensor_or_float(param)
+    loss = torch.ops.l1ext.weighted_loss(x, y, weight, param_tensor, avg_tensor, kind, param_value,
                                          avg_value, scale, _Reduction.get_enum(reduction))
+    return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
+
+
+def _as_divided_by(loss: Tensor, avg_factor: Optional[Tensor]) -> Tensor:
+    """functional._as_divided_by: dtype and shape of mmdetection's loss.sum() / (avg_factor + eps)."""
+    if avg_factor is None:
+        return loss
+    divisor = torch.result_type(avg_factor, 1.1920928955078125e-07)
+    if avg_factor.dim() == 0:
+        return loss.to(torch.promote_types(loss.dtype, divisor))
+    return loss.to(divisor).reshape(avg_factor.shape)
 
 
 def _by_weight(loss: Tensor, weight: Tensor, input: Tensor, reduction: str, mean_by_weight: bool):

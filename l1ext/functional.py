@@ -143,7 +143,19 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         raise NotImplementedError(
             f"l1ext weighted losses support floating dtypes on {sorted(_KERNEL_DEVICES)}, "
             f"got {input.dtype} and {target.dtype} on {input.device} and {target.device}")
-    x, y = _cast(expanded_input, dtype), _cast(expanded_target, dtype)
+    x = _cast(expanded_input, dtype)
+    if weight is not None:
+        # loss * weight is in torch's result type of the two (written out for torch.compile): a
+        # float64 weight widens a float32 loss, a float32 weight a bfloat16 one, a 0-d weight does
+        # not widen a dimensioned loss. The operator computes in the input's dtype, so the input
+        # comes in that type.
+        if weight.dim() > 0 or x.dim() == 0 or weight.is_complex():
+            dtype = torch.promote_types(dtype, weight.dtype)
+        if dtype not in _KERNEL_DTYPES:
+            raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
+        x = _cast(x, dtype)
+    y = _cast(expanded_target, dtype)
+    avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     if x.numel() == 0 and reduction != "none":
         # No positive boxes: a zero loss (mmdetection's pred.sum() * 0), connected to every operand
         # as the eager composition is: zero gradients for the target and the weight too; float32
@@ -154,13 +166,26 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         if zero.dtype in _AUTOCAST_FLOAT32 and x.device.type in ("cpu", "cuda") \
                 and torch.is_autocast_enabled(x.device.type):
             zero = zero.float()
-        return zero
+        return zero if avg_tensor is None or reduction != "mean" else _as_divided_by(zero, avg_tensor)
     param_tensor = param if isinstance(param, Tensor) else None
     param_value = 0.0 if param_tensor is not None else float(param)
-    avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     avg_value = None if avg_factor is None or avg_tensor is not None else float(avg_factor)
-    return _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
+    loss = _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
                         loss_weight, _REDUCTIONS[reduction])
+    return loss if avg_tensor is None or reduction != "mean" else _as_divided_by(loss, avg_tensor)
+
+
+def _as_divided_by(loss: Tensor, avg_factor: Tensor) -> Tensor:
+    """The operator's sum / (avg_factor + eps) in the dtype and shape of mmdetection's
+    `loss.sum() / (avg_factor + eps)` (torch's result_type, written out for torch.compile): avg_factor
+    + eps is in avg_factor's dtype (the default float dtype for an integer or bool one); a 0-d
+    avg_factor widens the 0-d sum's dtype, one of one element and more dimensions gives its dtype
+    and its shape."""
+    divisor = avg_factor.dtype if avg_factor.is_floating_point() else torch.get_default_dtype()
+    if avg_factor.dim() == 0:
+        dtype = torch.promote_types(loss.dtype, divisor)
+        return loss if dtype is loss.dtype else loss.to(dtype)
+    return _cast(loss, divisor).reshape(avg_factor.shape)
 
 
 def _is_tensor_param(value):
@@ -249,7 +274,9 @@ def smooth_l1_loss(
     - ``beta`` may be a tensor broadcastable to the input by torch's rules (per-coordinate beta
       (4,) for boxes (N, 4), for every N).
 
-    A call with any of these on an empty input returns a zero that stays in the autograd graph.
+    The result's dtype and shape are those of that eager composition (a wider weight or tensor
+    avg_factor widens it, an avg_factor of shape (1,) gives its shape). A call with any of these
+    on an empty input returns a zero that stays in the autograd graph.
     """
     if size_average is None and reduce is None and not _is_compiling():
         loss = _loss_fast(_SMOOTH_L1, input, target, reduction, beta, weight, avg_factor, loss_weight)

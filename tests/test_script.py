@@ -142,6 +142,12 @@ def test_scripted_weighted_forward_matches_eager(cls, kw):
         dict(weight=per_box, avg_factor=3),
         dict(weight=per_box, avg_factor=torch.tensor(4.0)),
         dict(weight=per_box, avg_factor=2.0, reduction_override="none"),
+        # widening: a float64 weight, a float64 or a (1,) avg_factor (dtype and shape as in eager)
+        dict(weight=full.double()),
+        dict(weight=per_box.double(), avg_factor=3.0),
+        dict(weight=per_box, avg_factor=torch.tensor(4.0, dtype=torch.float64)),
+        dict(weight=per_box, avg_factor=torch.tensor([4.0])),
+        dict(weight=full, avg_factor=torch.tensor(4)),
     ]
     for loss_weight in (None, 2, 0.5):
         eager = cls(**kw, loss_weight=loss_weight)
@@ -161,6 +167,7 @@ def test_scripted_weighted_forward_matches_eager(cls, kw):
                 assert isinstance(results[1], str) and results[0] in results[1], (loss_weight, call)
                 continue
             (a, ga), (b, gb) = results
+            assert (a.dtype, a.shape) == (b.dtype, b.shape), (loss_weight, call)
             assert torch.equal(a, b) and torch.equal(ga, gb), (loss_weight, call)
 
 
@@ -265,10 +272,11 @@ def test_scripted_functional_arguments():
     want = LF.smooth_l1_loss(x, y, beta=1.0 / 9, weight=w, avg_factor=a, loss_weight=2.0)
     assert torch.equal(weighted(x, y, w, a), want)
     assert torch.equal(quantile(x, y), LF.quantile_loss(x, y, 0.25, "sum"))
-    # no boxes: a zero connected to the target and the weight too, as in eager
+    # no boxes: a zero connected to the target and the weight too, as in eager, and float64 (the
+    # float64 weight widens loss * weight)
     y0, w0 = torch.randn(0, 4, requires_grad=True), torch.rand(0, dtype=torch.float64, requires_grad=True)
     out = weighted(torch.randn(0, 4), y0, w0, a)
-    assert out.item() == 0.0 and out.dtype == torch.float32
+    assert out.item() == 0.0 and out.dtype == torch.float64
     out.backward()
     assert y0.grad.shape == (0, 4) and w0.grad.shape == (0,)
 

@@ -95,6 +95,59 @@ def test_weighted_dtypes(dtype):
     torch.testing.assert_close(out.double(), ref, **TOL[dtype])
 
 
+# weight dtypes (a name for the 0-d one) and avg_factors against which the result's dtype and
+# shape must be the eager composition's
+_WIDENING_WEIGHTS = [None, "same", torch.float16, torch.float32, torch.float64, torch.int64, torch.bool, "0-d float64"]
+_WIDENING_AVGS = [None, 3.0, (torch.float64, ()), (torch.float32, ()), (torch.int64, ()),
+                  (torch.float32, (1,)), (torch.float64, (1, 1))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+@pytest.mark.parametrize("avg", _WIDENING_AVGS, ids=str)
+@pytest.mark.parametrize("weight_dtype", _WIDENING_WEIGHTS, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+def test_weighted_result_has_the_compositions_dtype_and_shape(dtype, weight_dtype, avg, reduction, device):
+    """loss * weight in torch's result type (a wider weight widens, a 0-d one does not), and
+    sum / (avg_factor + eps) in that of a tensor avg_factor (a wider 0-d one widens; one of one
+    element and more dimensions gives its dtype and shape), as the eager composition; gradients in
+    each operand's dtype. Values to the tolerance of the narrower of the input's and the result's
+    dtype: l1ext computes the elementwise loss in the widened dtype, the composition in the input's."""
+    n = 24
+    p0 = torch.randn(n, 4, dtype=torch.float64, device=device).to(dtype)
+    t = torch.randn(n, 4, dtype=torch.float64, device=device).to(dtype)
+    if weight_dtype is None:
+        w0 = None
+    elif weight_dtype == "0-d float64":
+        w0 = torch.tensor(0.75, dtype=torch.float64, device=device)
+    else:
+        w0 = (torch.rand(n, 1, dtype=torch.float64, device=device) * 3).to(dtype if weight_dtype == "same" else weight_dtype)
+    a = avg if not isinstance(avg, tuple) else torch.full(avg[1], 5, dtype=avg[0], device=device)
+    for loss in ("l1", "smooth_l1", "huber"):
+        ours, elementwise, pname = ELEMENTWISE[loss]
+        kw = {pname: 0.5} if pname else {}
+        results = []
+        for mine in (True, False):
+            p = p0.clone().requires_grad_()
+            w = None if w0 is None else w0.clone().requires_grad_(w0.is_floating_point())
+            if mine:
+                out = ours(p, t, reduction=reduction, weight=w, avg_factor=a, loss_weight=1.5, **kw)
+            else:
+                out = _mmdet_reference(elementwise(p, t, kw.get(pname)), w, reduction, a, 1.5)
+            out.backward(torch.ones_like(out))
+            results.append((out, p.grad, None if w is None else w.grad))
+        (out, gp, gw), (ref, rgp, rgw) = results
+        assert (out.dtype, out.shape) == (ref.dtype, ref.shape), (loss, out.dtype, ref.dtype, out.shape, ref.shape)
+        narrow = max((dtype, out.dtype), key=lambda d: torch.finfo(d).eps)
+        torch.testing.assert_close(out.detach().double(), ref.detach().double(), **TOL[narrow])
+        assert gp.dtype == dtype
+        torch.testing.assert_close(gp.double(), rgp.double(), **TOL[narrow])
+        if gw is not None:
+            assert gw.dtype == w0.dtype and gw.shape == w0.shape
+            narrowest = max((narrow, w0.dtype), key=lambda d: torch.finfo(d).eps)
+            torch.testing.assert_close(gw.double(), rgw.double(), **TOL[narrowest])
+
+
 def test_per_coordinate_beta_and_delta():
     pred, target = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
     beta = torch.tensor([0.1, 0.2, 0.0, 1.0], dtype=torch.float64)
@@ -122,14 +175,14 @@ def test_empty_boxes_give_connected_zero():
         out.backward()
         assert pred.grad.shape == (0, 4)
     # As the eager composition, the zero reaches every operand that needs a gradient: zero
-    # gradients for the target and the weight (also where the prediction needs none), in the
-    # input's dtype whatever the weight's.
+    # gradients for the target and the weight (also where the prediction needs none), and in the
+    # composition's dtype (float64 here: loss * weight widens to the weight's).
     for reduction, avg in (("mean", 3.0), ("mean", None), ("sum", None)):
         for fn in (LF.l1_loss, LF.smooth_l1_loss, LF.huber_loss, LF.quantile_loss):
             t = torch.randn(0, 4, requires_grad=True)
             w = torch.rand(0, 1, dtype=torch.float64, requires_grad=True)
             out = fn(torch.randn(0, 4), t, weight=w, avg_factor=avg, loss_weight=2.0, reduction=reduction)
-            assert out.dtype == torch.float32 and out.item() == 0.0
+            assert out.dtype == torch.float64 and out.item() == 0.0
             out.backward()
             assert t.grad.shape == (0, 4) and w.grad.shape == (0, 1) and w.grad.dtype == torch.float64
 
@@ -183,6 +236,13 @@ def test_weighted_compile_and_opcheck(device):
     out = f(p, t, w)
     ref = LF.smooth_l1_loss(p, t, beta=0.2, weight=w, avg_factor=5.0)
     torch.testing.assert_close(out, ref)
+    # widening (a float64 weight, a (1,) avg_factor) traced as eager computes it
+    g = torch.compile(lambda a, b, c, d: LF.smooth_l1_loss(a, b, weight=c, avg_factor=d), fullgraph=True)
+    for wd, avg in ((torch.float64, torch.tensor([5.0], device=device)), (torch.float32, torch.tensor(5, device=device))):
+        out = g(p, t, w.to(wd), avg)
+        ref = LF.smooth_l1_loss(p, t, weight=w.to(wd), avg_factor=avg)
+        assert (out.dtype, out.shape) == (ref.dtype, ref.shape)
+        torch.testing.assert_close(out, ref)
     ops = torch.ops.l1ext
     for red in (0, 1, 2):
         avg = None if red == 2 else torch.tensor(3.0, device=device)
@@ -418,7 +478,10 @@ def test_property_weighted_against_the_formula(loss, device):
         if pname:
             kw[pname] = prm
         out = fn(leaves[0], leaves[1], **kw)
-        assert out.dtype == dtype and out.shape == (shape if reduction == "none" else ())
+        # (a float32 tensor avg_factor widens a 16-bit sum / avg_factor, as in the composition)
+        widened = reduction == "mean" and isinstance(avg, torch.Tensor)
+        assert out.dtype == (torch.promote_types(dtype, avg.dtype) if widened else dtype)
+        assert out.shape == (shape if reduction == "none" else ())
         out.backward(go)
         # the oracle: float64 of the same (rounded) operands
         ref_leaves = [v if v is None else v.detach().double().requires_grad_(v.requires_grad) for v in leaves]
@@ -643,7 +706,8 @@ def test_weighted_vmap_batching_rule(loss, weight, avg, dtype, device):
             batched = torch.func.vmap(f, in_dims=in_dims)(p, t, w, avg_factor)
         looped = torch.stack([f(p[b], t[b], w if w_dim is None else w[b],
                                 avg_factor if a_dim is None else avg_factor[b]) for b in range(batch)])
-        assert_close(batched, looped)
+        # (a float64 avg_factor widens the result of a narrower input, computed in the input's dtype)
+        assert_close(batched, looped, dtype=dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -12,6 +12,7 @@
 // what a torch.ops call would give them.
 #include <Python.h>
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -139,8 +140,31 @@ Tensor plain_loss(LossKind kind, const Tensor& input, const Tensor& target, int6
                               : loss_op(kind).call(input, target, reduction, param);
 }
 
+// The dtype the weighted operator answers in: the input's, float32 for a 16-bit input under
+// autocast (csrc/autocast).
+at::ScalarType operator_dtype(const Tensor& input) {
+  const at::ScalarType t = input.scalar_type();
+  const bool autocast = (t == at::kHalf || t == at::kBFloat16) &&
+                        at::autocast::is_autocast_enabled(input.device().type());
+  return autocast ? at::kFloat : t;
+}
+
+// Whether the operator's result has the dtype and shape of mmdetection's composition without the
+// widening functional.py's _weighted and _as_divided_by apply (a weight of a wider dtype, a
+// tensor avg_factor of a wider dtype or of one or more dimensions): those calls take its path.
+bool needs_no_widening(const Tensor& input, const OptTensor& weight, const OptTensor& avg_tensor,
+                       int64_t reduction) {
+  const at::ScalarType out = operator_dtype(input);
+  if (weight.has_value() && c10::promoteTypes(out, weight->scalar_type()) != out) return false;
+  if (!avg_tensor.has_value() || reduction != 1) return true;
+  const at::ScalarType a = avg_tensor->scalar_type();
+  const at::ScalarType divisor = c10::isFloatingType(a) ? a : c10::get_default_dtype_as_scalartype();
+  return avg_tensor->dim() == 0 && c10::promoteTypes(out, divisor) == out;
+}
+
 // The weighted convention of functional.py's _weighted, for a plain weight tensor or None,
-// avg_factor None, a number or a plain tensor, loss_weight None or a number; null otherwise.
+// avg_factor None, a number or a plain tensor, loss_weight None or a number, where the
+// operator's result needs no widening; null otherwise.
 std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Tensor& target,
                                     int64_t reduction, double param, PyObject* weight_obj,
                                     PyObject* avg_obj, PyObject* loss_weight_obj) {
@@ -168,6 +192,7 @@ std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Te
   }
   double loss_weight = 1.0;
   if (loss_weight_obj != Py_None && !number_of(loss_weight_obj, &loss_weight)) return std::nullopt;
+  if (!needs_no_widening(input, weight, avg_tensor, reduction)) return std::nullopt;
   const ReleaseGil no_gil(input.numel());
   return weighted_loss_op().call(input, target, weight, std::nullopt, avg_tensor,
                                  static_cast<int64_t>(kind), param, avg_value, loss_weight,
