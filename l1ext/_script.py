@@ -250,8 +250,6 @@ def quantile_loss(input: Tensor, target: Tensor, tau: Number = 0.5, reduction: s
                   loss_weight: Optional[float] = None) -> Tensor:
     quantiles = 1
     if isinstance(tau, Tensor):
-        if tau.requires_grad:
-            raise ValueError("quantile_loss: tau must not require grad")
         if tau.device.type == "cpu":
             if not bool(((tau > 0) & (tau < 1)).all()):
                 values: List[float] = tau.flatten().tolist()

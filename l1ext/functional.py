@@ -371,8 +371,6 @@ def quantile_loss(
             weight=weight, avg_factor=avg_factor, loss_weight=loss_weight,
         )
     if isinstance(tau, Tensor):
-        if tau.requires_grad:
-            raise ValueError("quantile_loss: tau must not require grad")
         if tau.device.type == "cpu":
             if not bool(((tau > 0) & (tau < 1)).all()):
                 raise ValueError(f"quantile_loss: every tau must be in (0, 1), got {tau.tolist()}")

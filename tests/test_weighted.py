@@ -197,8 +197,45 @@ def test_weighted_errors():
         LF.smooth_l1_loss(p, t, beta=-1.0, weight=torch.ones(4))
     with pytest.raises(RuntimeError):
         LF.smooth_l1_loss(p, t, weight=torch.ones(3))  # not broadcastable
-    with pytest.raises(RuntimeError, match="no gradient with respect to beta"):
-        LF.smooth_l1_loss(p.requires_grad_(), t, beta=torch.ones(4, requires_grad=True))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("avg_on", ["device", "host", "weight_sum", None])
+@pytest.mark.parametrize("loss", ["l1", "smooth_l1", "huber", "quantile"])
+def test_gradients_of_a_tensor_parameter_and_avg_factor(loss, avg_on, device):
+    """A tensor beta / delta / tau and a tensor avg_factor that need gradients get the eager
+    composition's (the formula's) gradients, also an avg_factor on the host for a loss on a
+    device, and avg_factor = weight.sum() (a weight normalised by its own sum)."""
+    if avg_on == "host" and device == "cpu":
+        pytest.skip("the same as on the device")
+    kw = dict(dtype=torch.float64, device=device)
+    p0, t = torch.randn(9, 4, **kw), torch.randn(9, 4, **kw)
+    t[0] = p0[0]  # zero residuals
+    prm0 = {"l1": None, "smooth_l1": torch.tensor([0.5, 0.0, 1.0, 2.0], **kw),
+            "huber": torch.tensor([0.5, 0.2, 1.0, 2.0], **kw), "quantile": torch.tensor([0.1, 0.5, 0.7, 0.9], **kw)}[loss]
+    results = []
+    for mine in (True, False):
+        p = p0.clone().requires_grad_()
+        w = torch.rand(9, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(device).requires_grad_()
+        prm = None if prm0 is None else prm0.clone().requires_grad_()
+        a = {"device": torch.tensor(4.0, **kw), "host": torch.tensor(4.0, dtype=torch.float64),
+             "weight_sum": None, None: None}[avg_on]
+        a = w.sum() if avg_on == "weight_sum" else a if a is None else a.requires_grad_()
+        if mine:
+            fn, pname = PROPERTY_LOSSES[loss]
+            out = fn(p, t, weight=w, avg_factor=a, loss_weight=1.5, **({pname: prm} if pname else {}))
+        else:
+            out = _mmdet_reference(_formula(loss, p, t, prm), w, "mean", a, 1.5)
+        leaves = [v for v in (p, w, prm, a) if v is not None and v.is_leaf]
+        results.append((out.detach(), torch.autograd.grad(out, leaves)))
+    (out, grads), (ref, ref_grads) = results
+    assert_close(out, ref)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r)
+    if prm0 is not None:  # (away from beta = 0, where the loss has a kink in beta)
+        f = lambda b: PROPERTY_LOSSES[loss][0](p0, t, reduction="sum", **{PROPERTY_LOSSES[loss][1]: b})
+        assert torch.autograd.gradcheck(f, (prm0.clamp(min=0.1).requires_grad_(),))
+        assert torch.autograd.gradgradcheck(f, (prm0.clamp(min=0.1).requires_grad_(),))
 
 
 def test_torch_semantics_kept_without_new_arguments():

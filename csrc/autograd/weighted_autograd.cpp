@@ -118,8 +118,11 @@ Tensor weighted_torch_composite(const Tensor& input, const Tensor& target, const
   glue::check_operands("weighted_loss", input, target);
   glue::check_reduction(reduction);
   // A host number where the host has avg_factor (a tensor takes precedence over a number).
-  const std::optional<double> host_avg =
+  std::optional<double> host_avg =
       weighted::checked_host_avg(reduction, input, as_optional(avg_factor), avg_value);
+  // A host avg_factor that needs a gradient divides as a tensor (a 0-d host tensor combines with
+  // a device one, as in eager), not as its host value.
+  if (avg_factor.defined() && avg_factor.requires_grad()) host_avg = std::nullopt;
   const bool has_avg = host_avg.has_value() || avg_factor.defined();
   const at::ScalarType dtype = input.scalar_type();
   const at::ScalarType acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
@@ -315,9 +318,10 @@ Tensor weighted_loss_autograd(const Tensor& input, const Tensor& target, const O
                               double param_value, std::optional<double> avg_value,
                               double loss_weight, int64_t reduction) {
   const Tensor w = or_undefined(weight), p = or_undefined(param), a = or_undefined(avg_factor);
-  TORCH_CHECK(!needs_grad({&p, &a}), "l1ext: no gradient with respect to beta, delta, tau or ",
-              "avg_factor: pass them detached");
-  if (needs_torch_composite({&input, &target, &w, &p, &a})) {
+  // A tensor beta, delta, tau or avg_factor that needs a gradient (a learned parameter, avg_factor
+  // = weight.sum() of a weight that needs one): the kernels give none for them, torch's operators
+  // do, as in the eager composition.
+  if (needs_grad({&p, &a}) || needs_torch_composite({&input, &target, &w, &p, &a})) {
     return weighted_torch_composite(input, target, w, p, a, kind, param_value, avg_value,
                                     loss_weight, reduction);
   }
@@ -337,8 +341,8 @@ std::tuple<Tensor, Tensor, Tensor> weighted_loss_forward_autograd(
     const Tensor& input, const Tensor& target, const OptTensor& weight, const OptTensor& param,
     const OptTensor& avg_factor, int64_t kind, double param_value, std::optional<double> avg_value,
     double loss_weight, int64_t reduction, std::array<bool, 2> mask) {
-  const Tensor w = or_undefined(weight);
-  if (needs_grad({&input, &target, &w})) {
+  const Tensor w = or_undefined(weight), p = or_undefined(param), a = or_undefined(avg_factor);
+  if (needs_grad({&input, &target, &w, &p, &a})) {
     Tensor loss = weighted_loss_autograd(input, target, weight, param, avg_factor, kind,
                                          param_value, avg_value, loss_weight, reduction);
     at::AutoDispatchBelowADInplaceOrView guard;
