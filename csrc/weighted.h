@@ -61,15 +61,57 @@ struct Reduce {
   L1EXT_WHD double scale() const { return loss_weight / divisor(); }
 };
 
-// Index of element i = row * inner + col in an auxiliary operand of the given mode. The row or
-// column is divided out only where the mode needs it (a 64-bit division is a long call on a GPU).
-L1EXT_WHD int64_t aux_index(Broadcast mode, int64_t i, int64_t inner) {
-  switch (mode) {
-    case Broadcast::kFull: return i;
-    case Broadcast::kRow: return i / inner;
-    case Broadcast::kCol: return i % inner;
-    default: return 0;
+// Element i = row * inner + col of the (contiguous) input, with its row and column where an
+// operand needs them, and its index in an auxiliary operand of each mode.
+struct Position {
+  int64_t i, row, col;
+  L1EXT_WHD int64_t index(Broadcast mode) const {
+    switch (mode) {
+      case Broadcast::kFull: return i;
+      case Broadcast::kRow: return row;
+      case Broadcast::kCol: return col;
+      default: return 0;
+    }
   }
+};
+
+// The positions a grid-stride loop visits, first, first + stride, ...: the row and column follow
+// by additions, so a thread divides twice (where it starts, and its stride) rather than once per
+// element (a 64-bit division is a long call on a GPU); not at all where no operand is per row or
+// per column.
+class GridStride {
+ public:
+  L1EXT_WHD GridStride(int64_t first, int64_t stride, int64_t inner, bool rows_or_cols)
+      : first_(first), stride_(stride), inner_(1), row_step_(0), col_step_(0),
+        divides_(rows_or_cols && inner > 0) {
+    if (divides_) {
+      inner_ = inner;
+      row_step_ = stride / inner;
+      col_step_ = stride - row_step_ * inner;
+    }
+  }
+  L1EXT_WHD Position first() const {
+    if (!divides_) return {first_, 0, 0};  // (row and column stay 0: col_step_ 0 < inner_ 1)
+    const int64_t row = first_ / inner_;
+    return {first_, row, first_ - row * inner_};
+  }
+  L1EXT_WHD void next(Position& p) const {
+    p.i += stride_;
+    p.row += row_step_;
+    p.col += col_step_;
+    if (p.col >= inner_) {  // col_step_ < inner_: at most one carry
+      p.col -= inner_;
+      ++p.row;
+    }
+  }
+
+ private:
+  int64_t first_, stride_, inner_, row_step_, col_step_;
+  bool divides_;
+};
+
+L1EXT_WHD bool per_row_or_column(Broadcast mode) {
+  return mode == Broadcast::kRow || mode == Broadcast::kCol;
 }
 
 }  // namespace weighted

@@ -608,7 +608,8 @@ def _weighted_oracle(k, param, x, y, w, p):
 def test_weighted_against_oracle(emu, dtype, kind):
     _, k, param = kind
     gen = torch.Generator().manual_seed(11)
-    for rows, inner in [(0, 4), (1, 4), (37, 4), (9000, 4), (100, 1)]:
+    # (rows of 7 and of 40,000: a grid stride that is no multiple of the row, longer or shorter)
+    for rows, inner in [(0, 4), (1, 4), (37, 4), (9000, 4), (100, 1), (3, 7), (5003, 7), (2, 40_000)]:
         n = rows * inner
         x, y = _operands(n, dtype, seed=rows)
         for w_mode, p_mode in [(ABSENT, ABSENT), (FULL, ABSENT), (ROW, COL), (COL, FULL),

@@ -1,7 +1,8 @@
 // CUDA kernels of the weighted losses (weighted.h): one launch forward (loss, weight, reduction,
 // avg_factor and loss_weight fused; last-block-done sum in a fixed order), one launch backward
-// (input, target and weight gradients). Element at a time, 64-bit indices; the divisor and the
-// incoming gradient are read on the device.
+// (input, target and weight gradients). Element at a time, 64-bit indices, rows and columns of
+// per-row / per-column operands stepped without a division per element (weighted::GridStride);
+// the divisor and the incoming gradient are read on the device.
 #pragma once
 
 #include "cuda/loss_kernels.cuh"
@@ -19,23 +20,29 @@ struct WeightedElement {
   A param;
   int64_t inner;
 
-  __device__ __forceinline__ A weight(int64_t i) const {
-    return w.data ? to_acc(static_cast<const T*>(w.data)[weighted::aux_index(w.mode, i, inner)]) : A(1);
+  // The positions thread `first` of a grid-stride loop visits.
+  __device__ __forceinline__ weighted::GridStride walk(int64_t first, int64_t stride) const {
+    const bool rows_or_cols = (w.data && weighted::per_row_or_column(w.mode)) ||
+                              (p.data && weighted::per_row_or_column(p.mode));
+    return weighted::GridStride(first, stride, inner, rows_or_cols);
   }
-  __device__ __forceinline__ A param_at(int64_t i) const {
-    return p.data ? to_acc(static_cast<const T*>(p.data)[weighted::aux_index(p.mode, i, inner)]) : param;
+  __device__ __forceinline__ A weight(const weighted::Position& q) const {
+    return w.data ? to_acc(static_cast<const T*>(w.data)[q.index(w.mode)]) : A(1);
+  }
+  __device__ __forceinline__ A param_at(const weighted::Position& q) const {
+    return p.data ? to_acc(static_cast<const T*>(p.data)[q.index(p.mode)]) : param;
   }
   __device__ __forceinline__ A d(int64_t i) const { return to_acc(x[i]) - to_acc(y[i]); }
   // Smooth L1 with beta == 0 is L1, element by element.
-  __device__ __forceinline__ A value(int64_t i) const {
-    const A pv = param_at(i);
-    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.value(d(i));
-    return math::make_loss<K, A>(double(pv)).value(d(i));
+  __device__ __forceinline__ A value(const weighted::Position& q) const {
+    const A pv = param_at(q);
+    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.value(d(q.i));
+    return math::make_loss<K, A>(double(pv)).value(d(q.i));
   }
-  __device__ __forceinline__ A grad(int64_t i) const {
-    const A pv = param_at(i);
-    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.grad(d(i));
-    return math::make_loss<K, A>(double(pv)).grad(d(i));
+  __device__ __forceinline__ A grad(const weighted::Position& q) const {
+    const A pv = param_at(q);
+    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.grad(d(q.i));
+    return math::make_loss<K, A>(double(pv)).grad(d(q.i));
   }
 };
 
@@ -49,23 +56,26 @@ __global__ void __launch_bounds__(kThreads)
   using A = acc_t<T>;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
+  const weighted::GridStride walk = e.walk(t, stride);
   if (r.reduction == 0) {
     const A lw = A(r.loss_weight);
-    for (int64_t i = t; i < n; i += stride) out[i] = from_acc<T>(lw * (e.weight(i) * e.value(i)));
+    for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
+      out[q.i] = from_acc<T>(lw * (e.weight(q) * e.value(q)));
+    }
     return;
   }
   A acc = A(0);
   if (gi || gt) {
     const A scale = A(1.0 * r.scale());
-    for (int64_t i = t; i < n; i += stride) {
-      const A w = e.weight(i);
-      acc += w * e.value(i);
-      const A g = w * e.grad(i) * scale;
-      if (gi) gi[i] = from_acc<T>(g);
-      if (gt) gt[i] = from_acc<T>(-g);
+    for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
+      const A w = e.weight(q);
+      acc += w * e.value(q);
+      const A g = w * e.grad(q) * scale;
+      if (gi) gi[q.i] = from_acc<T>(g);
+      if (gt) gt[q.i] = from_acc<T>(-g);
     }
   } else {
-    for (int64_t i = t; i < n; i += stride) acc += e.weight(i) * e.value(i);
+    for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) acc += e.weight(q) * e.value(q);
   }
   finish_sum<T>(acc, partials, ticket, out, [r](double v) { return A(v * r.scale()); });
 }
@@ -80,6 +90,7 @@ __global__ void __launch_bounds__(kThreads)
   // A null go stands for an incoming gradient of one (a forward asked for its gradients).
   const A scale = per_element ? A(r.loss_weight) : A((go ? double(to_acc(go[0])) : 1.0) * r.scale());
   const int64_t stride = int64_t(gridDim.x) * kThreads;
+  const weighted::GridStride walk = e.walk(int64_t(blockIdx.x) * kThreads + threadIdx.x, stride);
   // unless_one (the launcher's test: a reduced loss, one go, no gw): gi / gt hold the forward's
   // gradients for an incoming gradient of one. Nothing to do for go[0] == 1; for a power of two
   // they are scaled in place with the recomputation's bits (see rescale_kept in
@@ -88,25 +99,25 @@ __global__ void __launch_bounds__(kThreads)
     const A g0 = to_acc(go[0]);
     if (g0 == A(1)) return;
     if (is_power_of_two(g0) && is_normal<A>(scale)) {
-      for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-        const A v = gi ? to_acc(gi[i]) : -to_acc(gt[i]);
+      for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
+        const A v = gi ? to_acc(gi[q.i]) : -to_acc(gt[q.i]);
         const A rv = v * g0;
         const bool exact = rounded_from_normal<T>(v) && is_normal<T>(rv);
-        const A g = exact ? rv : e.weight(i) * e.grad(i) * scale;
-        if (gi) gi[i] = from_acc<T>(g);
-        if (gt) gt[i] = from_acc<T>(-g);
+        const A g = exact ? rv : e.weight(q) * e.grad(q) * scale;
+        if (gi) gi[q.i] = from_acc<T>(g);
+        if (gt) gt[q.i] = from_acc<T>(-g);
       }
       return;
     }
   }
-  for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride) {
-    const A s = per_element && go ? to_acc(go[i]) * scale : scale;
+  for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
+    const A s = per_element && go ? to_acc(go[q.i]) * scale : scale;
     if (gi || gt) {
-      const A g = e.weight(i) * e.grad(i) * s;
-      if (gi) gi[i] = from_acc<T>(g);
-      if (gt) gt[i] = from_acc<T>(-g);
+      const A g = e.weight(q) * e.grad(q) * s;
+      if (gi) gi[q.i] = from_acc<T>(g);
+      if (gt) gt[q.i] = from_acc<T>(-g);
     }
-    if (gw) gw[i] = from_acc<T>(e.value(i) * s);
+    if (gw) gw[q.i] = from_acc<T>(e.value(q) * s);
   }
 }
 
