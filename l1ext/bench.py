@@ -298,6 +298,17 @@ def peak_memory(device, run):
 
 # ---- the run -----------------------------------------------------------------------------------
 
+def weighted_box_composition(pred, target, weight, avg_factor):
+    """The weighted box loss detection code writes (mmdetection's weight_reduce_loss), eager."""
+    eps = torch.finfo(torch.float32).eps
+    return (TF.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none") * weight).sum() / (avg_factor + eps)
+
+
+def weighted_box_fused(pred, target, weight, avg_factor):
+    """The same loss in l1ext's one fused call (benchmarks/weighted.py, benchmarks/kernels.py)."""
+    return LF.smooth_l1_loss(pred, target, beta=1 / 9, weight=weight, avg_factor=avg_factor)
+
+
 def implementations(loss, compile_, mode="default", device=torch.device("cpu")):
     fname, param, value = LOSSES[loss]
     kw = {param: value} if param else {}

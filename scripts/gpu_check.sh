@@ -19,7 +19,8 @@
 #   weighted   benchmarks/weighted.py (the fused weighted box loss against the composition)
 #   kernels    benchmarks/kernels.py: device time per kernel of one fwd+bwd step, l1ext and
 #              eager, for the cases furthest from the targets (bfloat16 Smooth L1 at 2^26,
-#              float32 L1 at 2^26 and at 4096)
+#              float32 L1 at 2^26 and at 4096), and of the weighted box loss over 1e6 boxes
+#              (float32, bfloat16: the fused kernel's bandwidth)
 #   grid       benchmarks/cuda/reduce_grid.cu (torch-free): the reduced forward's bandwidth per
 #              block count and packs in flight per thread (kUnroll 1, 2, 4)
 #   graphs     the quick sweep's fwd+bwd against torch.compile(mode='reduce-overhead'), which
@@ -109,7 +110,8 @@ sanitize() {
 kernel_profiles() {
   local k=("$PY" benchmarks/kernels.py --device cuda)
   "${k[@]}" --loss smooth_l1 --dtype bfloat16 --n 2^26 && "${k[@]}" --loss l1 --dtype float32 --n 2^26 &&
-    "${k[@]}" --loss l1 --dtype float32 --n 4096
+    "${k[@]}" --loss l1 --dtype float32 --n 4096 && "${k[@]}" --boxes 1e6 --dtype float32 &&
+    "${k[@]}" --boxes 1e6 --dtype bfloat16
 }
 
 reduce_grid() {

@@ -206,6 +206,11 @@ def test_kernels_script_runs(capsys):
     out = capsys.readouterr().out
     assert "eager: wall" in out and "l1ext: wall" in out
     assert "l1ext::smooth_l1_loss_forward" in out and "aten::smooth_l1_loss" in out
+    # --boxes: the weighted box loss, the eager composition beside l1ext's fused operator
+    assert kernels.main(["--device", "cpu", "--boxes", "64", "--dtype", "float32", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "eager composition: wall" in out and "aten::mul" in out
+    assert "l1ext: wall" in out and "l1ext::weighted_loss" in out
 
 
 def test_targets_judged_from_a_saved_result(tmp_path, capsys):
