@@ -93,10 +93,10 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
 
     def __init__(self, tau=0.5, reduction: str = "mean", *, loss_weight=None):
         super().__init__(reduction=reduction)
-        if isinstance(tau, Tensor):
+        if isinstance(tau, Tensor) and not isinstance(tau, torch.nn.Parameter):
             self.register_buffer("tau", tau)
         else:
-            self.tau = tau
+            self.tau = tau  # a number, or a learned Parameter (registered as one)
         self.loss_weight = loss_weight
 
     def extra_repr(self) -> str:

@@ -238,6 +238,23 @@ def test_gradients_of_a_tensor_parameter_and_avg_factor(loss, avg_on, device):
         assert torch.autograd.gradgradcheck(f, (prm0.clamp(min=0.1).requires_grad_(),))
 
 
+def test_modules_learn_a_parameter_tensor():
+    # beta, delta or tau given as a Parameter is one of the module's parameters, and gets the
+    # formula's gradient.
+    p, t = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 3, dtype=torch.float64)
+    for cls, pname, value, loss in ((l1ext.SmoothL1Loss, "beta", [0.5, 1.0, 2.0], "smooth_l1"),
+                                    (l1ext.HuberLoss, "delta", [0.5, 1.0, 2.0], "huber"),
+                                    (l1ext.QuantileLoss, "tau", [0.1, 0.5, 0.9], "quantile")):
+        prm = torch.nn.Parameter(torch.tensor(value, dtype=torch.float64))
+        crit = cls(**{pname: prm}, reduction="sum")
+        assert [q is prm for q in crit.parameters()] == [True]
+        crit(p, t).backward()
+        q = prm.detach().clone().requires_grad_()
+        expected, = torch.autograd.grad(_formula(loss, p, t, q).sum(), [q])
+        torch.testing.assert_close(prm.grad, expected)
+    assert "tau" in dict(l1ext.QuantileLoss(torch.tensor([0.1, 0.9])).named_buffers())
+
+
 def test_torch_semantics_kept_without_new_arguments():
     p, t, w = torch.randn(6, 4), torch.randn(6, 4), torch.rand(6, 4)
     torch.testing.assert_close(LF.l1_loss(p, t, weight=w), TF.l1_loss(p, t, weight=w))
