@@ -17,6 +17,16 @@ from . import functional as F
 __all__ = ["L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss"]
 
 
+def _tensor_parameter(module, name, value):
+    """A tensor beta, delta or tau as a buffer of the module (it moves with module.to(), and is in
+    its state_dict); a Parameter stays a parameter (learned); a number stays an attribute."""
+    if isinstance(value, Tensor) and not isinstance(value, torch.nn.Parameter):
+        delattr(module, name)
+        module.register_buffer(name, value)
+    else:
+        setattr(module, name, value)
+
+
 class L1Loss(torch.nn.L1Loss):
     __doc__ = torch.nn.L1Loss.__doc__
 
@@ -43,6 +53,7 @@ class SmoothL1Loss(torch.nn.SmoothL1Loss):
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean", beta=1.0, *, loss_weight=None):
         super().__init__(size_average, reduce, reduction, beta)
+        _tensor_parameter(self, "beta", beta)
         self.loss_weight = loss_weight
 
     def forward(self, input: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -66,7 +77,7 @@ class HuberLoss(torch.nn.HuberLoss):
     def __init__(self, reduction: str = "mean", delta=1.0, *, loss_weight=None):
         if isinstance(delta, Tensor):
             super().__init__(reduction=reduction)
-            self.delta = delta
+            _tensor_parameter(self, "delta", delta)
         else:
             super().__init__(reduction=reduction, delta=delta)
         self.loss_weight = loss_weight
@@ -93,10 +104,8 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
 
     def __init__(self, tau=0.5, reduction: str = "mean", *, loss_weight=None):
         super().__init__(reduction=reduction)
-        if isinstance(tau, Tensor) and not isinstance(tau, torch.nn.Parameter):
-            self.register_buffer("tau", tau)
-        else:
-            self.tau = tau  # a number, or a learned Parameter (registered as one)
+        self.tau = tau
+        _tensor_parameter(self, "tau", tau)
         self.loss_weight = loss_weight
 
     def extra_repr(self) -> str:

@@ -252,7 +252,25 @@ def test_modules_learn_a_parameter_tensor():
         q = prm.detach().clone().requires_grad_()
         expected, = torch.autograd.grad(_formula(loss, p, t, q).sum(), [q])
         torch.testing.assert_close(prm.grad, expected)
-    assert "tau" in dict(l1ext.QuantileLoss(torch.tensor([0.1, 0.9])).named_buffers())
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_modules_move_a_tensor_parameter(device):
+    # A plain tensor beta, delta or tau is a buffer: module.to() moves and casts it, and it is in
+    # the state_dict; a number stays an attribute, as in torch's modules.
+    p = torch.randn(16, 3, dtype=torch.float64, device=device)
+    t = torch.randn(16, 3, dtype=torch.float64, device=device)
+    for cls, pname, value in ((l1ext.SmoothL1Loss, "beta", [0.5, 1.0, 2.0]),
+                              (l1ext.HuberLoss, "delta", [0.5, 1.0, 2.0]),
+                              (l1ext.QuantileLoss, "tau", [0.1, 0.5, 0.9])):
+        crit = cls(**{pname: torch.tensor(value)})
+        assert list(dict(crit.named_buffers())) == [pname] and list(crit.state_dict()) == [pname]
+        crit = crit.to(device, torch.float64)
+        assert getattr(crit, pname).device == p.device and getattr(crit, pname).dtype == torch.float64
+        ref = cls(**{pname: torch.tensor(value, dtype=torch.float64, device=device)})(p, t)
+        torch.testing.assert_close(crit(p, t), ref)
+        assert not list(cls(**{pname: 0.5}).named_buffers()) and getattr(cls(**{pname: 0.5}), pname) == 0.5
 
 
 def test_torch_semantics_kept_without_new_arguments():
