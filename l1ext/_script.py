@@ -151,6 +151,9 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
         if not _is_kernel_dtype(dtype):
             raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
         x = x.to(dtype)
+        widened = shape_widened_by(x.size(), weight.size())
+        if widened is not None:
+            x, operands[1] = x.expand(widened), operands[1].expand(widened)
     y = operands[1].to(dtype)
     avg_tensor: Optional[Tensor] = None
     avg_value: Optional[float] = None
@@ -167,6 +170,27 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
     loss = torch.ops.l1ext.weighted_loss(x, y, weight, param_tensor, avg_tensor, kind, param_value,
                                          avg_value, scale, _Reduction.get_enum(reduction))
     return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
+
+
+def shape_widened_by(shape: List[int], weight_shape: List[int]) -> Optional[List[int]]:
+    """The shape of loss * weight where the weight widens the loss's shape by torch's broadcasting
+    (a weight (K, N, 4) over boxes (N, 4)), else None: the same shape, a weight per row (the
+    input's shape without its last dimension), or shapes that do not broadcast (the operator says
+    so). (functional.py's too.)"""
+    if len(shape) >= 1 and weight_shape == shape[:-1]:
+        return None
+    n = max(len(shape), len(weight_shape))
+    s = [1] * (n - len(shape)) + shape
+    w = [1] * (n - len(weight_shape)) + weight_shape
+    out: List[int] = []
+    for k in range(n):
+        if s[k] == w[k] or w[k] == 1:
+            out.append(s[k])
+        elif s[k] == 1:
+            out.append(w[k])
+        else:
+            return None
+    return None if out == shape else out
 
 
 def _as_divided_by(loss: Tensor, avg_factor: Optional[Tensor]) -> Tensor:

@@ -154,6 +154,10 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         if dtype not in _KERNEL_DTYPES:
             raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
         x = _cast(x, dtype)
+        # A weight that widens the loss's shape gives a loss of that shape, as loss * weight does.
+        widened = _script.shape_widened_by(list(x.shape), list(weight.shape))
+        if widened is not None:
+            x, expanded_target = x.expand(widened), expanded_target.expand(widened)
     y = _cast(expanded_target, dtype)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
     if x.numel() == 0 and reduction != "none":

@@ -148,6 +148,8 @@ def test_scripted_weighted_forward_matches_eager(cls, kw):
         dict(weight=per_box, avg_factor=torch.tensor(4.0, dtype=torch.float64)),
         dict(weight=per_box, avg_factor=torch.tensor([4.0])),
         dict(weight=full, avg_factor=torch.tensor(4)),
+        dict(weight=torch.rand(3, 10, 4), reduction_override="none"),  # a weight that widens the loss
+        dict(weight=torch.rand(2, 10, 4), avg_factor=5.0),
     ]
     for loss_weight in (None, 2, 0.5):
         eager = cls(**kw, loss_weight=loss_weight)

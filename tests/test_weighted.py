@@ -148,6 +148,38 @@ def test_weighted_result_has_the_compositions_dtype_and_shape(dtype, weight_dtyp
             torch.testing.assert_close(gw.double(), rgw.double(), **TOL[narrowest])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shapes", [((4,), (3, 4)), ((6, 1), (6, 5)), ((6, 4), (2, 1, 4)), ((1, 4), (5, 1))],
+                         ids=str)
+def test_weight_that_widens_the_loss_shape(shapes, device):
+    """A weight that broadcasts the loss to a larger shape gives the loss of that shape, its sum,
+    mean or sum / avg_factor, and gradients as the eager composition."""
+    in_shape, w_shape = shapes
+    kw = dict(dtype=torch.float64, device=device)
+    p0, t = torch.randn(in_shape, **kw), torch.randn(in_shape, **kw)
+    w0 = torch.rand(w_shape, **kw)
+    for loss in ELEMENTWISE:
+        ours, elementwise, pname = ELEMENTWISE[loss]
+        prm = {pname: 0.5} if pname else {}
+        for reduction, avg in (("none", None), ("sum", None), ("mean", None), ("mean", 3.0)):
+            results = []
+            for mine in (True, False):
+                p, w = p0.clone().requires_grad_(), w0.clone().requires_grad_()
+                if mine:
+                    out = ours(p, t, reduction=reduction, weight=w, avg_factor=avg, loss_weight=1.5, **prm)
+                else:
+                    out = _mmdet_reference(elementwise(p, t, prm.get(pname)), w, reduction, avg, 1.5)
+                results.append((out, *torch.autograd.grad(out.sum(), [p, w])))
+            for a, b in zip(*results):
+                assert_close(a.detach(), b.detach())
+
+
+def test_weight_per_row_of_rows_of_one():
+    # (6, 1) with a weight (6,): six rows of one element and their weights, not a (6, 6) loss
+    p, t, w = torch.randn(6, 1), torch.randn(6, 1), torch.rand(6)
+    assert_close(LF.l1_loss(p, t, weight=w, loss_weight=1.0, reduction="none"), (p - t).abs() * w[:, None])
+
+
 def test_per_coordinate_beta_and_delta():
     pred, target = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 4, dtype=torch.float64)
     beta = torch.tensor([0.1, 0.2, 0.0, 1.0], dtype=torch.float64)

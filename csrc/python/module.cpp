@@ -150,12 +150,21 @@ at::ScalarType operator_dtype(const Tensor& input) {
 }
 
 // Whether the operator's result has the dtype and shape of mmdetection's composition without the
-// widening functional.py's _weighted and _as_divided_by apply (a weight of a wider dtype, a
-// tensor avg_factor of a wider dtype or of one or more dimensions): those calls take its path.
+// widening functional.py's _weighted and _as_divided_by apply (a weight of a wider dtype or one
+// that may widen the loss's shape, a tensor avg_factor of a wider dtype or of one or more
+// dimensions): those calls take its path.
 bool needs_no_widening(const Tensor& input, const OptTensor& weight, const OptTensor& avg_tensor,
                        int64_t reduction) {
   const at::ScalarType out = operator_dtype(input);
-  if (weight.has_value() && c10::promoteTypes(out, weight->scalar_type()) != out) return false;
+  if (weight.has_value()) {
+    if (c10::promoteTypes(out, weight->scalar_type()) != out) return false;
+    // (a weight that may widen the loss's shape: more dimensions, or a size over a size of one)
+    const int64_t d = input.dim(), wd = weight->dim();
+    if (wd > d) return false;
+    for (int64_t k = 1; k <= wd; ++k) {
+      if (input.size(d - k) == 1 && weight->size(wd - k) != 1) return false;
+    }
+  }
   if (!avg_tensor.has_value() || reduction != 1) return true;
   const at::ScalarType a = avg_tensor->scalar_type();
   const at::ScalarType divisor = c10::isFloatingType(a) ? a : c10::get_default_dtype_as_scalartype();
