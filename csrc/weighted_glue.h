@@ -135,6 +135,7 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
 //     // gi / gt hold a reduced forward's gradients for a go of one: rewritten in place for go
 //   static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
 //                            const at::TensorOptions&);  // a fresh tensor a kernel writes whole
+//   static bool writes_row_sums(int64_t inner);  // backward's gw of a per-row weight: per row
 template <class Backend>
 std::tuple<Tensor, Tensor, Tensor> forward_with_gradients_impl(
     const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
@@ -204,7 +205,15 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
   const auto new_like_x = [&] { return glue::new_contiguous<Backend>(x.sizes(), x.options()); };
   Tensor gi = mask[0] ? new_like_x() : glue::empty_output(x.options());
   Tensor gt = mask[1] ? new_like_x() : glue::empty_output(x.options());
-  Tensor gw_full = want_w ? new_like_x() : Tensor();
+  // The kernel writes a per-row weight's gradient itself where the backend can, else the
+  // per-element terms, summed below.
+  const bool row_sums = want_w && w.mode == Broadcast::kRow && Backend::writes_row_sums(s.inner);
+  Tensor gw_full;
+  if (row_sums) {
+    gw_full = glue::new_contiguous<Backend>({x.numel() / s.inner}, x.options());
+  } else if (want_w) {
+    gw_full = new_like_x();
+  }
   Tensor go;
   if (reduction == 0) {
     go = glue::grad_in_layout(grad_output, x, x.scalar_type());
@@ -221,7 +230,7 @@ std::tuple<Tensor, Tensor, Tensor> backward_impl(
     // Sum the per-element weight gradient over the dimensions the weight was broadcast along.
     const Tensor& wt = *weight;
     switch (w.mode) {
-      case Broadcast::kRow: gw = gw_full.sum(-1); break;
+      case Broadcast::kRow: gw = row_sums ? gw_full : gw_full.sum(-1); break;
       case Broadcast::kCol: gw = gw_full.reshape({-1, x.size(-1)}).sum(0); break;
       case Broadcast::kScalar: gw = gw_full.sum(); break;
       default: gw = wt.sizes() == x.sizes() ? gw_full : gw_full.sum_to_size(wt.sizes());

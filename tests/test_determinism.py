@@ -36,6 +36,17 @@ def _run_all(dtype=torch.float32):
         loss.backward()
         outs += [loss.detach().clone(), p.grad.clone()] + ([weight.grad.clone()] if weight.requires_grad else [])
     outs.append(LF.huber_loss(p, t, delta=0.5, weight=w[:, None], loss_weight=2.0, reduction="none").detach())
+    # a per-row weight's gradient summed by the backward kernel (rows that tile its blocks of 64;
+    # 20,003 rows: a ragged last block), reduced and elementwise
+    for inner in (1, 4, 8, 64):
+        q = torch.randn(20_003, inner, generator=g).to(dtype)
+        u = torch.randn(20_003, inner, generator=g).to(dtype)
+        row_weight = torch.rand(20_003, 1, generator=g).to(dtype).requires_grad_()
+        for reduction in ("mean", "none"):
+            row_weight.grad = None
+            loss = LF.smooth_l1_loss(q, u, beta=0.3, weight=row_weight, reduction=reduction, loss_weight=1.5)
+            loss.backward(torch.ones_like(loss) if reduction == "mean" else u)
+            outs.append(row_weight.grad.clone())
     return outs
 
 

@@ -40,11 +40,18 @@ using BackwardFromKeptFn = void (*)(const void* kept, bool negated, double scale
 using WeightedForwardFn = void (*)(const void* x, const void* y, weighted::Aux w, weighted::Aux p,
                                    double param, int64_t n, int64_t inner,
                                    const weighted::Reduce& r, void* out, void* gi, void* gt);
-// go: n elements ('none') or one; gi, gt, gw (per element) may be null.
+// go: n elements ('none') or one; gi, gt, gw may be null. gw is per element, except for a weight
+// per row whose row length divides kWeightedLanes (writes_row_sums): one sum per row then.
 using WeightedBackwardFn = void (*)(const void* x, const void* y, weighted::Aux w,
                                     weighted::Aux p, double param, int64_t n, int64_t inner,
                                     const void* go, const weighted::Reduce& r, void* gi, void* gt,
                                     void* gw);
+
+// Elements of a block of the weighted kernels (cpu/weighted_kernels.h).
+constexpr int kWeightedLanes = 64;
+// Whether the weighted backward writes a per-row weight's gradient as one sum per row (rows that
+// tile its blocks) rather than per element.
+inline bool writes_row_sums(int64_t inner) { return inner > 0 && kWeightedLanes % inner == 0; }
 
 struct KernelTable {
   const char* isa;

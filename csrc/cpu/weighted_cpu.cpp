@@ -36,6 +36,7 @@ struct CpuBackend {
                            const at::TensorOptions& options) {
     return cpu::new_output(sizes, strides, options);
   }
+  static bool writes_row_sums(int64_t inner) { return cpu::writes_row_sums(inner); }
   static void check_dtype(at::ScalarType t, const char* name) {
     TORCH_CHECK_NOT_IMPLEMENTED(t == at::kHalf || t == at::kBFloat16 || t == at::kFloat || t == at::kDouble,
                                 "\"", name, "\" not implemented for '", t, "'");

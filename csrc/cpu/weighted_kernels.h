@@ -30,7 +30,7 @@ using weighted::Aux;
 using weighted::Broadcast;
 using weighted::Reduce;
 
-constexpr int kLanes = 64;
+constexpr int kLanes = kWeightedLanes;
 // Chunks of 8192 elements, a quarter of the plain kernels': the weighted math costs about four
 // times as much per element (gathers, per-lane parameters, divisions), so a chunk is worth a
 // thread from the same size on, e.g. 10,000 boxes (N, 4) split evenly over two cores.
@@ -411,34 +411,108 @@ void weighted_forward(const void* xv, const void* yv, Aux w, Aux p, double param
   }
 }
 
+// Pairwise sums of adjacent groups of `width` values in place, width a power of two: t[j] becomes
+// the balanced sum of t[j * width, (j + 1) * width), ((t0 + t1) + (t2 + t3)) for 4, the order
+// row_sums_of_block gives on vectors.
+template <class A>
+void pairwise_groups(A* t, int count, int width) {
+  for (int w = 1; w < width; w *= 2) {
+    count /= 2;
+    for (int j = 0; j < count; ++j) t[j] = t[2 * j] + t[2 * j + 1];
+  }
+}
+
+// The weight gradient of a block's rows of kInner elements (kInner divides kLanes): each row's
+// terms (loss * s) summed pairwise, written as the block's kLanes / kInner consecutive row values.
+// Each round adds the adjacent lanes of two vectors (deinterleave2 parts them into even and odd
+// lanes), so a row's terms never leave the registers while there are vectors to pair; past that
+// the last vector's lanes finish the same rounds one value at a time.
+template <class T, int kInner>
+void row_sums_of_block(Vectorized<acc_t<T>>* terms, T* out) {
+  using A = acc_t<T>;
+  using Vec = Vectorized<A>;
+  constexpr int VS = Vec::size();
+  constexpr int NV = kLanes / VS;
+  constexpr int kVecWidth = kInner < NV ? kInner : NV;  // terms a lane holds after the vector rounds
+  int count = NV;
+  for (int width = 1; width < kVecWidth; width *= 2, count /= 2) {
+    for (int k = 0; k < count / 2; ++k) {
+      const auto parts = at::vec::deinterleave2(terms[2 * k], terms[2 * k + 1]);
+      terms[k] = parts.first + parts.second;
+    }
+  }
+  if constexpr (kVecWidth == kInner) {
+    for (int k = 0; k < NV / kInner; ++k) Io<T>::store(out + k * VS, terms[k]);
+  } else {  // one vector left, its lanes sums of NV terms: the rest of each row's rounds
+    A lanes[VS];
+    terms[0].store(lanes);
+    pairwise_groups(lanes, VS, kInner / NV);
+    for (int k = 0; k < kLanes / kInner; ++k) out[k] = T(lanes[k]);
+  }
+}
+
+template <class T>
+void row_sums_of_block(Vectorized<acc_t<T>>* terms, int64_t inner, T* out) {
+  switch (inner) {
+    case 1: return row_sums_of_block<T, 1>(terms, out);
+    case 2: return row_sums_of_block<T, 2>(terms, out);
+    case 4: return row_sums_of_block<T, 4>(terms, out);
+    case 8: return row_sums_of_block<T, 8>(terms, out);
+    case 16: return row_sums_of_block<T, 16>(terms, out);
+    case 32: return row_sums_of_block<T, 32>(terms, out);
+    default: return row_sums_of_block<T, 64>(terms, out);
+  }
+}
+
 // One chunk [b, e) of the backward: s = go[i] * loss_weight (kPerElement) or the reduced scale;
-// gi = w * grad * s, gt = -gi, gw = loss * s (any may be null).
+// gi = w * grad * s, gt = -gi, gw = loss * s (any may be null). For a weight per row whose rows
+// tile the blocks (writes_row_sums), gw is the weight's own gradient: each row's sum of loss * s,
+// pairwise, written by its block (rows never straddle blocks or chunks then), instead of a
+// per-element tensor the glue sums: float32 boxes (N, 4) with a weight (N, 1) move 16 B per box
+// less, and skip the sum (torch's over a last dimension of 4 is slower than this whole pass).
 template <class T, LossKind K, bool kPerElement>
 void weighted_backward_chunk(const T* x, const T* y, const Aux& wa, const Aux& pa, double param,
                              int64_t b, int64_t e, int64_t inner, const T* go, acc_t<T> scale,
                              T* gi, T* gt, T* gw) {
   using A = acc_t<T>;
   using Vec = Vectorized<A>;
-  WeightedBlocks<T, K> blocks(wa, pa, param, inner);
+  using Blocks = WeightedBlocks<T, K>;
+  Blocks blocks(wa, pa, param, inner);
   const bool weighted = blocks.weighted;
   const bool want_grad = gi || gt;
+  const bool row_sums = gw && blocks.w.mode == Broadcast::kRow && writes_row_sums(inner);
+  Vec terms[Blocks::NV];
+  A tail[kLanes];  // a partial block's terms (its rows are whole: the tensor ends a row)
   blocks.template walk<true>(
       x, y, b, e, inner,
-      [&](int64_t i, int, const Vec& val, const Vec& g, const Vec& wv) {
+      [&](int64_t i, int v, const Vec& val, const Vec& g, const Vec& wv) {
         const Vec s = kPerElement ? Io<T>::load(go + i) * Vec(scale) : Vec(scale);
         if (want_grad) {
           const Vec gv = (weighted ? wv * g : g) * s;
           if (gi) Io<T>::store(gi + i, gv);
           if (gt) Io<T>::store(gt + i, -gv);
         }
-        if (gw) Io<T>::store(gw + i, val * s);
+        if (row_sums) {
+          terms[v] = val * s;
+          if (v == Blocks::NV - 1) row_sums_of_block(terms, inner, gw + (i + Blocks::VS - kLanes) / inner);
+        } else if (gw) {
+          Io<T>::store(gw + i, val * s);
+        }
       },
-      [&](int64_t i, int, A val, A g, A wv) {
+      [&](int64_t i, int k, A val, A g, A wv) {
         const A s = kPerElement ? A(go[i]) * scale : scale;
         const A gv = (weighted ? wv * g : g) * s;
         if (gi) gi[i] = T(gv);
         if (gt) gt[i] = T(-gv);
-        if (gw) gw[i] = T(val * s);
+        if (row_sums) {
+          tail[k] = val * s;
+          if ((k + 1) % inner == 0) {  // the row's last element
+            pairwise_groups(tail + k + 1 - inner, int(inner), int(inner));
+            gw[(i + 1) / inner - 1] = T(tail[k + 1 - inner]);
+          }
+        } else if (gw) {
+          gw[i] = T(val * s);
+        }
       });
 }
 

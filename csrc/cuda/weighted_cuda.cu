@@ -20,6 +20,7 @@ using weighted::Reduce;
 
 struct CudaWeightedBackend {
   static void check_dtype(at::ScalarType t, const char* name) { dispatch_elem(t, name, [](auto) {}); }
+  static bool writes_row_sums(int64_t) { return false; }  // (torch's sum of the terms)
   static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
                            const at::TensorOptions& options) {
     return at::empty_strided(sizes, strides, options);
