@@ -151,7 +151,7 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
         if not _is_kernel_dtype(dtype):
             raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
         x = x.to(dtype)
-        widened = shape_widened_by(x.size(), weight.size())
+        widened = shape_widened_by(list(x.size()), list(weight.size()))
         if widened is not None:
             x, operands[1] = x.expand(widened), operands[1].expand(widened)
     y = operands[1].to(dtype)
