@@ -98,10 +98,21 @@ torch.library.register_fake("l1ext::smooth_l1_loss_backward")(_pointwise_backwar
 torch.library.register_fake("l1ext::huber_loss_backward")(_pointwise_backward)
 
 
+def _check_weighted_devices(input, weight, param, avg_factor):
+    # The device checks of csrc/weighted_glue.h (classify, checked_host_avg).
+    for what, t in (("weight", weight), ("parameter", param)):
+        torch._check(t is None or t.device == input.device,
+                     lambda: f"l1ext: {what} on {t.device} for an input on {input.device}")
+    torch._check(avg_factor is None or avg_factor.device == input.device
+                 or (avg_factor.device.type == "cpu" and avg_factor.numel() == 1),
+                 lambda: f"l1ext: avg_factor on {avg_factor.device} for an input on {input.device}")
+
+
 @torch.library.register_fake("l1ext::weighted_loss")
 def _weighted_loss(input, target, weight, param, avg_factor, kind, param_value, avg_value,
                    loss_weight, reduction):
     _check("weighted_loss", input, target, reduction)
+    _check_weighted_devices(input, weight, param, avg_factor)
     return input.new_empty(input.shape) if reduction == _NONE else input.new_empty(())
 
 
@@ -117,6 +128,7 @@ def _weighted_loss_forward(input, target, weight, param, avg_factor, kind, param
 def _weighted_loss_backward(grad_output, input, target, weight, param, avg_factor, kind,
                             param_value, avg_value, loss_weight, reduction, output_mask):
     _check("weighted_loss_backward", input, target, reduction)
+    _check_weighted_devices(input, weight, param, avg_factor)
     gi = input.new_empty(input.shape) if output_mask[0] else input.new_empty((0,))
     gt = input.new_empty(input.shape) if output_mask[1] else input.new_empty((0,))
     gw = weight.new_empty(weight.shape) if (output_mask[2] and weight is not None) else input.new_empty((0,))

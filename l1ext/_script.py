@@ -146,12 +146,17 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
                                   f"l1ext has kernels for, got {input.dtype} and {target.dtype} "
                                   f"on {input.device} and {target.device}")
     x = operands[0].to(dtype)
-    if weight is not None:  # loss * weight in torch's result type of the two
-        dtype = torch.result_type(x, weight)
+    w: Optional[Tensor] = weight
+    if weight is not None:
+        if (weight.dim() == 0 and x.dim() > 0 and weight.device.type == "cpu"
+                and x.device.type != "cpu" and not weight.requires_grad and not weight.is_complex()):
+            scale, w = scale * float(weight), None  # a 0-d host weight: a number
+    if w is not None:  # loss * weight in torch's result type of the two
+        dtype = torch.result_type(x, w)
         if not _is_kernel_dtype(dtype):
-            raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
+            raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {w.dtype} weight")
         x = x.to(dtype)
-        widened = shape_widened_by(list(x.size()), list(weight.size()))
+        widened = shape_widened_by(list(x.size()), list(w.size()))
         if widened is not None:
             x, operands[1] = x.expand(widened), operands[1].expand(widened)
     y = operands[1].to(dtype)
@@ -163,11 +168,11 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
             avg_value = avg_number
     if x.numel() == 0 and reduction != "none":
         zero = x.sum() * 0 + y.sum() * 0  # no positive boxes: a zero connected to every operand
-        if weight is not None:
-            zero = zero + (weight.sum() * 0).to(zero.dtype)
+        if w is not None:
+            zero = zero + (w.sum() * 0).to(zero.dtype)
         return _as_divided_by(zero, avg_tensor) if reduction == "mean" else zero
     param_tensor, param_value = _tensor_or_float(param)
-    loss = torch.ops.l1ext.weighted_loss(x, y, weight, param_tensor, avg_tensor, kind, param_value,
+    loss = torch.ops.l1ext.weighted_loss(x, y, w, param_tensor, avg_tensor, kind, param_value,
                                          avg_value, scale, _Reduction.get_enum(reduction))
     return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
 

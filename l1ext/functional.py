@@ -144,6 +144,11 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
             f"l1ext weighted losses support floating dtypes on {sorted(_KERNEL_DEVICES)}, "
             f"got {input.dtype} and {target.dtype} on {input.device} and {target.device}")
     x = _cast(expanded_input, dtype)
+    if (weight is not None and weight.dim() == 0 and x.dim() > 0 and weight.device.type == "cpu"
+            and x.device.type != "cpu" and not weight.requires_grad and not weight.is_complex()):
+        # A 0-d host weight for a loss on a device scales as a number, as torch's operators take
+        # a 0-d host tensor beside device ones (read on the host: no copy, no synchronisation).
+        loss_weight, weight = loss_weight * float(weight), None
     if weight is not None:
         # loss * weight is in torch's result type of the two (written out for torch.compile): a
         # float64 weight widens a float32 loss, a float32 weight a bfloat16 one, a 0-d weight does

@@ -174,6 +174,23 @@ def test_weight_that_widens_the_loss_shape(shapes, device):
                 assert_close(a.detach(), b.detach())
 
 
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"] + ["meta"])
+def test_host_scalar_weight_for_a_loss_on_a_device(device):
+    # loss * w with w a 0-d host tensor works in eager (a host scalar beside device tensors): the
+    # same here, as a number (on the meta device: its dtype and shape)
+    p = torch.randn(10, 4, dtype=torch.float64, device=device, requires_grad=True)
+    t = torch.randn(10, 4, dtype=torch.float64, device=device)
+    w = torch.tensor(0.25, dtype=torch.float64)
+    for reduction, avg in (("none", None), ("mean", 3.0), ("sum", None)):
+        out = LF.smooth_l1_loss(p, t, weight=w, avg_factor=avg, reduction=reduction)
+        ref = _mmdet_reference(TF.smooth_l1_loss(p, t, reduction="none"), w, reduction, avg, None)
+        if device == "meta":
+            assert (out.dtype, out.shape, out.device) == (ref.dtype, ref.shape, ref.device)
+        else:
+            assert_close(out, ref)
+            assert_close(torch.autograd.grad(out.sum(), p)[0], torch.autograd.grad(ref.sum(), p)[0])
+
+
 def test_weight_per_row_of_rows_of_one():
     # (6, 1) with a weight (6,): six rows of one element and their weights, not a (6, 6) loss
     p, t, w = torch.randn(6, 1), torch.randn(6, 1), torch.rand(6)
