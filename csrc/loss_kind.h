@@ -7,10 +7,15 @@ namespace l1ext {
 enum class LossKind : int { L1 = 0, SmoothL1 = 1, Huber = 2, Quantile = 3 };
 constexpr int kNumLosses = 4;
 
-// Whether a number parameter is one torch accepts: beta >= 0 for Smooth L1, delta > 0 for Huber
-// (NaN is neither); L1 has none, Quantile's tau is checked where it is parsed.
+// Whether a number parameter is one the loss accepts: beta >= 0 for Smooth L1, delta > 0 for
+// Huber (torch's rules), tau in (0, 1) for Quantile (NaN is none of them); L1 has none.
 constexpr bool valid_param(LossKind kind, double param) {
-  return kind == LossKind::SmoothL1 ? param >= 0.0 : kind == LossKind::Huber ? param > 0.0 : true;
+  switch (kind) {
+    case LossKind::SmoothL1: return param >= 0.0;
+    case LossKind::Huber: return param > 0.0;
+    case LossKind::Quantile: return param > 0.0 && param < 1.0;
+    default: return true;
+  }
 }
 
 // Calls f(std::integral_constant<LossKind, K>{}) for the run-time kind.

@@ -374,6 +374,10 @@ def quantile_loss(
     ``weight``, ``avg_factor`` and ``loss_weight`` as in :func:`smooth_l1_loss`; the subgradient is
     0 at a zero residual.
     """
+    if not _is_compiling():
+        loss = _loss_fast(_QUANTILE, input, target, reduction, tau, weight, avg_factor, loss_weight)
+        if loss is not None:
+            return loss
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             quantile_loss, (input, target, weight), input, target, tau=tau, reduction=reduction,

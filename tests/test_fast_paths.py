@@ -17,7 +17,7 @@ from l1ext import _C
 from conftest import DEVICES, FLOAT_DTYPES
 
 ops = torch.ops.l1ext
-SMOOTH_L1, HUBER = 1, 2
+SMOOTH_L1, HUBER, QUANTILE = 1, 2, 3
 POINTWISE = [("smooth_l1", LF.smooth_l1_loss, ops.smooth_l1_loss_backward, "beta", 0.5),
              ("huber", LF.huber_loss, ops.huber_loss_backward, "delta", 0.7)]
 POINTWISE_IDS = [p[0] for p in POINTWISE]
@@ -49,13 +49,41 @@ def test_loss_fast_serves_the_common_call():
     p = torch.nn.Parameter(torch.randn(4))  # Parameters are plain tensors to C++
     assert _C.loss_fast(SMOOTH_L1, p, torch.randn(4), "mean", 1, None, None, None) is not None
     with pytest.raises(ValueError, match="kind must be"):
-        _C.loss_fast(3, x, y, "mean", 0.5, None, None, None)
+        _C.loss_fast(4, x, y, "mean", 0.5, None, None, None)
     # beta == 0 is L1, values and gradients
     assert torch.equal(_C.loss_fast(SMOOTH_L1, x, y, "sum", 0.0, None, None, None), ops.l1_loss(x, y, 2))
 
 
 class Tagged(torch.Tensor):
     pass
+
+
+def test_loss_fast_serves_the_quantile_loss():
+    # quantile_loss's common calls (a number tau, a host tau tensor, one target for every quantile
+    # of (..., Q)) in C++, with the bits of functional.py's operator call; the rest declined, so
+    # functional.py warns, broadcasts and raises as it does.
+    x, y = torch.randn(7, 3), torch.randn(7, 3)
+    tau = torch.tensor([0.1, 0.5, 0.9])
+    w = torch.rand(7, 1)
+    for name, red in (("none", 0), ("mean", 1), ("sum", 2)):
+        assert torch.equal(_C.loss_fast(QUANTILE, x, y, name, 0.3, None, None, None),
+                           ops.weighted_loss(x, y, None, None, None, QUANTILE, 0.3, None, 1.0, red))
+        assert torch.equal(_C.loss_fast(QUANTILE, x, y, name, tau, w, None, 2.0),
+                           ops.weighted_loss(x, y, w, tau, None, QUANTILE, 0.0, None, 2.0, red))
+    for target in (y[:, 0], y[:, :1]):  # one target for the three quantiles
+        assert torch.equal(_C.loss_fast(QUANTILE, x, target, "mean", tau, None, 4.0, None),
+                           ops.weighted_loss(x, target.reshape(7, 1).expand(7, 3), None, tau, None,
+                                             QUANTILE, 0.0, 4.0, 1.0, 1))
+    declined = [
+        (x, y, "mean", 1.0), (x, y, "mean", 0), (x, y, "mean", True), (x, y, "mean", float("nan")),
+        (x, y, "mean", torch.tensor([0.1, 1.0, 0.5])), (x, y, "mean", tau.as_subclass(Tagged)),
+        (x, y, "avg", 0.3), (x, y[:, 0], "mean", 0.3), (x, y[:, 0], "mean", torch.tensor([0.1, 0.9])),
+        (x, y.double(), "mean", 0.3), (x, y, "mean", tau.to(torch.int64)),
+    ]
+    for args in declined:
+        assert _C.loss_fast(QUANTILE, *args, None, None, None) is None, args
+
+
 
 
 class PassThrough(TorchFunctionMode):

@@ -19,6 +19,7 @@
 #include <ATen/PythonTorchFunctionTLS.h>
 
 #include <optional>
+#include <vector>
 
 #include "cpu/memory.h"
 #include "loss_kind.h"
@@ -175,8 +176,9 @@ bool needs_no_widening(const Tensor& input, const OptTensor& weight, const OptTe
 // avg_factor None, a number or a plain tensor, loss_weight None or a number, where the
 // operator's result needs no widening; null otherwise.
 std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Tensor& target,
-                                    int64_t reduction, double param, PyObject* weight_obj,
-                                    PyObject* avg_obj, PyObject* loss_weight_obj) {
+                                    int64_t reduction, double param, const OptTensor& param_tensor,
+                                    PyObject* weight_obj, PyObject* avg_obj,
+                                    PyObject* loss_weight_obj) {
   // An empty reduced loss is a zero connected to the graph (functional.py builds it).
   if (reduction != 0 && input.numel() == 0) return std::nullopt;
   OptTensor weight;
@@ -203,13 +205,72 @@ std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Te
   if (loss_weight_obj != Py_None && !number_of(loss_weight_obj, &loss_weight)) return std::nullopt;
   if (!needs_no_widening(input, weight, avg_tensor, reduction)) return std::nullopt;
   const ReleaseGil no_gil(input.numel());
-  return weighted_loss_op().call(input, target, weight, std::nullopt, avg_tensor,
+  return weighted_loss_op().call(input, target, weight, param_tensor, avg_tensor,
                                  static_cast<int64_t>(kind), param, avg_value, loss_weight,
                                  reduction);
 }
 
+// quantile_loss's tau as a tensor the call may take here: a plain strided floating tensor on the
+// host, every value in (0, 1) (a host tensor's values are read without synchronisation), for a
+// loss on the host. Anything else, an invalid tau included, takes functional.py's path (its
+// checks and errors; a device tau's check is an asynchronous assertion there).
+bool host_tau(PyObject* o, const Tensor& input, Tensor* tau) {
+  if (!plain_tensor(o)) return false;
+  const Tensor& t = THPVariable_Unpack(o);
+  if (t.layout() != at::kStrided || !t.device().is_cpu() || !input.device().is_cpu() ||
+      !kernel_dtype(t.scalar_type())) {
+    return false;
+  }
+  bool valid = true;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "quantile tau", [&] {
+    const Tensor c = t.contiguous();
+    const scalar_t* v = c.const_data_ptr<scalar_t>();
+    for (int64_t k = 0; valid && k < c.numel(); ++k) {
+      valid = valid_param(LossKind::Quantile, double(v[k]));
+    }
+  });
+  *tau = t;
+  return valid;
+}
+
+// quantile_loss(input, target, tau, reduction, weight, avg_factor, loss_weight) as functional.py
+// computes it, for plain tensors of one dtype and device, a valid number tau or a host tau
+// tensor, a target of the input's size or, for quantiles tau (Q,) along an input (..., Q), of
+// its size without the last dimension (or with it 1): one target for every quantile. Null for
+// anything else (functional.py warns, broadcasts, raises).
+std::optional<Tensor> quantile_loss(const Tensor& input, const Tensor& target, int64_t reduction,
+                                    PyObject* tau_obj, PyObject* weight, PyObject* avg_factor,
+                                    PyObject* loss_weight) {
+  double tau_value = 0.0;
+  OptTensor tau;
+  Tensor tau_tensor;
+  if (number_of(tau_obj, &tau_value)) {
+    if (!valid_param(LossKind::Quantile, tau_value)) return std::nullopt;
+  } else if (host_tau(tau_obj, input, &tau_tensor)) {
+    tau = tau_tensor;
+  } else {
+    return std::nullopt;
+  }
+  Tensor y = target;
+  if (!input.sizes().equals(target.sizes())) {
+    const int64_t q = tau.has_value() ? tau->numel() : 1, d = input.dim();
+    const bool multi = q > 1 && d >= 1 && input.size(-1) == q &&
+                       (target.sizes().equals(input.sizes().slice(0, d - 1)) ||
+                        (target.dim() == d && target.size(-1) == 1 &&
+                         target.sizes().slice(0, d - 1).equals(input.sizes().slice(0, d - 1))));
+    if (!multi) return std::nullopt;
+    std::vector<int64_t> rows(input.sizes().begin(), input.sizes().end());
+    rows.back() = 1;
+    y = target.reshape(rows).expand(input.sizes());
+  }
+  if (!kernel_operands(input, y)) return std::nullopt;
+  return weighted_loss(LossKind::Quantile, input, y, reduction, tau_value, tau, weight, avg_factor,
+                       loss_weight);
+}
+
 // loss_fast(kind, input, target, reduction, param, weight, avg_factor, loss_weight)
-// -> Tensor or None. kind: 0 L1 (param unused), 1 Smooth L1 (param = beta), 2 Huber (delta).
+// -> Tensor or None. kind: 0 L1 (param unused), 1 Smooth L1 (param = beta), 2 Huber (delta),
+// 3 Quantile (tau, a number or a tensor; always the weighted convention).
 // Without weight, avg_factor and loss_weight: torch's loss. With any of them: the weighted
 // convention, except a weight alone for L1 and Huber, which keeps torch's own weight semantics
 // (served by functional.py).
@@ -223,12 +284,22 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   }
   const long kind_value = PyLong_AsLong(args[0]);
   if (kind_value == -1 && PyErr_Occurred()) return nullptr;
-  if (kind_value < 0 || kind_value > 2) {
-    PyErr_SetString(PyExc_ValueError, "loss_fast: kind must be 0 (L1), 1 (Smooth L1) or 2 (Huber)");
+  if (kind_value < 0 || kind_value > 3) {
+    PyErr_SetString(PyExc_ValueError,
+                    "loss_fast: kind must be 0 (L1), 1 (Smooth L1), 2 (Huber) or 3 (Quantile)");
     return nullptr;
   }
   const LossKind kind = static_cast<LossKind>(kind_value);
   PyObject *weight = args[5], *avg_factor = args[6], *loss_weight = args[7];
+  if (kind == LossKind::Quantile) {
+    if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
+    const int64_t reduction = reduction_of(args[3]);
+    if (reduction < 0) Py_RETURN_NONE;
+    std::optional<Tensor> out = quantile_loss(THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
+                                              reduction, args[4], weight, avg_factor, loss_weight);
+    if (!out.has_value()) Py_RETURN_NONE;
+    return THPVariable_Wrap(std::move(*out));
+  }
   const bool plain = avg_factor == Py_None && loss_weight == Py_None;
   if (plain && weight != Py_None && kind != LossKind::SmoothL1) Py_RETURN_NONE;
   if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
@@ -241,8 +312,8 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   if (plain && weight == Py_None) {
     return THPVariable_Wrap(plain_loss(kind, input, target, reduction, param));
   }
-  std::optional<Tensor> out = weighted_loss(kind, input, target, reduction, param, weight,
-                                            avg_factor, loss_weight);
+  std::optional<Tensor> out = weighted_loss(kind, input, target, reduction, param, std::nullopt,
+                                            weight, avg_factor, loss_weight);
   if (!out.has_value()) Py_RETURN_NONE;
   return THPVariable_Wrap(std::move(*out));
   END_HANDLE_TH_ERRORS
