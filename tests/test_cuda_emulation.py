@@ -10,6 +10,7 @@ outside it is found afterwards.
 Built with the host C++ compiler against the CUDA toolkit's headers (cuda_fp16.h, cuda_bf16.h);
 skipped where either is missing."""
 import ctypes
+import fcntl
 import functools
 import hashlib
 import os
@@ -84,19 +85,25 @@ def _build():
     cache = Path(os.environ.get("L1EXT_EMULATION_DIR", ROOT / "build" / "cuda_emulation"))
     out = cache / hashlib.sha256(key).hexdigest()[:16]
     lib = out / "harness.so"
-    if not lib.exists():
-        if cache.exists():  # libraries of earlier sources
-            for old in cache.iterdir():
-                shutil.rmtree(old, ignore_errors=True)
-        (out / "cuda").mkdir(parents=True, exist_ok=True)
-        for h in KERNEL_HEADERS:
-            (out / "cuda" / h).write_text(_rewrite_launches((ROOT / "csrc/cuda" / h).read_text()))
-        (out / "harness.cpp").write_text(_rewrite_launches((EMULATION / "harness.cpp").read_text()))
-        cmd = [cxx, *CXXFLAGS, f"-I{EMULATION}", f"-I{out}", f"-I{ROOT / 'csrc'}", f"-I{include}",
-               str(out / "harness.cpp"), "-o", str(out / "partial.so")]
-        run = subprocess.run(cmd, capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr[-4000:]
-        os.replace(out / "partial.so", lib)
+    if lib.exists():
+        return str(lib), None
+    cache.mkdir(parents=True, exist_ok=True)
+    # One build at a time (pytest-xdist workers share the cache): the others wait, then find it.
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not lib.exists():
+            for old in cache.iterdir():  # libraries of earlier sources
+                if old.is_dir() and old != out:
+                    shutil.rmtree(old, ignore_errors=True)
+            (out / "cuda").mkdir(parents=True, exist_ok=True)
+            for h in KERNEL_HEADERS:
+                (out / "cuda" / h).write_text(_rewrite_launches((ROOT / "csrc/cuda" / h).read_text()))
+            (out / "harness.cpp").write_text(_rewrite_launches((EMULATION / "harness.cpp").read_text()))
+            cmd = [cxx, *CXXFLAGS, f"-I{EMULATION}", f"-I{out}", f"-I{ROOT / 'csrc'}", f"-I{include}",
+                   str(out / "harness.cpp"), "-o", str(out / "partial.so")]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            assert run.returncode == 0, run.stderr[-4000:]
+            os.replace(out / "partial.so", lib)
     return str(lib), None
 
 
