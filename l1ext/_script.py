@@ -170,10 +170,11 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
         zero = x.sum() * 0 + y.sum() * 0  # no positive boxes: a zero connected to every operand
         if w is not None:
             zero = zero + (w.sum() * 0).to(zero.dtype)
-        return _as_divided_by(zero, avg_tensor) if reduction == "mean" else zero
-    param_tensor, param_value = _tensor_or_float(param)
-    loss = torch.ops.l1ext.weighted_loss(x, y, w, param_tensor, avg_tensor, kind, param_value,
-                                         avg_value, scale, _Reduction.get_enum(reduction))
+        loss = zero
+    else:
+        param_tensor, param_value = _tensor_or_float(param)
+        loss = torch.ops.l1ext.weighted_loss(x, y, w, param_tensor, avg_tensor, kind, param_value,
+                                             avg_value, scale, _Reduction.get_enum(reduction))
     return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
 
 

@@ -175,21 +175,24 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         if zero.dtype in _AUTOCAST_FLOAT32 and x.device.type in ("cpu", "cuda") \
                 and torch.is_autocast_enabled(x.device.type):
             zero = zero.float()
-        return zero if avg_tensor is None or reduction != "mean" else _as_divided_by(zero, avg_tensor)
-    param_tensor = param if isinstance(param, Tensor) else None
-    param_value = 0.0 if param_tensor is not None else float(param)
-    avg_value = None if avg_factor is None or avg_tensor is not None else float(avg_factor)
-    loss = _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
-                        loss_weight, _REDUCTIONS[reduction])
-    return loss if avg_tensor is None or reduction != "mean" else _as_divided_by(loss, avg_tensor)
+        loss = zero
+    else:
+        param_tensor = param if isinstance(param, Tensor) else None
+        param_value = 0.0 if param_tensor is not None else float(param)
+        avg_value = None if avg_factor is None or avg_tensor is not None else float(avg_factor)
+        loss = _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
+                            loss_weight, _REDUCTIONS[reduction])
+    return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
 
 
-def _as_divided_by(loss: Tensor, avg_factor: Tensor) -> Tensor:
+def _as_divided_by(loss: Tensor, avg_factor) -> Tensor:
     """The operator's sum / (avg_factor + eps) in the dtype and shape of mmdetection's
     `loss.sum() / (avg_factor + eps)` (torch's result_type, written out for torch.compile): avg_factor
     + eps is in avg_factor's dtype (the default float dtype for an integer or bool one); a 0-d
     avg_factor widens the 0-d sum's dtype, one of one element and more dimensions gives its dtype
-    and its shape."""
+    and its shape. No tensor avg_factor: the loss as it is."""
+    if avg_factor is None:
+        return loss
     divisor = avg_factor.dtype if avg_factor.is_floating_point() else torch.get_default_dtype()
     if avg_factor.dim() == 0:
         dtype = torch.promote_types(loss.dtype, divisor)

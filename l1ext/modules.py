@@ -21,7 +21,7 @@ def _tensor_parameter(module, name, value):
     """A tensor beta, delta or tau as a buffer of the module (it moves with module.to(), and is in
     its state_dict); a Parameter stays a parameter (learned); a number stays an attribute."""
     if isinstance(value, Tensor) and not isinstance(value, torch.nn.Parameter):
-        delattr(module, name)
+        module.__dict__.pop(name, None)  # (the plain attribute torch's constructor may have set)
         module.register_buffer(name, value)
     else:
         setattr(module, name, value)
@@ -104,7 +104,6 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
 
     def __init__(self, tau=0.5, reduction: str = "mean", *, loss_weight=None):
         super().__init__(reduction=reduction)
-        self.tau = tau
         _tensor_parameter(self, "tau", tau)
         self.loss_weight = loss_weight
 

@@ -291,29 +291,25 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   }
   const LossKind kind = static_cast<LossKind>(kind_value);
   PyObject *weight = args[5], *avg_factor = args[6], *loss_weight = args[7];
-  if (kind == LossKind::Quantile) {
-    if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
-    const int64_t reduction = reduction_of(args[3]);
-    if (reduction < 0) Py_RETURN_NONE;
-    std::optional<Tensor> out = quantile_loss(THPVariable_Unpack(args[1]), THPVariable_Unpack(args[2]),
-                                              reduction, args[4], weight, avg_factor, loss_weight);
-    if (!out.has_value()) Py_RETURN_NONE;
-    return THPVariable_Wrap(std::move(*out));
-  }
-  const bool plain = avg_factor == Py_None && loss_weight == Py_None;
-  if (plain && weight != Py_None && kind != LossKind::SmoothL1) Py_RETURN_NONE;
   if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
   const int64_t reduction = reduction_of(args[3]);
-  double param;
-  if (reduction < 0 || !number_param(kind, args[4], &param)) Py_RETURN_NONE;
+  if (reduction < 0) Py_RETURN_NONE;
   const Tensor& input = THPVariable_Unpack(args[1]);
   const Tensor& target = THPVariable_Unpack(args[2]);
-  if (!kernel_operands(input, target)) Py_RETURN_NONE;
-  if (plain && weight == Py_None) {
-    return THPVariable_Wrap(plain_loss(kind, input, target, reduction, param));
+  std::optional<Tensor> out;
+  if (kind == LossKind::Quantile) {
+    out = quantile_loss(input, target, reduction, args[4], weight, avg_factor, loss_weight);
+  } else {
+    const bool plain = avg_factor == Py_None && loss_weight == Py_None;
+    if (plain && weight != Py_None && kind != LossKind::SmoothL1) Py_RETURN_NONE;
+    double param;
+    if (!number_param(kind, args[4], &param) || !kernel_operands(input, target)) Py_RETURN_NONE;
+    if (plain && weight == Py_None) {
+      return THPVariable_Wrap(plain_loss(kind, input, target, reduction, param));
+    }
+    out = weighted_loss(kind, input, target, reduction, param, std::nullopt, weight, avg_factor,
+                        loss_weight);
   }
-  std::optional<Tensor> out = weighted_loss(kind, input, target, reduction, param, std::nullopt,
-                                            weight, avg_factor, loss_weight);
   if (!out.has_value()) Py_RETURN_NONE;
   return THPVariable_Wrap(std::move(*out));
   END_HANDLE_TH_ERRORS
