@@ -73,7 +73,7 @@ def _broadcast(input: Tensor, target: Tensor) -> List[Tensor]:
 
 def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
     dtype = _kernel_dtype(input, target)
-    if dtype is None:
+    if dtype is None or input.dtype == torch.bool:  # torch's |input - target| refuses a bool input
         return torch._C._nn.l1_loss(input, target, reduction)
     return torch.ops.l1ext.l1_loss(input.to(dtype), target.to(dtype), reduction)
 
@@ -98,13 +98,38 @@ def huber_in_input_dtype(loss: Tensor, dtype: int, input: Tensor) -> Tensor:
     functional.py's)."""
     if dtype == input.dtype:
         return loss  # (under autocast: float32 unless float64, as the operator's autocast kernel)
-    # torch's huber_loss answers in the input's dtype, computed in the promoted one; under
-    # autocast (float32 list) that input is float32 unless it is float64, which autocast leaves.
+    out = huber_dtype(input)
+    return loss if loss.dtype == out else loss.to(out)
+
+
+def huber_dtype(input: Tensor) -> int:
+    """The dtype torch's huber_loss answers in: the input's, computed in the promoted one; under
+    autocast (float32 list) that input is float32 unless it is float64, which autocast leaves.
+    (Also functional.py's.)"""
     out = input.dtype
     if out != torch.float64 and input.device.type != "meta":
-        if torch.ops.l1ext.autocast_enabled(input.device.type):
+        if torch.jit.is_scripting():
+            autocast = torch.ops.l1ext.autocast_enabled(input.device.type)
+        else:  # (torch.compile traces this one, and no operator that returns a bool)
+            autocast = torch.is_autocast_enabled(input.device.type)
+        if autocast:
             out = torch.float32
-    return loss if loss.dtype == out else loss.to(out)
+    return out
+
+
+def torch_loss_dtype(kind: int, l1: bool, input: int, target: int) -> int:
+    """The dtype of torch's elementwise loss (kind 1 Smooth L1, 2 Huber; l1: the L1 loss, or
+    Smooth L1 with beta 0, which torch computes as L1) for operands of dtypes input and target,
+    by a one-element call of it on the host; torch's error where it refuses them (a bool operand
+    of the L1 loss, a bool or integer input of the Huber loss). For mixed or non-floating
+    operands of mmdetection's composition. (Also functional.py's.)"""
+    a = torch.zeros([1], dtype=input)
+    b = torch.zeros([1], dtype=target)
+    if l1:
+        return torch._C._nn.l1_loss(a, b, 0).dtype
+    if kind == 1:
+        return torch._C._nn.smooth_l1_loss(a, b, 0, 1.0).dtype
+    return torch._C._nn.huber_loss(a, b, 0, 1.0).dtype
 
 
 def _as_float(value: Number) -> float:
@@ -140,19 +165,39 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
         raise ValueError('avg_factor can not be used with reduction="sum"')
     scale = 1.0 if loss_weight is None else float(loss_weight)
     operands = _broadcast(input, target)
+    param_tensor, param_value = _tensor_or_float(param)
+    answer: Optional[int] = None  # the composition's dtype where it is not the one computed in
+    if kind != 3 and (input.dtype != target.dtype or not input.is_floating_point()):
+        # mixed or non-floating operands: as torch's loss takes them, or its error
+        l1 = kind == 0 or (kind == 1 and param_tensor is None and param_value == 0.0)
+        elementwise = torch_loss_dtype(kind, l1, input.dtype, target.dtype)
+        if target.dtype == torch.bool:
+            operands[1] = operands[1].to(elementwise)
+        if kind == 2:
+            answer = huber_dtype(input)
     dtype = _kernel_dtype(operands[0], operands[1])
     if dtype is None:
         raise NotImplementedError("l1ext weighted losses support floating dtypes on the devices "
                                   f"l1ext has kernels for, got {input.dtype} and {target.dtype} "
                                   f"on {input.device} and {target.device}")
+    if answer is not None and answer == dtype:
+        answer = None
     x = operands[0].to(dtype)
     w: Optional[Tensor] = weight
+    host_scale: Optional[Tensor] = None
     if weight is not None:
         if (weight.dim() == 0 and x.dim() > 0 and weight.device.type == "cpu"
-                and x.device.type != "cpu" and not weight.requires_grad and not weight.is_complex()):
-            scale, w = scale * float(weight), None  # a 0-d host weight: a number
+                and x.device.type != "cpu" and not weight.is_complex()):
+            # a 0-d host weight: a number, or a factor of the result where it needs a gradient
+            if weight.requires_grad:
+                host_scale = weight
+            else:
+                scale = scale * float(weight)
+            w = None
     if w is not None:  # loss * weight in torch's result type of the two
         dtype = torch.result_type(x, w)
+        if answer is not None and (w.dim() > 0 or x.dim() == 0 or w.is_complex()):
+            answer = torch.promote_types(answer, w.dtype)
         if not _is_kernel_dtype(dtype):
             raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {w.dtype} weight")
         x = x.to(dtype)
@@ -172,9 +217,12 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
             zero = zero + (w.sum() * 0).to(zero.dtype)
         loss = zero
     else:
-        param_tensor, param_value = _tensor_or_float(param)
         loss = torch.ops.l1ext.weighted_loss(x, y, w, param_tensor, avg_tensor, kind, param_value,
                                              avg_value, scale, _Reduction.get_enum(reduction))
+    if answer is not None and loss.dtype != answer:
+        loss = loss.to(answer)
+    if host_scale is not None:
+        loss = loss * host_scale.to(loss.dtype)
     return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
 
 

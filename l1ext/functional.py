@@ -99,7 +99,7 @@ def _sharded(op, input, target, reduction, *param):
 
 def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
     dtype = _kernel_dtype(input, target)
-    if dtype is None:
+    if dtype is None or input.dtype is torch.bool:  # torch's |input - target| refuses a bool input
         return torch._C._nn.l1_loss(input, target, reduction)
     if type(input) is not Tensor and _dtensor.is_dtensor(input):
         return _sharded(_l1_op, _cast(input, dtype), _cast(target, dtype), reduction)
@@ -138,17 +138,36 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         raise ValueError('avg_factor can not be used with reduction="sum"')
     loss_weight = 1.0 if loss_weight is None else float(loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
+    # The dtype the composition answers in where it is not the one computed in, else None.
+    answer = None
+    if kind != _QUANTILE and (input.dtype is not target.dtype or not input.is_floating_point()):
+        # Mixed or non-floating operands: torch's loss takes them (Smooth L1 and Huber a bool
+        # target) or refuses them with its error; its Huber loss answers in the input's dtype.
+        elementwise = _script.torch_loss_dtype(kind, _is_l1(kind, param), input.dtype, target.dtype)
+        if target.dtype is torch.bool:
+            expanded_target = expanded_target.to(elementwise)
+        if kind == _HUBER:
+            answer = _script.huber_dtype(input)
     dtype = _kernel_dtype(expanded_input, expanded_target)
     if dtype is None:
         raise NotImplementedError(
             f"l1ext weighted losses support floating dtypes on {sorted(_KERNEL_DEVICES)}, "
             f"got {input.dtype} and {target.dtype} on {input.device} and {target.device}")
+    if answer is dtype:
+        answer = None
     x = _cast(expanded_input, dtype)
+    host_scale = None
     if (weight is not None and weight.dim() == 0 and x.dim() > 0 and weight.device.type == "cpu"
-            and x.device.type != "cpu" and not weight.requires_grad and not weight.is_complex()):
-        # A 0-d host weight for a loss on a device scales as a number, as torch's operators take
-        # a 0-d host tensor beside device ones (read on the host: no copy, no synchronisation).
-        loss_weight, weight = loss_weight * float(weight), None
+            and x.device.type != "cpu" and not weight.is_complex()):
+        # A 0-d host weight for a loss on a device, which torch's operators take beside device
+        # tensors. Read on the host, it scales as a number (no copy, no synchronisation); one
+        # that needs a gradient, or a traced one, multiplies the result instead (loss * w is
+        # linear in w), in the loss's dtype: a 0-d weight does not widen a dimensioned loss.
+        if weight.requires_grad or _is_compiling():
+            host_scale = weight
+        else:
+            loss_weight = loss_weight * float(weight)
+        weight = None
     if weight is not None:
         # loss * weight is in torch's result type of the two (written out for torch.compile): a
         # float64 weight widens a float32 loss, a float32 weight a bfloat16 one, a 0-d weight does
@@ -156,6 +175,8 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         # comes in that type.
         if weight.dim() > 0 or x.dim() == 0 or weight.is_complex():
             dtype = torch.promote_types(dtype, weight.dtype)
+            if answer is not None:
+                answer = torch.promote_types(answer, weight.dtype)
         if dtype not in _KERNEL_DTYPES:
             raise NotImplementedError(f"l1ext weighted losses support floating dtypes, got a {weight.dtype} weight")
         x = _cast(x, dtype)
@@ -182,7 +203,16 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         avg_value = None if avg_factor is None or avg_tensor is not None else float(avg_factor)
         loss = _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
                             loss_weight, _REDUCTIONS[reduction])
+    if answer is not None and loss.dtype is not answer:
+        loss = loss.to(answer)
+    if host_scale is not None:
+        loss = loss * host_scale.to(loss.dtype)
     return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
+
+
+def _is_l1(kind, param) -> bool:
+    """The L1 loss, or Smooth L1 with beta 0, which torch computes as the L1 loss."""
+    return kind == _L1 or (kind == _SMOOTH_L1 and not isinstance(param, Tensor) and param == 0)
 
 
 def _as_divided_by(loss: Tensor, avg_factor) -> Tensor:

@@ -40,6 +40,24 @@ def test_compile_fullgraph_function(loss):
     torch.testing.assert_close(w1.grad, w2.grad)
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_compile_fullgraph_mixed_dtypes(loss, autocast):
+    # bfloat16 predictions against float32 targets, plain and weighted: the dtype eager l1ext and
+    # torch answer in (Huber: the input's, float32 under autocast), traced without a break.
+    _, ours, theirs, param = loss
+    kw = {param: 0.5} if param else {}
+    x, y, w = torch.randn(16, 4, dtype=torch.bfloat16), torch.randn(16, 4), torch.rand(16, 1, dtype=torch.bfloat16)
+    with torch.autocast("cpu", enabled=autocast):
+        plain = torch.compile(lambda a, b: ours(a, b, **kw), fullgraph=True)(x, y)
+        weighted = torch.compile(lambda a, b, c: ours(a, b, weight=c, avg_factor=3.0, **kw), fullgraph=True)(x, y, w)
+        assert plain.dtype == theirs(x, y, **kw).dtype
+        torch.testing.assert_close(plain, ours(x, y, **kw))
+        eager = ours(x, y, weight=w, avg_factor=3.0, **kw)
+        assert weighted.dtype == eager.dtype
+        torch.testing.assert_close(weighted, eager)
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_compile_dynamic_shapes(loss, reduction):

@@ -4,7 +4,9 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as TF
 
+import l1ext.functional as LF
 from conftest import DEVICES, FLOAT_DTYPES, LOSS_IDS, LOSSES, REDUCTIONS, assert_close, run_both
 
 
@@ -181,6 +183,41 @@ def test_type_promotion(loss, reduction, pair):
     if y.dtype.is_floating_point and not (loss[0] == "huber" and x.dtype != y.dtype):
         # (torch's Huber backward fails on mixed dtypes; l1ext's works, see below.)
         _check(ours, theirs, x, y, reduction, grads=(True, y.dtype.is_floating_point))
+
+
+@pytest.mark.parametrize("kw", [{}, {"beta": 0.0}, {"beta": 0.5}, {"delta": 0.5}], ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bool_operands(reduction, kw):
+    # torch computes the L1 loss as |input - target|, which refuses a bool operand on either side
+    # (Smooth L1 with beta 0 is that L1 loss); its Smooth L1 and Huber kernels take a bool target,
+    # and Smooth L1 a bool input. The same outcomes, plain and in mmdetection's weighted form
+    # (the composition F.loss(reduction='none') * weight for the oracle).
+    name = "huber_loss" if "delta" in kw else "smooth_l1_loss" if kw else "l1_loss"
+    ours, theirs = getattr(LF, name), getattr(TF, name)
+    real = torch.randn(6, 4)
+    flags = torch.randn(6, 4) > 0
+    weight = torch.rand(6, 1)
+
+    def outcome(f):
+        try:
+            return f()
+        except RuntimeError as e:
+            return type(e)
+
+    for x, y in ((flags, real), (real, flags)):
+        expected = outcome(lambda: theirs(x, y, reduction=reduction, **kw))
+        actual = outcome(lambda: ours(x, y, reduction=reduction, **kw))
+        if isinstance(expected, type):
+            assert isinstance(actual, type) and issubclass(actual, expected), (x.dtype, y.dtype)
+        else:
+            assert actual.dtype == expected.dtype
+            assert_close(actual, expected)
+        expected = outcome(lambda: (theirs(x, y, reduction="none", **kw) * weight).sum())
+        actual = outcome(lambda: ours(x, y, reduction="sum", weight=weight, loss_weight=1.0, **kw))
+        if isinstance(expected, type):
+            assert isinstance(actual, type) and issubclass(actual, expected), (x.dtype, y.dtype)
+        else:
+            assert_close(actual, expected)
 
 
 @pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.float64, torch.float32)], ids=str)

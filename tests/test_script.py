@@ -72,6 +72,7 @@ def test_scripted_module_edge_cases_match_torch(ours, theirs, kw):
         (torch.randn(3, 2), torch.randint(0, 3, (3, 2))),
         (torch.randint(0, 3, (3, 2)), torch.randint(0, 3, (3, 2))),
         (torch.randn(3, 2), torch.ones(3, 2, dtype=torch.bool)),
+        (torch.ones(3, 2, dtype=torch.bool), torch.randn(3, 2)),
     ]
     for reduction in ("none", "mean", "sum"):
         mine = torch.jit.script(ours(reduction=reduction, **kw))

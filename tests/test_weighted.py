@@ -1,5 +1,6 @@
 """Weighted (detection-style) losses and the quantile loss, against the eager compositions
 detection code writes and a float64 formula oracle."""
+import itertools
 import math
 
 import pytest
@@ -102,6 +103,50 @@ _WIDENING_AVGS = [None, 3.0, (torch.float64, ()), (torch.float32, ()), (torch.in
                   (torch.float32, (1,)), (torch.float64, (1, 1))]
 
 
+_OPERAND_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.bool]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("loss, kw", [("l1", {}), ("smooth_l1", {"beta": 0.5}), ("smooth_l1", {"beta": 0.0}),
+                                      ("huber", {"delta": 0.5})], ids=str)
+def test_weighted_operands_of_mixed_dtypes(loss, kw, device):
+    """Operands of different or non-floating dtypes as the eager composition takes them: torch's
+    loss promotes them and answers in that dtype (Huber in the input's), takes a bool target for
+    Smooth L1 and Huber, and refuses a bool operand of the L1 loss (Smooth L1 with beta 0) and a
+    bool or integer input of the Huber loss, errors the weighted call raises too (eager and
+    scripted). An integer loss of integer operands is not served (NotImplementedError)."""
+    ours, elementwise, pname = ELEMENTWISE[loss]
+    module = {"l1": l1ext.L1Loss, "smooth_l1": l1ext.SmoothL1Loss, "huber": l1ext.HuberLoss}[loss](**kw)
+    scripted = torch.jit.script(module)
+    for x_dtype, y_dtype in itertools.product(_OPERAND_DTYPES, _OPERAND_DTYPES):
+        if x_dtype is y_dtype and x_dtype.is_floating_point:
+            continue
+        x = (torch.randn(12, 4, dtype=torch.float64, device=device) * 3).to(x_dtype)
+        y = (torch.randn(12, 4, dtype=torch.float64, device=device) * 3).to(y_dtype)
+        for w_dtype in (None, torch.float16, torch.float32, torch.float64):
+            w = None if w_dtype is None else torch.rand(12, 1, device=device).to(w_dtype)
+            try:
+                ref = _mmdet_reference(elementwise(x, y, kw.get(pname)), w, "mean", 3.0, None)
+            except RuntimeError as e:
+                for call in (lambda: ours(x, y, weight=w, avg_factor=3.0, **kw),
+                             lambda: scripted(x, y, weight=w, avg_factor=3.0)):
+                    with pytest.raises((type(e), torch.jit.Error), match=str(e)[:30]):
+                        call()
+                continue
+            if not ref.is_floating_point() or (not x_dtype.is_floating_point and not y_dtype.is_floating_point):
+                with pytest.raises(NotImplementedError):
+                    ours(x, y, weight=w, avg_factor=3.0, **kw)
+                continue
+            out = ours(x, y, weight=w, avg_factor=3.0, **kw)
+            assert out.dtype == ref.dtype, (x_dtype, y_dtype, w_dtype, out.dtype, ref.dtype)
+            narrow = max((d for d in (x_dtype, y_dtype, ref.dtype) if d.is_floating_point),
+                         key=lambda d: torch.finfo(d).eps)
+            torch.testing.assert_close(out.double(), ref.double(), **TOL[narrow])
+            mine = scripted(x, y, weight=w, avg_factor=3.0)
+            assert mine.dtype == out.dtype and torch.equal(mine, out)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 @pytest.mark.parametrize("avg", _WIDENING_AVGS, ids=str)
@@ -174,21 +219,37 @@ def test_weight_that_widens_the_loss_shape(shapes, device):
                 assert_close(a.detach(), b.detach())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
 @pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"] + ["meta"])
 def test_host_scalar_weight_for_a_loss_on_a_device(device):
     # loss * w with w a 0-d host tensor works in eager (a host scalar beside device tensors): the
-    # same here, as a number (on the meta device: its dtype and shape)
-    p = torch.randn(10, 4, dtype=torch.float64, device=device, requires_grad=True)
-    t = torch.randn(10, 4, dtype=torch.float64, device=device)
-    w = torch.tensor(0.25, dtype=torch.float64)
-    for reduction, avg in (("none", None), ("mean", 3.0), ("sum", None)):
-        out = LF.smooth_l1_loss(p, t, weight=w, avg_factor=avg, reduction=reduction)
-        ref = _mmdet_reference(TF.smooth_l1_loss(p, t, reduction="none"), w, reduction, avg, None)
-        if device == "meta":
-            assert (out.dtype, out.shape, out.device) == (ref.dtype, ref.shape, ref.device)
-        else:
+    # same here, as a number (on the meta device: its dtype and shape). A weight that needs a gradient (a learned loss weight) gets one, on the host as eager's
+    # does; a float64 one does not widen a float32 loss, and a scripted call does the same.
+    scripted = torch.jit.script(l1ext.SmoothL1Loss())
+    for dtype, w_dtype, learned in ((torch.float64, torch.float64, False),
+                                    (torch.float32, torch.float64, True),
+                                    (torch.float64, torch.float32, True)):
+        p = torch.randn(10, 4, dtype=dtype, device=device, requires_grad=True)
+        t = torch.randn(10, 4, dtype=dtype, device=device)
+        w = torch.tensor(0.25, dtype=w_dtype, requires_grad=learned)
+        for reduction, avg in (("none", None), ("mean", 3.0), ("sum", None), ("mean", None)):
+            out = LF.smooth_l1_loss(p, t, weight=w, avg_factor=avg, reduction=reduction)
+            ref = _mmdet_reference(TF.smooth_l1_loss(p, t, reduction="none"), w, reduction, avg, None)
+            mine = scripted(p, t, weight=w, avg_factor=avg, reduction_override=reduction)
+            for got in (out, mine):
+                assert (got.dtype, got.shape, got.device) == (ref.dtype, ref.shape, ref.device)
+                assert got.requires_grad
+            if device == "meta":
+                continue
+            wanted = (p, w) if learned else (p,)
             assert_close(out, ref)
-            assert_close(torch.autograd.grad(out.sum(), p)[0], torch.autograd.grad(ref.sum(), p)[0])
+            assert_close(mine, ref)
+            for got, expected in zip(torch.autograd.grad(out.sum(), wanted),
+                                     torch.autograd.grad(ref.sum(), wanted)):
+                assert got.device == expected.device
+                assert_close(got, expected)
+            if learned:
+                assert_close(torch.autograd.grad(mine.sum(), w)[0], torch.autograd.grad(ref.sum(), w)[0])
 
 
 def test_weight_per_row_of_rows_of_one():
@@ -345,6 +406,27 @@ def test_modules_with_reduction_override():
         crit(p, t, reduction_override="avg")
     assert repr(crit) == "SmoothL1Loss()"
     assert isinstance(l1ext.HuberLoss(delta=torch.ones(4)), torch.nn.HuberLoss)
+
+
+@pytest.mark.parametrize("device", [d for d in DEVICES if d != "cpu"] + ["meta"])
+def test_compiled_host_scalar_weight_for_a_loss_on_a_device(device):
+    # A 0-d host weight (a number to eager torch) beside a device loss, traced: the same result
+    # as eager's, a gradient for a learned one (on the meta device, traced without inductor: the
+    # result's dtype, shape and device).
+    p = torch.randn(12, 4, device=device, requires_grad=True)
+    t = torch.randn(12, 4, device=device)
+    g = torch.compile(lambda a, b, c: LF.smooth_l1_loss(a, b, weight=c, avg_factor=5.0), fullgraph=True,
+                      backend="aot_eager" if device == "meta" else "inductor")
+    for learned in (False, True):
+        w = torch.tensor(0.5, dtype=torch.float64, requires_grad=learned)
+        out, ref = g(p, t, w), LF.smooth_l1_loss(p, t, weight=w, avg_factor=5.0)
+        assert (out.dtype, out.shape, out.device, out.requires_grad) == \
+            (ref.dtype, ref.shape, ref.device, ref.requires_grad)
+        if device == "meta":
+            continue
+        torch.testing.assert_close(out, ref)
+        if learned:
+            torch.testing.assert_close(torch.autograd.grad(out, w)[0], torch.autograd.grad(ref, w)[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)
