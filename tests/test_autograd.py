@@ -56,6 +56,33 @@ def test_double_backward_matches_torch(loss, reduction):
         assert results[0][2].abs().sum() > 0  # a non-trivial second derivative was compared
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES + [("smooth_l1 beta 0", *LOSSES[1][1:3], "beta")],
+                         ids=LOSS_IDS + ["smooth_l1_beta_0"])
+def test_gradient_with_create_graph_stays_in_the_graph(loss, reduction):
+    # A gradient taken with create_graph is differentiable in the operands, as torch's: the L1
+    # loss's (sgn * grad_output) has derivative zero there, a gradient that torch.autograd.grad
+    # returns as zeros (not "does not require grad") and .backward() accumulates as zeros. The
+    # gradient penalty of a linear model is such a case: nothing else in it needs a gradient.
+    name, ours, theirs, param = loss
+    kw = {param: 0.0 if name.endswith("0") else 1.0} if param else {}
+    x0, y0 = _away_from_kinks(12)
+    m0, w0 = torch.randn(12, 3, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    results = []
+    for fn in (ours, theirs):
+        x, y = x0.detach().clone().requires_grad_(), y0.detach().clone().requires_grad_()
+        gx, gy = torch.autograd.grad(fn(x, y, reduction=reduction, **kw).sum(), (x, y), create_graph=True)
+        assert gx.requires_grad and gy.requires_grad
+        second = torch.autograd.grad((gx * gx).sum() + gy.sum(), (x, y))
+        w = w0.clone().requires_grad_()
+        pred = m0 @ w
+        (gw,) = torch.autograd.grad(fn(pred, y0, reduction=reduction, **kw).sum(), w, create_graph=True)
+        gw.norm().backward()
+        results.append((gx, gy, *second, w.grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
 def test_smooth_l1_beta_zero_double_backward():
     import l1ext.functional as LF
 

@@ -130,6 +130,29 @@ Tensor signs_of_kept(const std::array<Tensor, 2>& kept) {
   return s.to(at::kChar);
 }
 
+// torch's L1 gradient, sgn(input - target) * grad_output, is differentiable in input and target
+// with derivative 0 (sgn's), so a gradient taken with create_graph stays in the graph even where
+// nothing else it depends on needs a gradient (a gradient penalty over a linear model: torch
+// gives zeros there, not "does not require grad"). This node is that gradient's grad_fn under
+// create_graph: the incoming gradient goes on to the gradient's own history (grad_output's, when
+// it needs one), zeros to input and target.
+struct L1GradientBackward : Node {
+  std::string name() const override { return "l1ext::L1LossBackwardBackward"; }
+  variable_list apply(variable_list&& grads) override {
+    variable_list out(3);
+    if (!grads[0].defined()) return out;
+    if (task_should_compute_output(0)) out[0] = grads[0];
+    for (size_t k = 1; k < 3; ++k) {
+      if (task_should_compute_output(k)) out[k] = at::zeros_like(grads[0]);
+    }
+    return out;
+  }
+  void compiled_args(CompiledNodeArgs&) const override {}
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables&) override {
+    return apply(variable_list(grads));
+  }
+};
+
 // Backward node of L1: g = sign * grad_output (/ n for 'mean'), from the int8 sign alone, or
 // (kept_gradients: reduced, plain CPU or CUDA tensors) from the signs of the gradients the forward
 // wrote for an incoming gradient of one.
@@ -156,6 +179,10 @@ struct L1LossBackward : Node {
     } else {
       std::tie(gi, gt) = l1_loss_backward_op().call(grads[0], sign.unpack(), reduction, dtype, mask);
     }
+    if (at::GradMode::is_enabled()) {  // create_graph
+      if (mask[0]) in_graph_of_operands(gi);
+      if (mask[1]) in_graph_of_operands(gt);
+    }
     return {mask[0] ? gi : Tensor(), mask[1] ? gt : Tensor()};
   }
   // Compiled autograd: the node's attributes, and apply() with the saved tensors swapped.
@@ -179,6 +206,15 @@ struct L1LossBackward : Node {
   }
 
  private:
+  // Makes an L1GradientBackward the grad_fn of gradient g (see there).
+  void in_graph_of_operands(const Tensor& g) {
+    using torch::autograd::Edge;
+    const NodePtr node = make_node<L1GradientBackward>();
+    node->set_next_edges({g.requires_grad() ? torch::autograd::impl::gradient_edge(g) : Edge(),
+                          next_edge(0), next_edge(1)});
+    torch::autograd::set_history(g, node);
+  }
+
   std::tuple<Tensor, Tensor> from_kept(const Tensor& grad_output, const Mask& mask) {
     // A retained graph (retain_graph, create_graph) may run this backward again: then the kept
     // gradients stay as they are and new tensors are handed over (a caller may change those in
