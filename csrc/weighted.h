@@ -27,6 +27,11 @@ enum class Broadcast : int {
 struct Aux {
   const void* data;
   Broadcast mode;
+  // Quantiles tau the CUDA kernels check (every value in (0, 1), else a device-side assertion,
+  // as torch._assert_async: a device tau is not read on the host, which would synchronise). Set
+  // only where the values reach the kernel exactly (tau in the input's dtype, or widened to it);
+  // a host tau is checked on the host.
+  bool check_quantiles = false;
 };
 
 // mmdetection guards avg_factor with torch.finfo(torch.float32).eps.

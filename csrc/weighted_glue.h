@@ -18,7 +18,8 @@ using at::Tensor;
 struct Operand {
   Tensor t;  // contiguous, in the input's dtype; undefined when absent
   Broadcast mode;
-  Aux aux() const { return {t.defined() ? t.const_data_ptr() : nullptr, mode}; }
+  bool check_quantiles = false;  // (Aux::check_quantiles)
+  Aux aux() const { return {t.defined() ? t.const_data_ptr() : nullptr, mode, check_quantiles}; }
 };
 
 // Classifies an optional weight or parameter tensor against the (contiguous) input of the loss.
@@ -118,6 +119,9 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
   s.y = target.contiguous();
   s.w = classify(weight, s.x, "weight", /*rows_by_dropped_dim=*/true);
   s.p = classify(param, s.x, "parameter", /*rows_by_dropped_dim=*/false);
+  // tau in the input's dtype or widened to it: its values as given (Aux::check_quantiles)
+  s.p.check_quantiles = kind == int64_t(LossKind::Quantile) && s.p.t.defined() &&
+                        c10::promoteTypes(param->scalar_type(), s.x.scalar_type()) == s.x.scalar_type();
   s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
   s.inner = s.x.dim() ? s.x.size(-1) : 1;
   return s;

@@ -505,3 +505,32 @@ def _autograd_behaviour(loss, device):
 def test_autograd_behaviour_on_cuda(loss):
     torch._dynamo.reset()
     _autograd_behaviour(loss, "cuda")
+
+
+_INVALID_DEVICE_TAU = """
+import torch, l1ext
+x, y = torch.randn(64, 3, device="cuda"), torch.randn(64, 3, device="cuda")
+tau = torch.tensor([0.1, {bad}, 0.9], device="cuda")
+loss = l1ext.functional.quantile_loss(x, y, tau)  # served in C++: the kernel checks tau
+try:
+    torch.cuda.synchronize()
+except RuntimeError as e:
+    print("refused:", e)
+else:
+    print("computed:", loss.item())
+"""
+
+
+@pytest.mark.parametrize("bad", ["1.0", "float('nan')"])
+def test_invalid_device_tau_is_a_device_side_assertion(bad):
+    # A device tau is checked where it is read, by the kernel (no host synchronisation): a value
+    # outside (0, 1) stops the call with a device-side assertion, as torch._assert_async does,
+    # which leaves the process's CUDA context unusable: hence a process of its own.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _INVALID_DEVICE_TAU.format(bad=bad)],
+                          capture_output=True, text=True, timeout=300)
+    assert "refused:" in proc.stdout, (proc.stdout, proc.stderr)
+    # (the device prints the assertion's message)
+    assert "every tau must be in (0, 1)" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)

@@ -680,6 +680,49 @@ def test_weighted_against_oracle(emu, dtype, kind):
                     _close(outs[2].t, (raw.flatten() * s).to(dtype), where)
 
 
+CHECK_QUANTILES = 8  # p_mode + 8: weighted::Aux::check_quantiles
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_weighted_kernels_check_device_quantiles(emu, dtype):
+    # A device tau is checked by the kernels that read it (Aux::check_quantiles): valid quantiles
+    # give the bits of an unchecked call; one outside (0, 1), or NaN, is a device-side assertion
+    # (cudaErrorAssert, 710) in the forward and in the backward. Unchecked (a host tau, checked
+    # on the host), the kernels compute with it.
+    rows, inner = 300, 3
+    n = rows * inner
+    x, y = _operands(n, dtype, seed=3)
+    valid = torch.tensor([0.1, 0.5, 0.9], dtype=dtype)
+    for bad in (0.0, 1.0, -0.25, 1.5, float("nan")):
+        for reduction in (0, 1):
+            results = []
+            for tau, p_mode in ((valid, COL), (valid, COL + CHECK_QUANTILES),
+                                (torch.tensor([0.1, bad, 0.9], dtype=dtype), COL + CHECK_QUANTILES),
+                                (torch.tensor([0.1, bad, 0.9], dtype=dtype), COL)):
+                bx, by, bp = Buffer(emu, n, dtype, 1, x), Buffer(emu, n, dtype, 1, y), Buffer(emu, 3, dtype, 0, tau)
+                out = Buffer(emu, n if reduction == 0 else 1, dtype, 1)
+                ws = _workspace(emu, 0 if reduction == 0 else emu.lib.emu_weighted_workspace_bytes(
+                    DTYPE_CODE[dtype], n))
+                args = (DTYPE_CODE[dtype], 3, bx, by, None, ABSENT, bp, p_mode, 0.0, inner, n,
+                        reduction, 1.0, 0, 0.0, None)
+                go = Buffer(emu, n if reduction == 0 else 1, dtype, 1, torch.ones(n if reduction == 0 else 1, dtype=dtype))
+                gi = Buffer(emu, n, dtype, 1)
+                outcome = []
+                for call in (lambda: emu.weighted_forward(*args, out, None, None, ws),
+                             lambda: emu.weighted_backward(*args, go, gi, None, None, 0)):
+                    try:
+                        call()
+                        outcome.append("ok")
+                    except EmulationError as e:
+                        outcome.append(str(e))
+                results.append((outcome, out.value(), gi.value()))
+            (plain, o0, g0), (checked, o1, g1), (refused, _, _), (unchecked, _, _) = results
+            assert plain == checked == unchecked == ["ok", "ok"], (bad, reduction, checked, unchecked)
+            assert _same_bits(o0, o1) and _same_bits(g0, g1)
+            for message in refused:
+                assert "cudaError 710" in message and "every tau must be in (0, 1)" in message, message
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_weighted_kept_gradients_rewritten_in_place(emu, dtype):
     gen = torch.Generator().manual_seed(5)

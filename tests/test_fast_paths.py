@@ -86,6 +86,24 @@ def test_loss_fast_serves_the_quantile_loss():
 
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_loss_fast_serves_a_device_tau():
+    # A tau on the input's GPU, in the operator's dtype or one it widens exactly, needing no
+    # gradient: served, its values checked by the kernels (the bits of the operator's call; an
+    # invalid one is test_cuda.py's). The rest declined to functional.py's checks.
+    x, y = torch.randn(7, 3, device="cuda"), torch.randn(7, 3, device="cuda")
+    for tau in (torch.tensor([0.1, 0.5, 0.9], device="cuda"),
+                torch.tensor([0.1, 0.5, 0.9], device="cuda", dtype=torch.float16)):
+        for name, red in (("none", 0), ("mean", 1), ("sum", 2)):
+            out = _C.loss_fast(QUANTILE, x, y, name, tau, None, None, None)
+            assert out is not None
+            assert torch.equal(out, ops.weighted_loss(x, y, None, tau, None, QUANTILE, 0.0, None, 1.0, red))
+    tau = torch.tensor([0.1, 0.5, 0.9], device="cuda")
+    for args in ((x, y, "mean", tau.double()), (x, y, "mean", tau.clone().requires_grad_()),
+                 (x.cpu(), y.cpu(), "mean", tau), (x.bfloat16(), y.bfloat16(), "mean", tau.half())):
+        assert _C.loss_fast(QUANTILE, *args, None, None, None) is None
+
+
 class PassThrough(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         return func(*args, **(kwargs or {}))

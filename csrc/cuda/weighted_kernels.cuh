@@ -8,6 +8,12 @@
 #include "cuda/loss_kernels.cuh"
 #include "weighted.h"
 
+// A device-side assertion: the kernel stops and the context reports cudaErrorAssert, as after
+// torch._assert_async (a test harness may define its own).
+#if !defined(L1EXT_DEVICE_FAIL)
+#define L1EXT_DEVICE_FAIL(message) __assert_fail(message, __FILE__, __LINE__, __func__)
+#endif
+
 namespace l1ext {
 namespace cuda {
 
@@ -30,7 +36,13 @@ struct WeightedElement {
     return w.data ? to_acc(static_cast<const T*>(w.data)[q.index(w.mode)]) : A(1);
   }
   __device__ __forceinline__ A param_at(const weighted::Position& q) const {
-    return p.data ? to_acc(static_cast<const T*>(p.data)[q.index(p.mode)]) : param;
+    if (!p.data) return param;
+    const A v = to_acc(static_cast<const T*>(p.data)[q.index(p.mode)]);
+    // (quantile_loss's rule, on the device: weighted::Aux::check_quantiles)
+    if (K == LossKind::Quantile && p.check_quantiles && !(v > A(0) && v < A(1))) {
+      L1EXT_DEVICE_FAIL("quantile_loss: every tau must be in (0, 1)");
+    }
+    return v;
   }
   __device__ __forceinline__ A d(int64_t i) const { return to_acc(x[i]) - to_acc(y[i]); }
   // Smooth L1 with beta == 0 is L1, element by element.

@@ -210,17 +210,23 @@ std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Te
                                  reduction);
 }
 
-// quantile_loss's tau as a tensor the call may take here: a plain strided floating tensor on the
-// host, every value in (0, 1) (a host tensor's values are read without synchronisation), for a
-// loss on the host. Anything else, an invalid tau included, takes functional.py's path (its
-// checks and errors; a device tau's check is an asynchronous assertion there).
-bool host_tau(PyObject* o, const Tensor& input, Tensor* tau) {
+// quantile_loss's tau as a tensor the call may take here: a plain strided floating tensor
+// - on the host, every value in (0, 1) (a host tensor's values are read without
+//   synchronisation), for a loss on the host;
+// - or on the input's CUDA device, in the operator's dtype or one it widens exactly, needing no
+//   gradient: the kernels check its values there (weighted::Aux::check_quantiles), a device-side
+//   assertion as functional.py's torch._assert_async, without its five launches.
+// Anything else, an invalid host tau included, takes functional.py's path (its checks and errors).
+bool served_tau(PyObject* o, const Tensor& input, Tensor* tau) {
   if (!plain_tensor(o)) return false;
   const Tensor& t = THPVariable_Unpack(o);
-  if (t.layout() != at::kStrided || !t.device().is_cpu() || !input.device().is_cpu() ||
-      !kernel_dtype(t.scalar_type())) {
-    return false;
+  if (t.layout() != at::kStrided || !kernel_dtype(t.scalar_type())) return false;
+  if (t.device().is_cuda() && t.device() == input.device() && !t.requires_grad()) {
+    const at::ScalarType op = operator_dtype(input);
+    *tau = t;
+    return c10::promoteTypes(t.scalar_type(), op) == op;
   }
+  if (!t.device().is_cpu() || !input.device().is_cpu()) return false;
   bool valid = true;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "quantile tau", [&] {
     const Tensor c = t.contiguous();
@@ -234,10 +240,10 @@ bool host_tau(PyObject* o, const Tensor& input, Tensor* tau) {
 }
 
 // quantile_loss(input, target, tau, reduction, weight, avg_factor, loss_weight) as functional.py
-// computes it, for plain tensors of one dtype and device, a valid number tau or a host tau
-// tensor, a target of the input's size or, for quantiles tau (Q,) along an input (..., Q), of
-// its size without the last dimension (or with it 1): one target for every quantile. Null for
-// anything else (functional.py warns, broadcasts, raises).
+// computes it, for plain tensors of one dtype and device, a valid number tau or a tau tensor
+// served_tau takes, a target of the input's size or, for quantiles tau (Q,) along an input
+// (..., Q), of its size without the last dimension (or with it 1): one target for every quantile.
+// Null for anything else (functional.py warns, broadcasts, raises).
 std::optional<Tensor> quantile_loss(const Tensor& input, const Tensor& target, int64_t reduction,
                                     PyObject* tau_obj, PyObject* weight, PyObject* avg_factor,
                                     PyObject* loss_weight) {
@@ -246,7 +252,7 @@ std::optional<Tensor> quantile_loss(const Tensor& input, const Tensor& target, i
   Tensor tau_tensor;
   if (number_of(tau_obj, &tau_value)) {
     if (!valid_param(LossKind::Quantile, tau_value)) return std::nullopt;
-  } else if (host_tau(tau_obj, input, &tau_tensor)) {
+  } else if (served_tau(tau_obj, input, &tau_tensor)) {
     tau = tau_tensor;
   } else {
     return std::nullopt;

@@ -161,6 +161,17 @@ inline void fail(const std::string& why) {
   }
 }
 
+// A kernel's device-side assertion (L1EXT_DEVICE_FAIL, __assert_fail on a GPU): the launch's
+// error is cudaErrorAssert, with the assertion's message; the thread runs on (a GPU stops it).
+inline void device_assert(const char* message) {
+  Emulator& e = emu();
+  if (e.last_error == cudaSuccess) {
+    e.last_error = cudaErrorAssert;
+    e.message = message;
+  }
+}
+#define L1EXT_DEVICE_FAIL(message) ::l1ext_emu::device_assert(message)
+
 inline void switch_to_fiber(int i) {
   Emulator& e = emu();
   e.current = i;

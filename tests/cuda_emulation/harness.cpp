@@ -121,7 +121,8 @@ int with_weighted(int dtype, int kind, const void* x, const void* y, const void*
     return with_kind(kind, [&](auto k) {
       const WeightedElement<T, decltype(k)::value> e{
           c<T>(x), c<T>(y), weighted::Aux{w, weighted::Broadcast(w_mode)},
-          weighted::Aux{p, weighted::Broadcast(p_mode)}, acc_t<T>(param), inner};
+          weighted::Aux{p, weighted::Broadcast(p_mode & 7), (p_mode & 8) != 0}, acc_t<T>(param),
+          inner};
       return guarded([&] { return f(tag, e); });
     });
   });
@@ -263,7 +264,7 @@ int emu_l1_backward_from_kept(int dtype, const void* kept, int kept_negated, con
 }
 
 // Weighted losses. w_mode / p_mode: weighted::Broadcast (0 absent, 1 full, 2 row, 3 column,
-// 4 scalar); avg: 0 none, 1 avg_value, 2 avg_f32 (one float at avg_ptr), 3 avg_f64.
+// 4 scalar), p_mode + 8: weighted::Aux::check_quantiles; avg: 0 none, 1 avg_value, 2 avg_f32 (one float at avg_ptr), 3 avg_f64.
 static weighted::Reduce make_reduce(int reduction, double loss_weight, int64_t n, int avg,
                                     double avg_value, const void* avg_ptr) {
   return weighted::Reduce{reduction,
