@@ -511,9 +511,9 @@ _INVALID_DEVICE_TAU = """
 import torch, l1ext
 x, y = torch.randn(64, 3, device="cuda"), torch.randn(64, 3, device="cuda")
 tau = torch.tensor([0.1, {bad}, 0.9], device="cuda")
-loss = l1ext.functional.quantile_loss(x, y, tau)  # served in C++: the kernel checks tau
 try:
-    torch.cuda.synchronize()
+    loss = l1ext.functional.quantile_loss(x, y, tau)  # served in C++: the kernel checks tau
+    torch.cuda.synchronize()  # (the assertion may show here, or at the launch's own check)
 except RuntimeError as e:
     print("refused:", e)
 else:
