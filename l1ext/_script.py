@@ -123,8 +123,8 @@ def torch_loss_dtype(kind: int, l1: bool, input: int, target: int) -> int:
     by a one-element call of it on the host; torch's error where it refuses them (a bool operand
     of the L1 loss, a bool or integer input of the Huber loss). For mixed or non-floating
     operands of mmdetection's composition. (Also functional.py's.)"""
-    a = torch.zeros([1], dtype=input)
-    b = torch.zeros([1], dtype=target)
+    a = torch.zeros([1], dtype=input, device=torch.device("cpu"))  # (whatever the default device)
+    b = torch.zeros([1], dtype=target, device=torch.device("cpu"))
     if l1:
         return torch._C._nn.l1_loss(a, b, 0).dtype
     if kind == 1:
