@@ -22,6 +22,13 @@ struct Operand {
   Aux aux() const { return {t.defined() ? t.const_data_ptr() : nullptr, mode, check_quantiles}; }
 };
 
+// Whether quantiles tau of dtype `tau` reach the kernels of an input of dtype `input` as given:
+// the same dtype, or one that widens to it exactly. Only there do the CUDA kernels check them
+// (Aux::check_quantiles), so only there may the fast path leave their check to the kernels.
+inline bool quantiles_reach_kernels_exactly(at::ScalarType tau, at::ScalarType input) {
+  return c10::promoteTypes(tau, input) == input;
+}
+
 // Classifies an optional weight or parameter tensor against the (contiguous) input of the loss.
 // A weight of the input's shape without its last dimension ((N,) for boxes (N, 4)) is one weight
 // per row, beyond torch's broadcasting (rows_by_dropped_dim); a parameter (beta, delta, tau)
@@ -119,9 +126,8 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
   s.y = target.contiguous();
   s.w = classify(weight, s.x, "weight", /*rows_by_dropped_dim=*/true);
   s.p = classify(param, s.x, "parameter", /*rows_by_dropped_dim=*/false);
-  // tau in the input's dtype or widened to it: its values as given (Aux::check_quantiles)
   s.p.check_quantiles = kind == int64_t(LossKind::Quantile) && s.p.t.defined() &&
-                        c10::promoteTypes(param->scalar_type(), s.x.scalar_type()) == s.x.scalar_type();
+                        quantiles_reach_kernels_exactly(param->scalar_type(), s.x.scalar_type());
   s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
   s.inner = s.x.dim() ? s.x.size(-1) : 1;
   return s;

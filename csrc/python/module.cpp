@@ -23,6 +23,7 @@
 
 #include "cpu/memory.h"
 #include "loss_kind.h"
+#include "weighted_glue.h"
 
 namespace l1ext {
 namespace python {
@@ -222,9 +223,8 @@ bool served_tau(PyObject* o, const Tensor& input, Tensor* tau) {
   const Tensor& t = THPVariable_Unpack(o);
   if (t.layout() != at::kStrided || !kernel_dtype(t.scalar_type())) return false;
   if (t.device().is_cuda() && t.device() == input.device() && !t.requires_grad()) {
-    const at::ScalarType op = operator_dtype(input);
     *tau = t;
-    return c10::promoteTypes(t.scalar_type(), op) == op;
+    return weighted::quantiles_reach_kernels_exactly(t.scalar_type(), operator_dtype(input));
   }
   if (!t.device().is_cpu() || !input.device().is_cpu()) return false;
   bool valid = true;
