@@ -9,6 +9,7 @@ shared-memory code (the block reduction and the last block's pass over the block
 the same for 100003 elements (several blocks) as for 3 million.
 """
 import sys
+import warnings
 
 import torch
 
@@ -67,5 +68,22 @@ for n in (0, 5, 4096, MULTI_BLOCK):
             ops.weighted_loss_forward(p.detach(), t, w.detach(), None, None, 1, 0.2, avg, 1.0, reduction,
                                       [True, True])
             count += 3
+# The quantile loss: a number tau, and quantiles on the device along the last dimension (the
+# kernels read and check each one: Aux::check_quantiles), one target for all quantiles (which
+# warns of broadcasting, as torch's losses do), weighted.
+warnings.filterwarnings("ignore", "Using a target size")
+taus = torch.tensor([0.1, 0.5, 0.9], device="cuda")
+for dtype in (torch.bfloat16, torch.float32):
+    for n in (0, 5, 4096, MULTI_BLOCK):
+        for offset in (0, 1):
+            x = torch.randn(n * 3 + offset, device="cuda").to(dtype)[offset:].view(n, 3)
+            y = torch.randn(n + offset, device="cuda").to(dtype)[offset:].view(n, 1)
+            w = torch.rand(n, 1, device="cuda").to(dtype)
+            for reduction in ("none", "mean", "sum"):
+                for tau, weight in ((0.3, None), (taus.to(dtype), None), (taus, w)):
+                    q = x.detach().requires_grad_()
+                    out = LF.quantile_loss(q, y, tau, reduction=reduction, weight=weight)
+                    out.backward(torch.full_like(out, 1.0 if reduction == "none" else 0.5))
+                    count += 1
 torch.cuda.synchronize()
 print(f"sanitizer cases: {count} forward+backward calls")
