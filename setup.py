@@ -5,6 +5,9 @@ Environment switches:
                       has CUDA and nvcc is found)
   L1EXT_CPU_ISA=0     build only the portable CPU kernels (no AVX2 / AVX-512 copies)
   MAX_JOBS            parallel compile jobs (torch's ninja build, and the CPU kernel objects)
+  TORCH_CUDA_ARCH_LIST  GPU architectures of the CUDA build, as torch's extension builder reads
+                      it (default: the visible GPUs'; with none visible, those the installed
+                      torch was built for)
 
 The CPU kernels (csrc/cpu/loss_kernels.cpp) are compiled once per x86-64 instruction set with its
 own -m flags, as ATen does; the extension picks the widest one the CPU supports at run time. Each
@@ -26,7 +29,21 @@ KERNELS = os.path.join("csrc", "cpu", "loss_kernels.cpp")
 # 1 bfloat16, 2 float, 3 double), longest compile first.
 KERNEL_ELEMS = [2, 3, 1, 0]
 
-CXX_FLAGS = ["-O3", "-std=c++17", "-ffp-contract=off", "-fno-trapping-math"]
+
+
+def cxx_standard():
+    """The C++ standard of every source that includes torch's headers (the host compiler's and
+    nvcc's): C++20 from torch 2.13 on, whose extension builder defaults to it and whose 2.14
+    headers refuse anything older ("C++20 or later compatible compiler is required to use ATen");
+    C++17 for the torch releases before. scripts/cuda_compile_check.sh asks for it here."""
+    import torch
+
+    release = torch.__version__.split("+")[0].split(".")
+    return "c++20" if (int(release[0]), int(release[1])) >= (2, 13) else "c++17"
+
+
+CXX_STD = cxx_standard()
+CXX_FLAGS = ["-O3", f"-std={CXX_STD}", "-ffp-contract=off", "-fno-trapping-math"]
 ISA_FLAGS = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
@@ -135,6 +152,25 @@ def _libstdcxx_link_args():
     return sorted(paths)[:1] or ["-lstdc++"]
 
 
+def _default_cuda_archs():
+    # torch's extension builder compiles for the visible GPUs when TORCH_CUDA_ARCH_LIST is unset,
+    # and with none visible (a container image built without a GPU, a CPU-only build machine) it
+    # fails with an IndexError. Build then for every architecture the installed torch was built
+    # for (sm_75 to sm_120 for torch 2.14's CUDA 13 wheel), with PTX of the newest for later GPUs.
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    import torch
+
+    if torch.cuda.device_count() > 0:
+        return
+    archs = [a[3:] for a in torch.cuda.get_arch_list() if a.startswith("sm_") and a[3:].isdigit()]
+    if archs:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a[:-1]}.{a[-1]}" for a in archs) + "+PTX"
+        print(f"l1ext: no GPU visible, building for TORCH_CUDA_ARCH_LIST="
+              f"{os.environ['TORCH_CUDA_ARCH_LIST']} (the installed torch's architectures)",
+              flush=True)
+
+
 def extension():
     isas = _isas()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*/*.cpp"))
@@ -147,20 +183,24 @@ def extension():
         extra_link_args=["-fopenmp"] + _libstdcxx_link_args(),
     )
     if _with_cuda():
+        _default_cuda_archs()
         sources += sorted(glob.glob("csrc/*/*.cu"))
         macros.append(("L1EXT_WITH_CUDA", "1"))
         return cpp_extension.CUDAExtension(
             sources=sources,
             extra_compile_args={
                 "cxx": CXX_FLAGS,
-                "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-diag-suppress", "3306"],
+                "nvcc": ["-O3", f"-std={CXX_STD}", "--expt-relaxed-constexpr", "-diag-suppress", "3306"],
             },
             **kwargs,
         )
     return cpp_extension.CppExtension(sources=sources, extra_compile_args={"cxx": CXX_FLAGS}, **kwargs)
 
 
-setup(
-    ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExt},
-)
+# Run by pip's build backend and by `python setup.py ...` as __main__; imported, it only defines
+# (scripts/cuda_compile_check.sh reads CXX_STD).
+if __name__ == "__main__":
+    setup(
+        ext_modules=[extension()],
+        cmdclass={"build_ext": BuildExt},
+    )

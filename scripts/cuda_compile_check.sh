@@ -25,6 +25,8 @@ from torch.utils.cpp_extension import include_paths
 for p in include_paths(): print('-I' + p)
 print('-I' + sysconfig.get_paths()['include'])")
 abi=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
+# The C++ standard of the build (setup.py's CXX_STD: C++20 from torch 2.13 on).
+std=$("$PY" -c "import sys; sys.path.insert(0, '.'); import setup; print(setup.CXX_STD)")
 # One nvcc per source, as many at once as there are cores (the kernels are split by element
 # type for this, see csrc/cuda/launch.h).
 # The per-element-type kernel files (losses_cuda_<type>.cu) are compiled without torch's include
@@ -36,7 +38,7 @@ compile_one() {  # SOURCE INCLUDE_FLAG...
   case "$src" in
     */losses_cuda_*.cu) set -- ;;
   esac
-  "$NVCC" -c "$src" -o "$tmp/$(basename "$src").o" -std=c++17 -O3 --expt-relaxed-constexpr \
+  "$NVCC" -c "$src" -o "$tmp/$(basename "$src").o" -std="$std" -O3 --expt-relaxed-constexpr \
     -Xcompiler -fPIC -Xcompiler -Wno-c++20-extensions -diag-suppress 3306 \
     -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C -DL1EXT_WITH_CUDA=1 \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
@@ -48,7 +50,7 @@ compile_one() {  # SOURCE INCLUDE_FLAG...
   cat "$tmp/$(basename "$src").log"
   return $rc
 }
-export NVCC tmp abi
+export NVCC tmp abi std
 status=0
 # The torch-free benchmark programs (benchmarks/cuda/*.cu), compiled as scripts/gpu_check.sh
 # compiles them on a GPU machine, so that a GPU run does not find them broken.

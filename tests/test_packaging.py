@@ -1,5 +1,6 @@
 """The source distribution carries everything the build needs: an sdist that lacks a header
 builds nowhere, and `pip install` of a released archive is how most users would meet that."""
+import os
 import pathlib
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import tarfile
 
 import pytest
+import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -35,3 +37,46 @@ def test_sdist_carries_every_source(tmp_path):
     assert {"csrc/loss_math.h", "csrc/cpu/loss_kernels.cpp"} <= wanted
     assert sorted(wanted - shipped) == []
     assert not any(n.startswith("benchmarks/results/") for n in shipped)
+
+
+def _setup_module():
+    # setup.py only defines when imported (it calls setup() as __main__).
+    sys.path.insert(0, str(ROOT))
+    try:
+        import setup
+    finally:
+        sys.path.remove(str(ROOT))
+    return setup
+
+
+@pytest.mark.parametrize("version, standard", [
+    ("2.11.0+cu130", "c++17"), ("2.12.1", "c++17"), ("2.13.0+cpu", "c++20"),
+    ("2.14.1", "c++20"), ("2.15.0a0+git1234abc", "c++20"), ("3.0.0", "c++20"),
+])
+def test_cxx_standard_follows_torch(monkeypatch, version, standard):
+    # torch 2.14's headers refuse C++17 ("C++20 or later compatible compiler is required to use
+    # ATen"); a pinned -std=c++17 overrode torch's own default and broke every build there.
+    setup = _setup_module()
+    monkeypatch.setattr(torch, "__version__", version)
+    assert setup.cxx_standard() == standard
+    assert f"-std={setup.CXX_STD}" in setup.CXX_FLAGS
+
+
+def test_cuda_archs_without_a_visible_gpu(monkeypatch):
+    # torch's builder fails (IndexError) when no GPU is visible and TORCH_CUDA_ARCH_LIST is unset:
+    # the build takes torch's own architectures then, and otherwise leaves the choice alone.
+    setup = _setup_module()
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # so that teardown restores what was there
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_arch_list",
+                        lambda: ["sm_75", "sm_80", "sm_90a", "sm_100", "compute_120"])
+    setup._default_cuda_archs()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "7.5;8.0;10.0+PTX"
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    setup._default_cuda_archs()
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0"
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    setup._default_cuda_archs()
+    assert "TORCH_CUDA_ARCH_LIST" not in os.environ
