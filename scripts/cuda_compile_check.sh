@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Compiles every CUDA source with nvcc against the installed torch's headers, for sm_80 and sm_90,
-# so that a CUDA compile error cannot land even where no GPU (and no CUDA torch) is present; and
-# the torch-free GPU benchmark programs (benchmarks/cuda) as scripts/gpu_check.sh builds them.
+# Compiles every CUDA source with nvcc against the installed torch's headers, for sm_80 and sm_90
+# (or L1EXT_CHECK_ARCHS), so that a CUDA compile error cannot land even where no GPU (and no CUDA
+# torch) is present; and the torch-free GPU benchmark programs (benchmarks/cuda) as
+# scripts/gpu_check.sh builds them.
 # A CPU torch wheel lacks the generated c10/cuda/impl/cuda_cmake_macros.h: it is written to a
 # temporary include directory. Skips (exit 0) with a message where nvcc is missing.
+# L1EXT_CHECK_ARCHS="75 80 86 90 100 120" checks other architectures (default: 80 90).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -24,6 +26,8 @@ import sysconfig
 from torch.utils.cpp_extension import include_paths
 for p in include_paths(): print('-I' + p)
 print('-I' + sysconfig.get_paths()['include'])")
+archs=${L1EXT_CHECK_ARCHS:-80 90}
+arch_names="sm_${archs// /, sm_}"
 abi=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 # The C++ standard of the build (setup.py's CXX_STD: C++20 from torch 2.13 on).
 std=$("$PY" -c "import sys; sys.path.insert(0, '.'); import setup; print(setup.CXX_STD)")
@@ -33,8 +37,9 @@ std=$("$PY" -c "import sys; sys.path.insert(0, '.'); import setup; print(setup.C
 # paths: they hold kernels alone (csrc/cuda/launch.h), and a torch header there would bring back
 # the parse of torch's headers, most of each file's compile time.
 compile_one() {  # SOURCE INCLUDE_FLAG...
-  local src=$1
+  local src=$1 a gencode=()
   shift
+  for a in $archs; do gencode+=(-gencode "arch=compute_$a,code=sm_$a"); done
   case "$src" in
     */losses_cuda_*.cu) set -- ;;
   esac
@@ -43,14 +48,14 @@ compile_one() {  # SOURCE INCLUDE_FLAG...
     -D_GLIBCXX_USE_CXX11_ABI="$abi" -DTORCH_EXTENSION_NAME=_C -DL1EXT_WITH_CUDA=1 \
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
     -D__CUDA_NO_HALF2_OPERATORS__ \
-    -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+    "${gencode[@]}" \
     -I"$tmp/include" -Icsrc "$@" > "$tmp/$(basename "$src").log" 2>&1
   local rc=$?
-  echo "nvcc $src (sm_80, sm_90): $([ $rc -eq 0 ] && echo ok || echo FAILED)"
+  echo "nvcc $src ($arch_names): $([ $rc -eq 0 ] && echo ok || echo FAILED)"
   cat "$tmp/$(basename "$src").log"
   return $rc
 }
-export NVCC tmp abi std
+export NVCC tmp abi std archs arch_names
 status=0
 # The torch-free benchmark programs (benchmarks/cuda/*.cu), compiled as scripts/gpu_check.sh
 # compiles them on a GPU machine, so that a GPU run does not find them broken.
