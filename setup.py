@@ -30,7 +30,6 @@ KERNELS = os.path.join("csrc", "cpu", "loss_kernels.cpp")
 KERNEL_ELEMS = [2, 3, 1, 0]
 
 
-
 def cxx_standard():
     """The C++ standard of every source that includes torch's headers (the host compiler's and
     nvcc's): C++20 from torch 2.13 on, whose extension builder defaults to it and whose 2.14
@@ -190,7 +189,8 @@ def extension():
             sources=sources,
             extra_compile_args={
                 "cxx": CXX_FLAGS,
-                "nvcc": ["-O3", f"-std={CXX_STD}", "--expt-relaxed-constexpr", "-diag-suppress", "3306"],
+                "nvcc": ["-O3", f"-std={CXX_STD}", "--expt-relaxed-constexpr", "-diag-suppress",
+                         "3306"],
             },
             **kwargs,
         )
