@@ -52,15 +52,57 @@ def _given(**kwargs):
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def _sizes_differ_message(input: Tensor, target: Tensor) -> str:
+    return (f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.")
+
+
+# Under torch.compile, warnings come from these two operators: Dynamo cannot trace warnings.warn
+# outside torch (a graph break, an error under fullgraph), where torch's own losses are single
+# nodes of the graph that warn while it is traced. The operators' fake implementations warn then
+# too; they return nothing, so a compiled graph drops them and its runs warn no more than torch's.
+def _warn_sizes_differ(input: Tensor, target: Tensor) -> None:
+    warnings.warn(_sizes_differ_message(input, target), stacklevel=2)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=2)
+
+
+_warn_sizes_differ_op = torch.library.custom_op("l1ext::warn_sizes_differ", _warn_sizes_differ, mutates_args=())
+_warn_sizes_differ_op.register_fake(_warn_sizes_differ)
+_warn_op = torch.library.custom_op("l1ext::warn", _warn, mutates_args=())
+_warn_op.register_fake(_warn)
+
+
 def _warn_if_sizes_differ(input: Tensor, target: Tensor) -> None:
     # torch's exact warning; stacklevel points at the caller of the public function.
     if target.size() != input.size():
-        warnings.warn(
-            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
-            "This will likely lead to incorrect results due to broadcasting. "
-            "Please ensure they have the same size.",
-            stacklevel=3,
-        )
+        if _is_compiling():
+            _warn_sizes_differ_op(input, target)
+        else:
+            warnings.warn(_sizes_differ_message(input, target), stacklevel=3)
+
+
+def _legacy_reduction(size_average, reduce) -> str:
+    """torch's _Reduction.legacy_get_string, with its deprecation warning (written out: Dynamo
+    takes torch's function for a graph node, which cannot answer a str)."""
+    if not _is_compiling():
+        return _Reduction.legacy_get_string(size_average, reduce)
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    reduction = ("mean" if size_average else "sum") if reduce else "none"
+    _warn_op(f"size_average and reduce args will be deprecated, please use reduction='{reduction}' instead.")
+    return reduction
+
+
+def _reduction_enum(reduction: str) -> int:
+    """torch's _Reduction.get_enum, with its warning for 'elementwise_mean'."""
+    if reduction == "elementwise_mean" and _is_compiling():
+        _warn_op("reduction='elementwise_mean' is deprecated. Please use reduction='mean' instead.")
+        return 1
+    return _Reduction.get_enum(reduction)
 
 
 def _broadcast(input: Tensor, target: Tensor):
@@ -271,12 +313,12 @@ def l1_loss(
         )
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
-        reduction = _Reduction.legacy_get_string(size_average, reduce)
+        reduction = _legacy_reduction(size_average, reduce)
     if avg_factor is not None or loss_weight is not None:
         return _weighted(_L1, input, target, reduction, 0.0, weight, avg_factor, loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     if weight is None:
-        return _l1(expanded_input, expanded_target, _Reduction.get_enum(reduction))
+        return _l1(expanded_input, expanded_target, _reduction_enum(reduction))
     if weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
     weighted = _l1(expanded_input, expanded_target, 0) * weight
@@ -332,15 +374,15 @@ def smooth_l1_loss(
         )
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
-        reduction = _Reduction.legacy_get_string(size_average, reduce)
+        reduction = _legacy_reduction(size_average, reduce)
     if weight is not None or avg_factor is not None or loss_weight is not None or _is_tensor_param(beta):
         if not isinstance(beta, Tensor) and beta < 0:
             raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
         return _weighted(_SMOOTH_L1, input, target, reduction, beta, weight, avg_factor, loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     if beta == 0.0:
-        return _l1(expanded_input, expanded_target, _Reduction.get_enum(reduction))
-    return _smooth_l1(expanded_input, expanded_target, _Reduction.get_enum(reduction), beta)
+        return _l1(expanded_input, expanded_target, _reduction_enum(reduction))
+    return _smooth_l1(expanded_input, expanded_target, _reduction_enum(reduction), beta)
 
 
 def huber_loss(
@@ -376,7 +418,7 @@ def huber_loss(
         return _weighted(_HUBER, input, target, reduction, delta, weight, avg_factor, loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     if weight is None:
-        return _huber(expanded_input, expanded_target, _Reduction.get_enum(reduction), delta)
+        return _huber(expanded_input, expanded_target, _reduction_enum(reduction), delta)
     if weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
     weighted = _huber(expanded_input, expanded_target, 0, delta) * weight

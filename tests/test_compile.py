@@ -1,4 +1,6 @@
 """torch.compile (fullgraph) and torch.library.opcheck over every registered operator."""
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -88,6 +90,53 @@ def test_compile_dynamic_shapes(loss, reduction):
         torch.testing.assert_close(x1.grad, x2.grad)
         frames.append(counter.frame_count)
     assert frames[0] == frames[-1], frames  # no size compiled again
+
+
+def _warnings_of(fn, *args):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args)
+    return out, {str(w.message) for w in caught if "l1ext" not in str(w.message) and "jit" not in str(w.message)}
+
+
+_WARNING_CALLS = {
+    "broadcast": (lambda f, x, y, kw: f(x, y[:1], **kw), {}),
+    "size_average": (lambda f, x, y, kw: f(x, y, size_average=False, **kw), {"no_legacy": True}),
+    "reduce": (lambda f, x, y, kw: f(x, y, reduce=False, **kw), {"no_legacy": True}),
+    "elementwise_mean": (lambda f, x, y, kw: f(x, y, reduction="elementwise_mean", **kw), {"no_legacy": True}),
+}
+
+
+@pytest.mark.parametrize("case", list(_WARNING_CALLS))
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_compile_fullgraph_warnings(loss, case):
+    # torch's warnings (sizes that broadcast, legacy size_average / reduce, 'elementwise_mean')
+    # trace without a graph break and are given while the graph is traced, as torch's are.
+    name, ours, theirs, param = loss
+    call, flags = _WARNING_CALLS[case]
+    if flags.get("no_legacy") and name == "huber" and case != "elementwise_mean":
+        pytest.skip("huber_loss has no size_average / reduce")
+    kw = {param: 0.5} if param else {}
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    results = []
+    for fn in (ours, theirs):
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda a, b: call(fn, a, b, kw), fullgraph=True, backend="aot_eager")
+        results.append(_warnings_of(compiled, x, y))
+    (out, got), (ref, want) = results
+    assert got == want and want, (got, want)
+    torch.testing.assert_close(out, ref)
+
+
+def test_compile_fullgraph_patched_broadcast():
+    # Under l1ext.patch(), code that compiled with torch's functions and modules still compiles.
+    x, y = torch.randn(3, 4), torch.randn(1, 4)
+    with l1ext.patch():
+        out, got = _warnings_of(torch.compile(torch.nn.SmoothL1Loss(beta=0.5), fullgraph=True), x, y)
+        fn_out, fn_got = _warnings_of(torch.compile(lambda a, b: TF.l1_loss(a, b), fullgraph=True), x, y)
+    torch.testing.assert_close(out, TF.smooth_l1_loss(x, y.expand(3, 4), beta=0.5))
+    torch.testing.assert_close(fn_out, TF.l1_loss(x, y.expand(3, 4)))
+    assert got == fn_got and len(got) == 1 and "target size" in next(iter(got))
 
 
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "weighted"])
