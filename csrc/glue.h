@@ -53,10 +53,7 @@ inline LossKind effective(LossKind kind, double param) {
 }
 
 inline void check_param(LossKind kind, double param) {
-  TORCH_CHECK(kind != LossKind::SmoothL1 || valid_param(kind, param),
-              "smooth_l1_loss does not support negative values for beta.");
-  TORCH_CHECK(kind != LossKind::Huber || valid_param(kind, param),
-              "huber_loss does not support non-positive values for delta.");
+  TORCH_CHECK(valid_param(kind, param), param_error(kind));
 }
 
 inline void check_operands(const char* name, const Tensor& input, const Tensor& target) {

@@ -18,6 +18,16 @@ constexpr bool valid_param(LossKind kind, double param) {
   }
 }
 
+// torch's error for a parameter valid_param refuses (quantile_loss's for tau).
+constexpr const char* param_error(LossKind kind) {
+  switch (kind) {
+    case LossKind::SmoothL1: return "smooth_l1_loss does not support negative values for beta.";
+    case LossKind::Huber: return "huber_loss does not support non-positive values for delta.";
+    case LossKind::Quantile: return "quantile_loss: every tau must be in (0, 1)";
+    default: return "";
+  }
+}
+
 // Calls f(std::integral_constant<LossKind, K>{}) for the run-time kind.
 template <class F>
 void dispatch_kind(LossKind kind, F&& f) {

@@ -27,11 +27,12 @@ enum class Broadcast : int {
 struct Aux {
   const void* data;
   Broadcast mode;
-  // Quantiles tau the CUDA kernels check (every value in (0, 1), else a device-side assertion,
-  // as torch._assert_async: a device tau is not read on the host, which would synchronise). Set
-  // only where the values reach the kernel exactly (tau in the input's dtype, or widened to it);
-  // a host tau is checked on the host.
-  bool check_quantiles = false;
+  // A parameter tensor the CUDA kernels check (every value valid_param's: beta >= 0, delta > 0,
+  // tau in (0, 1); else a device-side assertion, as torch._assert_async: a device tensor is not
+  // read on the host, which would synchronise). Set only where the values reach the kernel
+  // exactly (in the input's dtype, or widened to it); a host tensor is checked on the host
+  // (weighted_glue.h's check_param_tensor).
+  bool check_param = false;
 };
 
 // mmdetection guards avg_factor with torch.finfo(torch.float32).eps.

@@ -18,15 +18,57 @@ using at::Tensor;
 struct Operand {
   Tensor t;  // contiguous, in the input's dtype; undefined when absent
   Broadcast mode;
-  bool check_quantiles = false;  // (Aux::check_quantiles)
-  Aux aux() const { return {t.defined() ? t.const_data_ptr() : nullptr, mode, check_quantiles}; }
+  bool check_param = false;  // (Aux::check_param)
+  Aux aux() const { return {t.defined() ? t.const_data_ptr() : nullptr, mode, check_param}; }
 };
 
-// Whether quantiles tau of dtype `tau` reach the kernels of an input of dtype `input` as given:
-// the same dtype, or one that widens to it exactly. Only there do the CUDA kernels check them
-// (Aux::check_quantiles), so only there may the fast path leave their check to the kernels.
-inline bool quantiles_reach_kernels_exactly(at::ScalarType tau, at::ScalarType input) {
-  return c10::promoteTypes(tau, input) == input;
+// Whether a parameter tensor of dtype `param` reaches the kernels of an input of dtype `input`
+// as given: the same dtype, or one that widens to it exactly. Only there do the CUDA kernels
+// check its values (Aux::check_param).
+inline bool param_reaches_kernels_exactly(at::ScalarType param, at::ScalarType input) {
+  return c10::promoteTypes(param, input) == input;
+}
+
+// torch's rule for the loss's parameter (valid_param: beta >= 0, delta > 0, tau in (0, 1)) over
+// every value of a tensor beta, delta or tau, on the values the caller gave (before any rounding
+// to the input's dtype), where they live: a host tensor is read (a RuntimeError with torch's
+// message for beta and delta, a ValueError for tau, as quantile_loss's number check); a device
+// one is checked by an asynchronous assertion (torch._assert_async: no synchronisation), unless
+// `kernels_check` (the CUDA kernels read the values exactly and check them as they go). By
+// torch's operators where `by_operators` (a tensor of torch.func's transforms, whose memory is not
+// to be read), else by a loop over its memory.
+inline void check_param_tensor(LossKind kind, const Tensor& p, bool kernels_check,
+                               bool by_operators) {
+  if (kind == LossKind::L1 || !p.defined() || p.numel() == 0) return;
+  const auto valid = [&] {
+    switch (kind) {
+      case LossKind::SmoothL1: return p >= 0;
+      case LossKind::Huber: return p > 0;
+      default: return at::logical_and(p > 0, p < 1);
+    }
+  };
+  if (!p.device().is_cpu()) {
+    if (!kernels_check) at::_assert_async(valid().all(), param_error(kind));
+    return;
+  }
+  bool ok = true;
+  double bad = 0.0;
+  if (by_operators) {
+    ok = valid().all().item<bool>();
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "param check", [&] {
+      const Tensor c = p.contiguous();
+      const scalar_t* v = c.const_data_ptr<scalar_t>();
+      for (int64_t k = 0; ok && k < c.numel(); ++k) {
+        ok = valid_param(kind, double(v[k]));
+        bad = double(v[k]);
+      }
+    });
+  }
+  if (ok) return;
+  if (kind == LossKind::Quantile && by_operators) TORCH_CHECK_VALUE(false, param_error(kind));
+  if (kind == LossKind::Quantile) TORCH_CHECK_VALUE(false, param_error(kind), ", got ", bad);
+  TORCH_CHECK(false, param_error(kind));
 }
 
 // Classifies an optional weight or parameter tensor against the (contiguous) input of the loss.
@@ -126,8 +168,10 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
   s.y = target.contiguous();
   s.w = classify(weight, s.x, "weight", /*rows_by_dropped_dim=*/true);
   s.p = classify(param, s.x, "parameter", /*rows_by_dropped_dim=*/false);
-  s.p.check_quantiles = kind == int64_t(LossKind::Quantile) && s.p.t.defined() &&
-                        quantiles_reach_kernels_exactly(param->scalar_type(), s.x.scalar_type());
+  if (s.p.t.defined()) {
+    s.p.check_param = s.x.is_cuda() && param_reaches_kernels_exactly(param->scalar_type(), s.x.scalar_type());
+    check_param_tensor(LossKind(kind), *param, s.p.check_param, /*by_operators=*/false);
+  }
   s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
   s.inner = s.x.dim() ? s.x.size(-1) : 1;
   return s;

@@ -212,10 +212,11 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
         if avg_tensor is None:
             avg_value = avg_number
     if x.numel() == 0 and reduction != "none":
-        zero = x.sum() * 0 + y.sum() * 0  # no positive boxes: a zero connected to every operand
-        if w is not None:
-            zero = zero + (w.sum() * 0).to(zero.dtype)
-        loss = zero
+        # no positive boxes: a zero connected to every operand (functional.py's _weighted)
+        loss = torch.ops.l1ext.weighted_loss(x, y, w, param_tensor, None, kind, param_value, None,
+                                             1.0, 2)
+        if avg_tensor is not None:
+            loss = loss + (avg_tensor.sum() * 0).to(loss.dtype)
     else:
         loss = torch.ops.l1ext.weighted_loss(x, y, w, param_tensor, avg_tensor, kind, param_value,
                                              avg_value, scale, _Reduction.get_enum(reduction))
@@ -326,7 +327,7 @@ def huber_loss(input: Tensor, target: Tensor, reduction: str = "mean", delta: Nu
 def quantile_loss(input: Tensor, target: Tensor, tau: Number = 0.5, reduction: str = "mean",
                   weight: Optional[Tensor] = None, avg_factor: Optional[Number] = None,
                   loss_weight: Optional[float] = None) -> Tensor:
-    quantiles = 1
+    quantiles = 0  # quantiles along the last dimension: a tau of one or more dimensions
     if isinstance(tau, Tensor):
         if tau.device.type == "cpu":
             if not bool(((tau > 0) & (tau < 1)).all()):
@@ -335,11 +336,12 @@ def quantile_loss(input: Tensor, target: Tensor, tau: Number = 0.5, reduction: s
         else:
             torch._assert_async(((tau > 0) & (tau < 1)).all(),
                                 "quantile_loss: every tau must be in (0, 1)")
-        quantiles = tau.numel()
+        if tau.dim() > 0:
+            quantiles = tau.numel()
     elif not 0.0 < _as_float(tau) < 1.0:
         raise ValueError(f"quantile_loss: tau must be in (0, 1), got {tau}")
     leading = input.size()[:-1] if input.dim() >= 1 else input.size()
-    if quantiles > 1 and input.dim() >= 1 and input.size(-1) == quantiles \
+    if quantiles > 0 and input.dim() >= 1 and input.size(-1) == quantiles \
             and (target.size() == leading or target.size() == leading + [1]):
         target = target.reshape(leading + [1])  # one target for every quantile
     else:

@@ -38,8 +38,6 @@ _loss_fast = _C.loss_fast
 _is_compiling = torch.compiler.is_compiling
 
 _KERNEL_DTYPES = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
-# What autocast casts to float32 for a loss on its float32 list.
-_AUTOCAST_FLOAT32 = frozenset({torch.float16, torch.bfloat16})
 _KERNEL_DEVICES = frozenset(
     ["cpu", "meta"]
     + (["cuda"] if torch._C._dispatch_has_kernel_for_dispatch_key("l1ext::l1_loss", "CUDA") else [])
@@ -228,20 +226,16 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
             x, expanded_target = x.expand(widened), expanded_target.expand(widened)
     y = _cast(expanded_target, dtype)
     avg_tensor = avg_factor if isinstance(avg_factor, Tensor) else None
+    param_tensor = param if isinstance(param, Tensor) else None
+    param_value = 0.0 if param_tensor is not None else float(param)
     if x.numel() == 0 and reduction != "none":
         # No positive boxes: a zero loss (mmdetection's pred.sum() * 0), connected to every operand
-        # as the eager composition is: zero gradients for the target and the weight too; float32
-        # under autocast, as the operator's result (csrc/autocast).
-        zero = x.sum() * 0 + y.sum() * 0
-        if weight is not None:
-            zero = zero + (weight.sum() * 0).to(zero.dtype)
-        if zero.dtype in _AUTOCAST_FLOAT32 and x.device.type in ("cpu", "cuda") \
-                and torch.is_autocast_enabled(x.device.type):
-            zero = zero.float()
-        loss = zero
+        # as the eager composition is (zero gradients for each): the operator's sum over no
+        # elements (its dtype under autocast, its check of a tensor parameter), and avg_factor's.
+        loss = _weighted_op(x, y, weight, param_tensor, None, kind, param_value, None, 1.0, 2)
+        if avg_tensor is not None:
+            loss = loss + (avg_tensor.sum() * 0).to(loss.dtype)
     else:
-        param_tensor = param if isinstance(param, Tensor) else None
-        param_value = 0.0 if param_tensor is not None else float(param)
         avg_value = None if avg_factor is None or avg_tensor is not None else float(avg_factor)
         loss = _weighted_op(x, y, weight, param_tensor, avg_tensor, kind, param_value, avg_value,
                             loss_weight, _REDUCTIONS[reduction])
@@ -458,20 +452,18 @@ def quantile_loss(
             quantile_loss, (input, target, weight), input, target, tau=tau, reduction=reduction,
             weight=weight, avg_factor=avg_factor, loss_weight=loss_weight,
         )
+    # A tensor tau's values are checked by the operator (on the host, or on the device without
+    # synchronisation), so the check holds under torch.compile and torch.func's transforms too.
+    # Quantiles along the last dimension: a tau of one or more dimensions; a 0-d one is a number.
+    quantiles = 0
     if isinstance(tau, Tensor):
-        if tau.device.type == "cpu":
-            if not bool(((tau > 0) & (tau < 1)).all()):
-                raise ValueError(f"quantile_loss: every tau must be in (0, 1), got {tau.tolist()}")
-        else:
-            torch._assert_async(((tau > 0) & (tau < 1)).all(), "quantile_loss: every tau must be in (0, 1)")
-        quantiles = tau.numel()
+        quantiles = tau.numel() if tau.dim() > 0 else 0
     elif isinstance(tau, (int, float)) and not isinstance(tau, bool):
         if not 0.0 < tau < 1.0:
             raise ValueError(f"quantile_loss: tau must be in (0, 1), got {tau}")
-        quantiles = 1
     else:
         raise TypeError(f"quantile_loss(): argument 'tau' must be a float or a Tensor, not {type(tau).__name__}")
-    multi = (quantiles > 1 and input.dim() >= 1 and input.shape[-1] == quantiles
+    multi = (quantiles > 0 and input.dim() >= 1 and input.shape[-1] == quantiles
              and (target.shape == input.shape[:-1] or target.shape == input.shape[:-1] + (1,)))
     if multi:
         target = target.reshape(input.shape[:-1] + (1,))  # one target for every quantile

@@ -18,13 +18,24 @@ __all__ = ["L1Loss", "SmoothL1Loss", "HuberLoss", "QuantileLoss"]
 
 
 def _tensor_parameter(module, name, value):
-    """A tensor beta, delta or tau as a buffer of the module (it moves with module.to(), and is in
-    its state_dict); a Parameter stays a parameter (learned); a number stays an attribute."""
+    """A tensor beta, delta or tau as a non-persistent buffer of the module: it moves with
+    module.to(), and the state_dict stays torch's (empty; a state_dict of torch's module loads); a
+    Parameter stays a parameter (learned); a number stays an attribute."""
     if isinstance(value, Tensor) and not isinstance(value, torch.nn.Parameter):
         module.__dict__.pop(name, None)  # (the plain attribute torch's constructor may have set)
-        module.register_buffer(name, value)
+        module.register_buffer(name, value, persistent=False)
     else:
-        setattr(module, name, value)
+        module._buffers.pop(name, None)
+        torch.nn.Module.__setattr__(module, name, value)
+
+
+def _set_attribute(module, name, value):
+    # Assigning beta, delta or tau, a number or a tensor, as the constructor takes it (torch's
+    # modules take `m.beta = 0.5`; a buffer of that name would refuse a number).
+    if name == type(module)._number_or_tensor:
+        _tensor_parameter(module, name, value)
+    else:
+        torch.nn.Module.__setattr__(module, name, value)
 
 
 class L1Loss(torch.nn.L1Loss):
@@ -50,6 +61,8 @@ class L1Loss(torch.nn.L1Loss):
 
 class SmoothL1Loss(torch.nn.SmoothL1Loss):
     __doc__ = torch.nn.SmoothL1Loss.__doc__
+    _number_or_tensor = "beta"
+    __setattr__ = _set_attribute
 
     def __init__(self, size_average=None, reduce=None, reduction: str = "mean", beta=1.0, *, loss_weight=None):
         super().__init__(size_average, reduce, reduction, beta)
@@ -73,6 +86,8 @@ class SmoothL1Loss(torch.nn.SmoothL1Loss):
 
 class HuberLoss(torch.nn.HuberLoss):
     __doc__ = torch.nn.HuberLoss.__doc__
+    _number_or_tensor = "delta"
+    __setattr__ = _set_attribute
 
     def __init__(self, reduction: str = "mean", delta=1.0, *, loss_weight=None):
         if isinstance(delta, Tensor):
@@ -101,6 +116,8 @@ class QuantileLoss(torch.nn.modules.loss._Loss):
 
     ``tau`` is a number in (0, 1) or a tensor of quantiles along the input's last dimension.
     """
+    _number_or_tensor = "tau"
+    __setattr__ = _set_attribute
 
     def __init__(self, tau=0.5, reduction: str = "mean", *, loss_weight=None):
         super().__init__(reduction=reduction)

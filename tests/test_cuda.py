@@ -507,12 +507,14 @@ def test_autograd_behaviour_on_cuda(loss):
     _autograd_behaviour(loss, "cuda")
 
 
-_INVALID_DEVICE_TAU = """
+_INVALID_DEVICE_PARAM = """
 import torch, l1ext
 x, y = torch.randn(64, 3, device="cuda"), torch.randn(64, 3, device="cuda")
-tau = torch.tensor([0.1, {bad}, 0.9], device="cuda")
+param = torch.tensor([0.1, {bad}, 0.9], device="cuda", dtype=torch.{dtype})
 try:
-    loss = l1ext.functional.quantile_loss(x, y, tau)  # served in C++: the kernel checks tau
+    # served in C++ (the kernel checks the values), or, for a float64 parameter of a float32
+    # loss, by an asynchronous assertion of the operator's glue
+    loss = l1ext.functional.{loss}(x, y, **{{"{name}": param}})
     torch.cuda.synchronize()  # (the assertion may show here, or at the launch's own check)
 except RuntimeError as e:
     print("refused:", e)
@@ -521,16 +523,22 @@ else:
 """
 
 
-@pytest.mark.parametrize("bad", ["1.0", "float('nan')"])
-def test_invalid_device_tau_is_a_device_side_assertion(bad):
-    # A device tau is checked where it is read, by the kernel (no host synchronisation): a value
-    # outside (0, 1) stops the call with a device-side assertion, as torch._assert_async does,
-    # which leaves the process's CUDA context unusable: hence a process of its own.
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss, name, bad, message", [
+    ("quantile_loss", "tau", "1.0", "every tau must be in (0, 1)"),
+    ("quantile_loss", "tau", "float('nan')", "every tau must be in (0, 1)"),
+    ("smooth_l1_loss", "beta", "-0.5", "does not support negative values for beta"),
+    ("huber_loss", "delta", "0.0", "does not support non-positive values for delta"),
+], ids=["tau_1", "tau_nan", "beta", "delta"])
+def test_invalid_device_parameter_is_a_device_side_assertion(loss, name, bad, message, dtype):
+    # A device beta, delta or tau is checked on the device (no host synchronisation): an invalid
+    # value stops the call with a device-side assertion, as torch._assert_async does, which leaves
+    # the process's CUDA context unusable: hence a process of its own.
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-c", _INVALID_DEVICE_TAU.format(bad=bad)],
-                          capture_output=True, text=True, timeout=300)
+    script = _INVALID_DEVICE_PARAM.format(bad=bad, dtype=dtype, loss=loss, name=name)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert "refused:" in proc.stdout, (proc.stdout, proc.stderr)
     # (the device prints the assertion's message)
-    assert "every tau must be in (0, 1)" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+    assert message in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)

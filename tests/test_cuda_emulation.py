@@ -680,30 +680,38 @@ def test_weighted_against_oracle(emu, dtype, kind):
                     _close(outs[2].t, (raw.flatten() * s).to(dtype), where)
 
 
-CHECK_QUANTILES = 8  # p_mode + 8: weighted::Aux::check_quantiles
+CHECK_PARAM = 8  # p_mode + 8: weighted::Aux::check_param
+# (kind, valid values, invalid ones, the message): torch's rules for beta, delta and tau.
+PARAM_RULES = [
+    (1, [0.0, 0.5, 2.0], [-0.25, -1e-3, float("nan")], "does not support negative values for beta"),
+    (2, [0.1, 0.5, 2.0], [0.0, -0.5, float("nan")], "does not support non-positive values for delta"),
+    (3, [0.1, 0.5, 0.9], [0.0, 1.0, -0.25, 1.5, float("nan")], "every tau must be in (0, 1)"),
+]
 
 
+@pytest.mark.parametrize("rule", PARAM_RULES, ids=["beta", "delta", "tau"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_weighted_kernels_check_device_quantiles(emu, dtype):
-    # A device tau is checked by the kernels that read it (Aux::check_quantiles): valid quantiles
-    # give the bits of an unchecked call; one outside (0, 1), or NaN, is a device-side assertion
-    # (cudaErrorAssert, 710) in the forward and in the backward. Unchecked (a host tau, checked
-    # on the host), the kernels compute with it.
+def test_weighted_kernels_check_device_params(emu, dtype, rule):
+    # A device beta, delta or tau is checked by the kernels that read it (Aux::check_param):
+    # valid values give the bits of an unchecked call; an invalid one (NaN too) is a device-side
+    # assertion (cudaErrorAssert, 710) in the forward and in the backward. Unchecked (a host
+    # tensor, checked on the host), the kernels compute with it.
+    kind, good, bads, expected = rule
     rows, inner = 300, 3
     n = rows * inner
     x, y = _operands(n, dtype, seed=3)
-    valid = torch.tensor([0.1, 0.5, 0.9], dtype=dtype)
-    for bad in (0.0, 1.0, -0.25, 1.5, float("nan")):
+    valid = torch.tensor(good, dtype=dtype)
+    for bad in bads:
         for reduction in (0, 1):
             results = []
-            for tau, p_mode in ((valid, COL), (valid, COL + CHECK_QUANTILES),
-                                (torch.tensor([0.1, bad, 0.9], dtype=dtype), COL + CHECK_QUANTILES),
-                                (torch.tensor([0.1, bad, 0.9], dtype=dtype), COL)):
-                bx, by, bp = Buffer(emu, n, dtype, 1, x), Buffer(emu, n, dtype, 1, y), Buffer(emu, 3, dtype, 0, tau)
+            for param, p_mode in ((valid, COL), (valid, COL + CHECK_PARAM),
+                                (torch.tensor([good[0], bad, good[2]], dtype=dtype), COL + CHECK_PARAM),
+                                (torch.tensor([good[0], bad, good[2]], dtype=dtype), COL)):
+                bx, by, bp = Buffer(emu, n, dtype, 1, x), Buffer(emu, n, dtype, 1, y), Buffer(emu, 3, dtype, 0, param)
                 out = Buffer(emu, n if reduction == 0 else 1, dtype, 1)
                 ws = _workspace(emu, 0 if reduction == 0 else emu.lib.emu_weighted_workspace_bytes(
                     DTYPE_CODE[dtype], n))
-                args = (DTYPE_CODE[dtype], 3, bx, by, None, ABSENT, bp, p_mode, 0.0, inner, n,
+                args = (DTYPE_CODE[dtype], kind, bx, by, None, ABSENT, bp, p_mode, 0.0, inner, n,
                         reduction, 1.0, 0, 0.0, None)
                 go = Buffer(emu, n if reduction == 0 else 1, dtype, 1, torch.ones(n if reduction == 0 else 1, dtype=dtype))
                 gi = Buffer(emu, n, dtype, 1)
@@ -720,7 +728,7 @@ def test_weighted_kernels_check_device_quantiles(emu, dtype):
             assert plain == checked == unchecked == ["ok", "ok"], (bad, reduction, checked, unchecked)
             assert _same_bits(o0, o1) and _same_bits(g0, g1)
             for message in refused:
-                assert "cudaError 710" in message and "every tau must be in (0, 1)" in message, message
+                assert "cudaError 710" in message and expected in message, message
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

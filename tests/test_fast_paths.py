@@ -76,12 +76,15 @@ def test_loss_fast_serves_the_quantile_loss():
                                              QUANTILE, 0.0, 4.0, 1.0, 1))
     declined = [
         (x, y, "mean", 1.0), (x, y, "mean", 0), (x, y, "mean", True), (x, y, "mean", float("nan")),
-        (x, y, "mean", torch.tensor([0.1, 1.0, 0.5])), (x, y, "mean", tau.as_subclass(Tagged)),
+        (x, y, "mean", tau.as_subclass(Tagged)),
         (x, y, "avg", 0.3), (x, y[:, 0], "mean", 0.3), (x, y[:, 0], "mean", torch.tensor([0.1, 0.9])),
         (x, y.double(), "mean", 0.3), (x, y, "mean", tau.to(torch.int64)),
     ]
     for args in declined:
         assert _C.loss_fast(QUANTILE, *args, None, None, None) is None, args
+    # An invalid host tau tensor is refused by the operator, with functional.py's error.
+    with pytest.raises(ValueError, match=r"every tau must be in \(0, 1\), got 1"):
+        _C.loss_fast(QUANTILE, x, y, "mean", torch.tensor([0.1, 1.0, 0.5]), None, None, None)
 
 
 

@@ -296,6 +296,76 @@ def test_empty_boxes_give_connected_zero():
             out.backward()
             assert t.grad.shape == (0, 4) and w.grad.shape == (0, 1) and w.grad.dtype == torch.float64
 
+    # A tensor beta, delta, tau or avg_factor that needs a gradient gets a zero one too.
+    for fn, param, value in ((LF.smooth_l1_loss, "beta", [0.1, 0.2, 0.5, 1.0]),
+                             (LF.huber_loss, "delta", [0.1, 0.2, 0.5, 1.0]),
+                             (LF.quantile_loss, "tau", [0.1, 0.2, 0.5, 0.9])):
+        prm = torch.tensor(value, requires_grad=True)
+        avg = torch.tensor(3.0, requires_grad=True)
+        out = fn(torch.randn(0, 4, requires_grad=True), torch.randn(0, 4), avg_factor=avg, **{param: prm})
+        assert out.item() == 0.0
+        grads = torch.autograd.grad(out, [prm, avg])
+        assert torch.equal(grads[0], torch.zeros(4)) and torch.equal(grads[1], torch.zeros(()))
+
+
+def test_invalid_tensor_parameters_are_refused():
+    # torch's rules for a number beta / delta (beta >= 0, delta > 0; NaN neither) and
+    # quantile_loss's for tau hold for every value of a tensor one, checked by the operator: on
+    # every path (C++ fast path, functional.py, an empty input, a parameter that needs a gradient).
+    # (On a GPU, a device-side assertion: tests/test_cuda.py.)
+    cases = [(LF.smooth_l1_loss, "beta", [0.0, 0.5], [-1.0, -1e-3, float("nan")], RuntimeError,
+              "does not support negative values for beta"),
+             (LF.huber_loss, "delta", [0.1, 0.5], [0.0, -1.0, float("nan")], RuntimeError,
+              "does not support non-positive values for delta"),
+             (LF.quantile_loss, "tau", [0.1, 0.5], [0.0, 1.0, -0.5, 2.0, float("nan")], ValueError,
+              "every tau must be in")]
+    for fn, name, good, bads, error, message in cases:
+        p, t = torch.randn(3, 2), torch.randn(3, 2)
+        fn(p, t, **{name: torch.tensor(good)})  # valid (a zero beta is L1)
+        for bad in bads:
+            prm = torch.tensor([good[1], bad])
+            calls = [lambda: fn(p, t, **{name: prm}),
+                     lambda: fn(p, t, reduction="none", weight=torch.rand(3, 1), **{name: prm}),
+                     lambda: fn(p.double(), t, **{name: prm}),
+                     lambda: fn(p, t, **{name: prm.clone().requires_grad_()}),
+                     lambda: fn(p[:0], t[:0], avg_factor=2.0, **{name: prm})]
+            for call in calls:
+                with pytest.raises(error, match=message):
+                    call()
+
+
+def test_quantile_tau_under_compile_and_torch_func():
+    # A tensor tau, checked by the operator rather than on the host by Python: torch.compile
+    # (fullgraph) and torch.func's transforms over tau work, and still refuse an invalid tau.
+    x, y = torch.randn(6, 3), torch.randn(6)
+    taus = torch.tensor([0.1, 0.5, 0.9])
+    eager = LF.quantile_loss(x, y, taus)
+    compiled = torch.compile(lambda a, b, q: LF.quantile_loss(a, b, q), fullgraph=True)
+    torch.testing.assert_close(compiled(x, y, taus), eager)
+    with pytest.raises(ValueError, match="every tau must be in"):
+        compiled(x, y, torch.tensor([0.1, 1.5, 0.9]))
+    d = x - y[:, None]
+    want = torch.where(d < 0, -d, torch.zeros(())).mean(0) - torch.where(d > 0, d, torch.zeros(())).mean(0)
+    torch.testing.assert_close(torch.func.grad(lambda q: LF.quantile_loss(x, y, q, reduction="sum"))(taus) / 6,
+                               want)
+    per_tau = torch.func.vmap(lambda q: LF.quantile_loss(x, y, q), in_dims=0)(taus[:, None].expand(3, 3))
+    torch.testing.assert_close(per_tau, torch.stack([LF.quantile_loss(x, y, taus[k].expand(3)) for k in range(3)]))
+    with pytest.raises(ValueError, match="every tau must be in"):
+        torch.func.grad(lambda q: LF.quantile_loss(x, y, q))(torch.tensor([0.1, 0.5, 1.0]))
+
+
+def test_quantile_of_one_quantile_takes_one_target_per_row():
+    # input (B, 1), target (B,), tau (1,): one target for the row's quantile, as for Q > 1 (no
+    # broadcast to (B, B)); a number or 0-d tau keeps torch's broadcasting, with its warning.
+    x, y = torch.randn(5, 1), torch.randn(5)
+    out = LF.quantile_loss(x, y, torch.tensor([0.3]), reduction="none")
+    assert out.shape == (5, 1)
+    torch.testing.assert_close(out, LF.quantile_loss(x, y[:, None], 0.3, reduction="none"))
+    torch.testing.assert_close(l1ext.QuantileLoss(torch.tensor([0.3]))(x, y), out.mean())
+    for tau in (0.3, torch.tensor(0.3)):
+        with pytest.warns(UserWarning, match="different to the input size"):
+            assert LF.quantile_loss(x, y, tau, reduction="none").shape == (5, 5)
+
 
 def test_weighted_errors():
     p, t = torch.randn(4, 4), torch.randn(4, 4)
@@ -367,20 +437,28 @@ def test_modules_learn_a_parameter_tensor():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_modules_move_a_tensor_parameter(device):
-    # A plain tensor beta, delta or tau is a buffer: module.to() moves and casts it, and it is in
-    # the state_dict; a number stays an attribute, as in torch's modules.
+    # A plain tensor beta, delta or tau is a non-persistent buffer: module.to() moves and casts
+    # it, the state_dict stays torch's (empty); a number stays an attribute, as in torch's
+    # modules, and either may be assigned.
     p = torch.randn(16, 3, dtype=torch.float64, device=device)
     t = torch.randn(16, 3, dtype=torch.float64, device=device)
     for cls, pname, value in ((l1ext.SmoothL1Loss, "beta", [0.5, 1.0, 2.0]),
                               (l1ext.HuberLoss, "delta", [0.5, 1.0, 2.0]),
                               (l1ext.QuantileLoss, "tau", [0.1, 0.5, 0.9])):
         crit = cls(**{pname: torch.tensor(value)})
-        assert list(dict(crit.named_buffers())) == [pname] and list(crit.state_dict()) == [pname]
+        assert list(dict(crit.named_buffers())) == [pname] and crit.state_dict() == {}
+        crit.load_state_dict({})
         crit = crit.to(device, torch.float64)
         assert getattr(crit, pname).device == p.device and getattr(crit, pname).dtype == torch.float64
         ref = cls(**{pname: torch.tensor(value, dtype=torch.float64, device=device)})(p, t)
         torch.testing.assert_close(crit(p, t), ref)
         assert not list(cls(**{pname: 0.5}).named_buffers()) and getattr(cls(**{pname: 0.5}), pname) == 0.5
+        setattr(crit, pname, 0.25)
+        assert getattr(crit, pname) == 0.25 and not list(crit.named_buffers())
+        torch.testing.assert_close(crit(p, t), cls(**{pname: 0.25})(p, t))
+        setattr(crit, pname, torch.tensor(value, dtype=torch.float64, device=device))
+        assert list(dict(crit.named_buffers())) == [pname]
+        torch.testing.assert_close(crit(p, t), ref)
 
 
 def test_torch_semantics_kept_without_new_arguments():

@@ -124,12 +124,10 @@ Tensor weighted_torch_composite(const Tensor& input, const Tensor& target, const
   // a device one, as in eager), not as its host value.
   if (avg_factor.defined() && avg_factor.requires_grad()) host_avg = std::nullopt;
   const bool has_avg = host_avg.has_value() || avg_factor.defined();
-  // A device tau: quantile_loss's rule checked on the device, as the CUDA kernels check it
-  // (weighted::Aux::check_quantiles; reading it on the host would synchronise).
-  if (LossKind(kind) == LossKind::Quantile && param.defined() && param.is_cuda()) {
-    at::_assert_async(at::logical_and(param > 0, param < 1).all(),
-                      "quantile_loss: every tau must be in (0, 1)");
-  }
+  // torch's rule for a tensor beta, delta or tau, by torch's operators (this path serves
+  // torch.func's transforms, whose tensors' memory is not to be read).
+  weighted::check_param_tensor(LossKind(kind), param, /*kernels_check=*/false,
+                               /*by_operators=*/true);
   const at::ScalarType dtype = input.scalar_type();
   const at::ScalarType acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor x = input.to(acc), y = target.to(acc);

@@ -38,10 +38,8 @@ struct WeightedElement {
   __device__ __forceinline__ A param_at(const weighted::Position& q) const {
     if (!p.data) return param;
     const A v = to_acc(static_cast<const T*>(p.data)[q.index(p.mode)]);
-    // (quantile_loss's rule, on the device: weighted::Aux::check_quantiles)
-    if (K == LossKind::Quantile && p.check_quantiles && !(v > A(0) && v < A(1))) {
-      L1EXT_DEVICE_FAIL("quantile_loss: every tau must be in (0, 1)");
-    }
+    // (torch's rule for the parameter, on the device: weighted::Aux::check_param)
+    if (p.check_param && !valid_param(K, double(v))) L1EXT_DEVICE_FAIL(param_error(K));
     return v;
   }
   __device__ __forceinline__ A d(int64_t i) const { return to_acc(x[i]) - to_acc(y[i]); }

@@ -211,32 +211,19 @@ std::optional<Tensor> weighted_loss(LossKind kind, const Tensor& input, const Te
                                  reduction);
 }
 
-// quantile_loss's tau as a tensor the call may take here: a plain strided floating tensor
-// - on the host, every value in (0, 1) (a host tensor's values are read without
-//   synchronisation), for a loss on the host;
-// - or on the input's CUDA device, in the operator's dtype or one it widens exactly, needing no
-//   gradient: the kernels check its values there (weighted::Aux::check_quantiles), a device-side
-//   assertion as functional.py's torch._assert_async, without its five launches.
-// Anything else, an invalid host tau included, takes functional.py's path (its checks and errors).
+// quantile_loss's tau as a tensor the call may take here: a plain strided floating tensor on the
+// input's device (on a CUDA device one the kernels read exactly and that needs no gradient). The
+// operator checks its values (weighted_glue.h's check_param_tensor). Anything else takes
+// functional.py's path.
 bool served_tau(PyObject* o, const Tensor& input, Tensor* tau) {
   if (!plain_tensor(o)) return false;
   const Tensor& t = THPVariable_Unpack(o);
   if (t.layout() != at::kStrided || !kernel_dtype(t.scalar_type())) return false;
-  if (t.device().is_cuda() && t.device() == input.device() && !t.requires_grad()) {
-    *tau = t;
-    return weighted::quantiles_reach_kernels_exactly(t.scalar_type(), operator_dtype(input));
-  }
-  if (!t.device().is_cpu() || !input.device().is_cpu()) return false;
-  bool valid = true;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "quantile tau", [&] {
-    const Tensor c = t.contiguous();
-    const scalar_t* v = c.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; valid && k < c.numel(); ++k) {
-      valid = valid_param(LossKind::Quantile, double(v[k]));
-    }
-  });
   *tau = t;
-  return valid;
+  if (t.device().is_cuda() && t.device() == input.device() && !t.requires_grad()) {
+    return weighted::param_reaches_kernels_exactly(t.scalar_type(), operator_dtype(input));
+  }
+  return t.device().is_cpu() && input.device().is_cpu();
 }
 
 // quantile_loss(input, target, tau, reduction, weight, avg_factor, loss_weight) as functional.py
@@ -259,8 +246,9 @@ std::optional<Tensor> quantile_loss(const Tensor& input, const Tensor& target, i
   }
   Tensor y = target;
   if (!input.sizes().equals(target.sizes())) {
-    const int64_t q = tau.has_value() ? tau->numel() : 1, d = input.dim();
-    const bool multi = q > 1 && d >= 1 && input.size(-1) == q &&
+    // (quantiles along the last dimension: a tau of one or more dimensions)
+    const int64_t q = tau.has_value() && tau->dim() > 0 ? tau->numel() : 0, d = input.dim();
+    const bool multi = q > 0 && d >= 1 && input.size(-1) == q &&
                        (target.sizes().equals(input.sizes().slice(0, d - 1)) ||
                         (target.dim() == d && target.size(-1) == 1 &&
                          target.sizes().slice(0, d - 1).equals(input.sizes().slice(0, d - 1))));

@@ -264,7 +264,7 @@ int emu_l1_backward_from_kept(int dtype, const void* kept, int kept_negated, con
 }
 
 // Weighted losses. w_mode / p_mode: weighted::Broadcast (0 absent, 1 full, 2 row, 3 column,
-// 4 scalar), p_mode + 8: weighted::Aux::check_quantiles; avg: 0 none, 1 avg_value, 2 avg_f32 (one float at avg_ptr), 3 avg_f64.
+// 4 scalar), p_mode + 8: weighted::Aux::check_param; avg: 0 none, 1 avg_value, 2 avg_f32 (one float at avg_ptr), 3 avg_f64.
 static weighted::Reduce make_reduce(int reduction, double loss_weight, int64_t n, int avg,
                                     double avg_value, const void* avg_ptr) {
   return weighted::Reduce{reduction,
