@@ -24,6 +24,14 @@ def optional_float(value: Optional[Union[float, int]]) -> Optional[float]:
     return None if value is None else float(value)
 
 
+def module_loss_weight(loss_weight: Optional[float], weight: Optional[Tensor]) -> Optional[float]:
+    """A module's loss_weight, 1.0 with a weight: a module's weight takes the weighted convention
+    (modules.py's _module_loss_weight)."""
+    if loss_weight is None and weight is not None:
+        return 1.0
+    return loss_weight
+
+
 def reduction_of(reduction: str, reduction_override: Optional[str]) -> str:
     if reduction_override is not None:
         if reduction_override not in ["none", "mean", "sum"]:

@@ -6,6 +6,7 @@ the loss itself runs in l1ext's fused kernels. Calls those kernels do not serve 
 complex dtypes, a device without l1ext kernels, mixed devices, non-number beta/delta, sparse
 tensors) go to torch's own operator, so their results and errors are torch's.
 """
+import numbers
 import warnings
 
 import torch
@@ -45,8 +46,10 @@ _KERNEL_DEVICES = frozenset(
 
 
 def _given(**kwargs):
-    """l1ext's own keyword arguments that a call gave, passed on to __torch_function__ overrides
-    (a call in torch's terms passes exactly torch's arguments)."""
+    """The keyword arguments beyond torch's own handle_torch_function call that a call gave,
+    passed on to __torch_function__ overrides (a call in torch's terms passes exactly torch's
+    keyword arguments). Overrides and modes receive l1ext's function as func, so that calling it
+    (a mode such as torch.device's does) still runs l1ext's kernels."""
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
@@ -59,7 +62,8 @@ def _sizes_differ_message(input: Tensor, target: Tensor) -> str:
 # Under torch.compile, warnings come from these two operators: Dynamo cannot trace warnings.warn
 # outside torch (a graph break, an error under fullgraph), where torch's own losses are single
 # nodes of the graph that warn while it is traced. The operators' fake implementations warn then
-# too; they return nothing, so a compiled graph drops them and its runs warn no more than torch's.
+# too; they return nothing, so torch.compile's graphs drop them and their runs warn no more than
+# torch's (an exported program keeps them: it warns when run, as eager code).
 def _warn_sizes_differ(input: Tensor, target: Tensor) -> None:
     warnings.warn(_sizes_differ_message(input, target), stacklevel=2)
 
@@ -176,7 +180,13 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if avg_factor is not None and reduction == "sum":
         raise ValueError('avg_factor can not be used with reduction="sum"')
-    loss_weight = 1.0 if loss_weight is None else float(loss_weight)
+    scale = None
+    if isinstance(loss_weight, Tensor):
+        # loss_weight * loss, as the composition: a gradient for a learned loss weight, and no
+        # host read of a device one.
+        scale, loss_weight = loss_weight, 1.0
+    else:
+        loss_weight = 1.0 if loss_weight is None else float(loss_weight)
     expanded_input, expanded_target = _broadcast(input, target)
     # The dtype the composition answers in where it is not the one computed in, else None.
     answer = None
@@ -243,7 +253,9 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
         loss = loss.to(answer)
     if host_scale is not None:
         loss = loss * host_scale.to(loss.dtype)
-    return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
+    if reduction == "mean":
+        loss = _as_divided_by(loss, avg_tensor)
+    return loss if scale is None else scale * loss
 
 
 def _is_l1(kind, param) -> bool:
@@ -302,8 +314,8 @@ def l1_loss(
     if has_torch_function_variadic(input, target):
         return handle_torch_function(
             l1_loss, (input, target, weight), input, target,
-            size_average=size_average, reduce=reduce, reduction=reduction, weight=weight,
-            **_given(avg_factor=avg_factor, loss_weight=loss_weight),
+            size_average=size_average, reduce=reduce, reduction=reduction,
+            **_given(weight=weight, avg_factor=avg_factor, loss_weight=loss_weight),
         )
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
@@ -458,7 +470,7 @@ def quantile_loss(
     quantiles = 0
     if isinstance(tau, Tensor):
         quantiles = tau.numel() if tau.dim() > 0 else 0
-    elif isinstance(tau, (int, float)) and not isinstance(tau, bool):
+    elif isinstance(tau, numbers.Real) and not isinstance(tau, bool):  # (NumPy's scalars too)
         if not 0.0 < tau < 1.0:
             raise ValueError(f"quantile_loss: tau must be in (0, 1), got {tau}")
     else:

@@ -3,7 +3,9 @@
 Each torch twin subclasses the torch module (isinstance holds; constructor, attributes, repr and
 state_dict are torch's) and replaces forward with l1ext's functional. Beyond torch, each takes a
 ``loss_weight`` and its forward a ``weight``, an ``avg_factor`` and a ``reduction_override``
-(mmdetection's loss-module convention); without them it behaves exactly as torch's. (The
+(mmdetection's loss-module convention, for every module: a weight scales the elementwise loss,
+also for L1 and Huber, whose torch functionals' own weight= rule a module never takes);
+without them it behaves exactly as torch's. (The
 forwards also serve torch's own modules under l1ext.patch(), hence getattr for loss_weight.)
 Under torch.jit.script, as torch's modules, the forwards run l1ext/_script.py."""
 from typing import Optional
@@ -27,6 +29,14 @@ def _tensor_parameter(module, name, value):
     else:
         module._buffers.pop(name, None)
         torch.nn.Module.__setattr__(module, name, value)
+
+
+def _module_loss_weight(module, weight):
+    # A module's loss_weight (None: 1), given as 1.0 with a weight so that the functional takes the
+    # weighted convention (not torch's functional weight= rule). (Not set on torch's own modules
+    # under l1ext.patch(), whose forward takes no weight.)
+    loss_weight = getattr(module, "loss_weight", None)
+    return 1.0 if loss_weight is None and weight is not None else loss_weight
 
 
 def _set_attribute(module, name, value):
@@ -54,9 +64,10 @@ class L1Loss(torch.nn.L1Loss):
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
             return _script.l1_loss(input, target, reduction=reduction, weight=weight,
-                                   avg_factor=avg_factor, loss_weight=loss_weight)
-        return F.l1_loss(input, target, reduction=reduction, weight=weight,
-                         avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
+                                   avg_factor=avg_factor,
+                                   loss_weight=_script.module_loss_weight(loss_weight, weight))
+        return F.l1_loss(input, target, reduction=reduction, weight=weight, avg_factor=avg_factor,
+                         loss_weight=_module_loss_weight(self, weight))
 
 
 class SmoothL1Loss(torch.nn.SmoothL1Loss):
@@ -106,9 +117,9 @@ class HuberLoss(torch.nn.HuberLoss):
             if hasattr(self, "loss_weight"):  # (not on torch's own modules under l1ext.patch())
                 loss_weight = _script.optional_float(self.loss_weight)
             return _script.huber_loss(input, target, reduction, self.delta, weight, avg_factor,
-                                      loss_weight)
+                                      _script.module_loss_weight(loss_weight, weight))
         return F.huber_loss(input, target, reduction=reduction, delta=self.delta,
-                            weight=weight, avg_factor=avg_factor, loss_weight=getattr(self, "loss_weight", None))
+                            weight=weight, avg_factor=avg_factor, loss_weight=_module_loss_weight(self, weight))
 
 
 class QuantileLoss(torch.nn.modules.loss._Loss):

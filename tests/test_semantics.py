@@ -173,5 +173,26 @@ def test_torch_function_subclass():
     torch.testing.assert_close(out.as_subclass(torch.Tensor), TF.smooth_l1_loss(x, y).as_subclass(torch.Tensor))
 
 
+
+def test_torch_function_override_gets_torch_keyword_arguments():
+    # A __torch_function__ override sees the keyword arguments torch's function passes it (none
+    # of l1ext's that the call did not give), so overrides that forward them keep working.
+    seen = []
+
+    class Recorder(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func.__name__.endswith("_loss"):
+                seen.append(sorted(kwargs or {}))
+            return super().__torch_function__(func, types, args, kwargs)
+
+    x, y = torch.randn(4).as_subclass(Recorder), torch.randn(4)
+    for ours, theirs in ((LF.l1_loss, TF.l1_loss), (LF.smooth_l1_loss, TF.smooth_l1_loss),
+                         (LF.huber_loss, TF.huber_loss)):
+        seen.clear()
+        ours(x, y)
+        theirs(x, y)
+        assert len(seen) == 2 and seen[0] == seen[1], seen
+
 def test_cpu_capability():
     assert l1ext.cpu_capability() in ("DEFAULT", "AVX2", "AVX512")

@@ -461,6 +461,38 @@ def test_modules_move_a_tensor_parameter(device):
         torch.testing.assert_close(crit(p, t), ref)
 
 
+
+@pytest.mark.parametrize("scripted", [False, True], ids=["eager", "scripted"])
+def test_module_weight_is_elementwise_for_every_module(scripted):
+    # A module's weight= is mmdetection's (loss * weight, then the reduction), for L1 and Huber
+    # too: torch's modules take no weight, so a module never takes the functional weight= rule.
+    p, t, w = torch.randn(6, 4), torch.randn(6, 4), torch.rand(6, 1)
+    for name, (_, elementwise, param) in ELEMENTWISE.items():
+        cls = {"l1": l1ext.L1Loss, "smooth_l1": l1ext.SmoothL1Loss, "huber": l1ext.HuberLoss}[name]
+        crit = cls(reduction="sum")
+        crit = torch.jit.script(crit) if scripted else crit
+        prm = 1.0 if param else None
+        for reduction in ("mean", "sum", "none"):
+            torch.testing.assert_close(crit(p, t, w, reduction_override=reduction),
+                                       _mmdet_reference(elementwise(p, t, prm), w, reduction, None, None))
+
+
+def test_loss_weight_tensor_and_numpy_numbers():
+    # A tensor loss_weight multiplies as in `loss_weight * loss` (a learned one gets its
+    # gradient); NumPy scalars are numbers for tau, beta, delta and loss_weight.
+    np = pytest.importorskip("numpy")
+    p, t = torch.randn(6, 4), torch.randn(6, 4)
+    lw = torch.tensor(2.0, requires_grad=True)
+    out = LF.smooth_l1_loss(p, t, beta=0.5, avg_factor=3.0, loss_weight=lw)
+    base = LF.smooth_l1_loss(p, t, beta=0.5, avg_factor=3.0)
+    out.backward()
+    torch.testing.assert_close(out, 2.0 * base)
+    torch.testing.assert_close(lw.grad, base)
+    for value in (np.float32(0.3), np.float64(0.3)):
+        torch.testing.assert_close(LF.quantile_loss(p, t, value), LF.quantile_loss(p, t, 0.3))
+        torch.testing.assert_close(LF.smooth_l1_loss(p, t, beta=value, loss_weight=np.float32(2.0)),
+                                   LF.smooth_l1_loss(p, t, beta=0.3, loss_weight=2.0))
+
 def test_torch_semantics_kept_without_new_arguments():
     p, t, w = torch.randn(6, 4), torch.randn(6, 4), torch.rand(6, 4)
     torch.testing.assert_close(LF.l1_loss(p, t, weight=w), TF.l1_loss(p, t, weight=w))
