@@ -29,17 +29,23 @@ inline bool param_reaches_kernels_exactly(at::ScalarType param, at::ScalarType i
   return c10::promoteTypes(param, input) == input;
 }
 
+// Where a parameter tensor's values are checked (check_param_tensor).
+enum class ParamCheck {
+  kHostMemory,     // a plain host tensor: its memory is read
+  kHostOperators,  // a host tensor of torch.func's grad transform: read through torch's operators
+  kAsync,          // a device or traced tensor: torch._assert_async (no synchronisation; a node
+                   // of a traced graph)
+  kKernels,        // read exactly by the CUDA kernels, which check the values as they go
+};
+
 // torch's rule for the loss's parameter (valid_param: beta >= 0, delta > 0, tau in (0, 1)) over
 // every value of a tensor beta, delta or tau, on the values the caller gave (before any rounding
-// to the input's dtype), where they live: a host tensor is read (a RuntimeError with torch's
-// message for beta and delta, a ValueError for tau, as quantile_loss's number check); a device
-// one is checked by an asynchronous assertion (torch._assert_async: no synchronisation), unless
-// `kernels_check` (the CUDA kernels read the values exactly and check them as they go). By
-// torch's operators where `by_operators` (a tensor of torch.func's transforms, whose memory is not
-// to be read), else by a loop over its memory.
-inline void check_param_tensor(LossKind kind, const Tensor& p, bool kernels_check,
-                               bool by_operators) {
-  if (kind == LossKind::L1 || !p.defined() || p.numel() == 0) return;
+// to the input's dtype). Read on the host, an invalid value is a RuntimeError with torch's message
+// for beta and delta, a ValueError for tau (quantile_loss's number check).
+inline void check_param_tensor(LossKind kind, const Tensor& p, ParamCheck where) {
+  if (kind == LossKind::L1 || !p.defined() || p.numel() == 0 || where == ParamCheck::kKernels) {
+    return;
+  }
   const auto valid = [&] {
     switch (kind) {
       case LossKind::SmoothL1: return p >= 0;
@@ -47,15 +53,14 @@ inline void check_param_tensor(LossKind kind, const Tensor& p, bool kernels_chec
       default: return at::logical_and(p > 0, p < 1);
     }
   };
-  if (!p.device().is_cpu()) {
-    if (!kernels_check) at::_assert_async(valid().all(), param_error(kind));
+  if (where == ParamCheck::kAsync) {
+    at::_assert_async(valid().all(), param_error(kind));
     return;
   }
   bool ok = true;
   double bad = 0.0;
-  if (by_operators) {
-    ok = valid().all().item<bool>();
-  } else {
+  const bool floating = at::isFloatingType(p.scalar_type());
+  if (where == ParamCheck::kHostMemory && floating) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.scalar_type(), "param check", [&] {
       const Tensor c = p.contiguous();
       const scalar_t* v = c.const_data_ptr<scalar_t>();
@@ -64,10 +69,13 @@ inline void check_param_tensor(LossKind kind, const Tensor& p, bool kernels_chec
         bad = double(v[k]);
       }
     });
+  } else {
+    ok = valid().all().item<bool>();  // (an integer or bool tensor; torch's error for others)
   }
   if (ok) return;
-  if (kind == LossKind::Quantile && by_operators) TORCH_CHECK_VALUE(false, param_error(kind));
-  if (kind == LossKind::Quantile) TORCH_CHECK_VALUE(false, param_error(kind), ", got ", bad);
+  const bool with_value = where == ParamCheck::kHostMemory && floating;
+  if (kind == LossKind::Quantile && with_value) TORCH_CHECK_VALUE(false, param_error(kind), ", got ", bad);
+  if (kind == LossKind::Quantile) TORCH_CHECK_VALUE(false, param_error(kind));
   TORCH_CHECK(false, param_error(kind));
 }
 
@@ -170,7 +178,10 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
   s.p = classify(param, s.x, "parameter", /*rows_by_dropped_dim=*/false);
   if (s.p.t.defined()) {
     s.p.check_param = s.x.is_cuda() && param_reaches_kernels_exactly(param->scalar_type(), s.x.scalar_type());
-    check_param_tensor(LossKind(kind), *param, s.p.check_param, /*by_operators=*/false);
+    check_param_tensor(LossKind(kind), *param,
+                       param->device().is_cpu() ? ParamCheck::kHostMemory
+                       : s.p.check_param        ? ParamCheck::kKernels
+                                                : ParamCheck::kAsync);
   }
   s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
   s.inner = s.x.dim() ? s.x.size(-1) : 1;

@@ -352,6 +352,30 @@ def test_quantile_tau_under_compile_and_torch_func():
     torch.testing.assert_close(per_tau, torch.stack([LF.quantile_loss(x, y, taus[k].expand(3)) for k in range(3)]))
     with pytest.raises(ValueError, match="every tau must be in"):
         torch.func.grad(lambda q: LF.quantile_loss(x, y, q))(torch.tensor([0.1, 0.5, 1.0]))
+    with pytest.raises(ValueError, match="every tau must be in"):
+        LF.quantile_loss(x, y, torch.tensor([0, 1, 0]))  # (an integer tau: its values are checked)
+
+
+@pytest.mark.parametrize("loss", ["smooth_l1", "huber", "quantile"])
+def test_compiled_learned_parameter(loss):
+    # A tensor beta, delta or tau that needs a gradient (torch's operators compute the loss) traces
+    # under torch.compile (fullgraph): its check is an assertion of the graph, which refuses an
+    # invalid value when the graph runs.
+    fn = {"smooth_l1": lambda a, b, q: LF.smooth_l1_loss(a, b, beta=q),
+          "huber": lambda a, b, q: LF.huber_loss(a, b, delta=q),
+          "quantile": lambda a, b, q: LF.quantile_loss(a, b, q)}[loss]
+    x, y = torch.randn(5, 3), torch.randn(5, 3)
+    good, bad = torch.tensor([0.1, 0.5, 0.9]), torch.tensor([0.1, -0.5, 0.9])
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    results = []
+    for f in (fn, compiled):
+        q = good.clone().requires_grad_()
+        out = f(x, y, q)
+        out.backward()
+        results.append((out, q.grad))
+    torch.testing.assert_close(results[1], results[0])
+    with pytest.raises((RuntimeError, ValueError), match="beta|delta|tau"):
+        compiled(x, y, bad.clone().requires_grad_())
 
 
 def test_quantile_of_one_quantile_takes_one_target_per_row():

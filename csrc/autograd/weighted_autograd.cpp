@@ -10,6 +10,7 @@
 // loss.backward() hands them over without a backward pass on the CPU, after one launch that
 // finds the incoming gradient is one on a GPU (fp32 boxes (N, 4) with a per-box weight: 9 + 4 B
 // per element instead of 9 + 13); any other one-element incoming gradient rewrites them in place.
+#include <ATen/functorch/BatchedTensorImpl.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -17,6 +18,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "autograd/autograd_util.h"
@@ -101,6 +103,20 @@ Tensor operand_like(const Tensor& t, const Tensor& x, at::ScalarType acc, bool r
   }
 }
 
+// Where the composite checks a parameter tensor's values: in host memory for a plain host tensor
+// or the values a vmap batches (all of its batches at once), through torch's operators for a host
+// tensor of torch.func's grad, else (a device, fake or traced tensor) asynchronously. (vmap over
+// grad over a tensor parameter reads no values: not supported, as torch's .item() under vmap.)
+std::pair<Tensor, weighted::ParamCheck> param_check_of(const Tensor& param) {
+  Tensor v = param;
+  while (const auto* batched = at::functorch::maybeGetBatchedImpl(v)) v = batched->value();
+  if (is_plain_cpu(v)) return {v, weighted::ParamCheck::kHostMemory};
+  if (v.is_cpu() && v.key_set().has(c10::DispatchKey::FuncTorchGradWrapper)) {
+    return {v, weighted::ParamCheck::kHostOperators};
+  }
+  return {param, weighted::ParamCheck::kAsync};
+}
+
 // The weighted loss (weighted.h) from torch's differentiable operators, for what l1ext's C++
 // autograd cannot serve: forward-mode AD and torch.func's grad / vjp / jacrev (as the plain losses
 // route to torch's own), and a backward that must itself be differentiable (create_graph). The
@@ -124,10 +140,11 @@ Tensor weighted_torch_composite(const Tensor& input, const Tensor& target, const
   // a device one, as in eager), not as its host value.
   if (avg_factor.defined() && avg_factor.requires_grad()) host_avg = std::nullopt;
   const bool has_avg = host_avg.has_value() || avg_factor.defined();
-  // torch's rule for a tensor beta, delta or tau, by torch's operators (this path serves
-  // torch.func's transforms, whose tensors' memory is not to be read).
-  weighted::check_param_tensor(LossKind(kind), param, /*kernels_check=*/false,
-                               /*by_operators=*/true);
+  // torch's rule for a tensor beta, delta or tau (param_check_of).
+  if (param.defined()) {
+    const auto [values, where] = param_check_of(param);
+    weighted::check_param_tensor(LossKind(kind), values, where);
+  }
   const at::ScalarType dtype = input.scalar_type();
   const at::ScalarType acc = dtype == at::kDouble ? at::kDouble : at::kFloat;
   const Tensor x = input.to(acc), y = target.to(acc);
