@@ -176,13 +176,8 @@ Prepared prepare(const char* name, const Tensor& input, const Tensor& target,
   s.y = target.contiguous();
   s.w = classify(weight, s.x, "weight", /*rows_by_dropped_dim=*/true);
   s.p = classify(param, s.x, "parameter", /*rows_by_dropped_dim=*/false);
-  if (s.p.t.defined()) {
-    s.p.check_param = s.x.is_cuda() && param_reaches_kernels_exactly(param->scalar_type(), s.x.scalar_type());
-    check_param_tensor(LossKind(kind), *param,
-                       param->device().is_cpu() ? ParamCheck::kHostMemory
-                       : s.p.check_param        ? ParamCheck::kKernels
-                                                : ParamCheck::kAsync);
-  }
+  s.p.check_param = s.p.t.defined() && s.x.is_cuda() &&
+                    param_reaches_kernels_exactly(param->scalar_type(), s.x.scalar_type());
   s.r = make_reduce(reduction, loss_weight, s.x, avg_factor, avg_value, s.avg_holder);
   s.inner = s.x.dim() ? s.x.size(-1) : 1;
   return s;
@@ -209,6 +204,13 @@ std::tuple<Tensor, Tensor, Tensor> forward_with_gradients_impl(
     std::array<bool, 2> mask) {
   const Prepared s = prepare<Backend>("weighted_loss", input, target, weight, param, avg_factor,
                                       kind, avg_value, loss_weight, reduction);
+  // The parameter's values, in the forward only: a backward follows a forward that checked them.
+  if (s.p.t.defined()) {
+    check_param_tensor(LossKind(kind), *param,
+                       param->device().is_cpu() ? ParamCheck::kHostMemory
+                       : s.p.check_param        ? ParamCheck::kKernels
+                                                : ParamCheck::kAsync);
+  }
   const at::TensorOptions options = s.x.options();
   const auto new_like_x = [&] { return glue::new_contiguous<Backend>(s.x.sizes(), options); };
   Tensor out = reduction == 0 ? new_like_x() : at::empty({}, options);

@@ -337,6 +337,8 @@ def quantile_loss(input: Tensor, target: Tensor, tau: Number = 0.5, reduction: s
                   loss_weight: Optional[float] = None) -> Tensor:
     quantiles = 0  # quantiles along the last dimension: a tau of one or more dimensions
     if isinstance(tau, Tensor):
+        # (checked here as well as by the operator: the operator's error reaches scripted code as
+        # a plain RuntimeError, where the scripted twins' errors are torch.jit.Error)
         if tau.device.type == "cpu":
             if not bool(((tau > 0) & (tau < 1)).all()):
                 values: List[float] = tau.flatten().tolist()
