@@ -53,8 +53,6 @@ def _kernel_dtype(input: Tensor, target: Tensor) -> Optional[int]:
             return None
     dtype = input.dtype
     if dtype != target.dtype:
-        if target.dtype == torch.bool:
-            return None
         dtype = torch.promote_types(dtype, target.dtype)
     return dtype if _is_kernel_dtype(dtype) else None
 
@@ -81,8 +79,8 @@ def _broadcast(input: Tensor, target: Tensor) -> List[Tensor]:
 
 def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
     dtype = _kernel_dtype(input, target)
-    if dtype is None or input.dtype == torch.bool:  # torch's |input - target| refuses a bool input
-        return torch._C._nn.l1_loss(input, target, reduction)
+    if dtype is None or input.dtype == torch.bool or target.dtype == torch.bool:
+        return torch._C._nn.l1_loss(input, target, reduction)  # (its error: input - target)
     return torch.ops.l1ext.l1_loss(input.to(dtype), target.to(dtype), reduction)
 
 

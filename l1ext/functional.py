@@ -122,8 +122,9 @@ def _kernel_dtype(input: Tensor, target: Tensor):
         return None
     dtype = input.dtype
     if dtype is not target.dtype:
-        if target.dtype is torch.bool:  # torch refuses to subtract bool tensors
-            return None
+        # A bool target is the input's dtype's 0 and 1, as in torch's Smooth L1 and Huber
+        # forwards; l1ext's backwards take it too, where torch's Huber backward and Smooth L1
+        # double backward raise. (torch's L1 refuses it: _l1.)
         dtype = torch.promote_types(dtype, target.dtype)
     return dtype if dtype in _KERNEL_DTYPES else None
 
@@ -143,8 +144,8 @@ def _sharded(op, input, target, reduction, *param):
 
 def _l1(input: Tensor, target: Tensor, reduction: int) -> Tensor:
     dtype = _kernel_dtype(input, target)
-    if dtype is None or input.dtype is torch.bool:  # torch's |input - target| refuses a bool input
-        return torch._C._nn.l1_loss(input, target, reduction)
+    if dtype is None or input.dtype is torch.bool or target.dtype is torch.bool:
+        return torch._C._nn.l1_loss(input, target, reduction)  # (its error: input - target)
     if type(input) is not Tensor and _dtensor.is_dtensor(input):
         return _sharded(_l1_op, _cast(input, dtype), _cast(target, dtype), reduction)
     return _l1_op(_cast(input, dtype), _cast(target, dtype), reduction)
