@@ -40,6 +40,7 @@ struct Prim {
 
 // |d|. Subgradient sgn(d): 0 at d == 0.
 struct L1Loss {
+  static constexpr bool kTargetBySwap = false;  // (target_gradient)
   template <class V>
   L1EXT_HD V value(V d) const { return Prim<V>::abs(d); }
   template <class V>
@@ -57,6 +58,7 @@ struct L1Loss {
 // subroutine; beta = 1 is torch's default).
 template <class T, bool kByReciprocal = false>
 struct SmoothL1Loss {
+  static constexpr bool kTargetBySwap = true;  // (target_gradient)
   T beta;
   T inv_beta{};  // 1 / beta, read with kByReciprocal only
   template <class V>
@@ -105,6 +107,7 @@ inline bool exact_reciprocal(T beta) {
 // +-delta outside: d limited to [-delta, delta], torch's huber_backward (NaN stays NaN).
 template <class T>
 struct HuberLoss {
+  static constexpr bool kTargetBySwap = true;  // (target_gradient)
   T delta;
   template <class V>
   L1EXT_HD V value(V d) const {
@@ -123,6 +126,7 @@ struct HuberLoss {
 // L1 loss, values and subgradients (0 at d == 0 and at NaN, as L1's).
 template <class T>
 struct QuantileLoss {
+  static constexpr bool kTargetBySwap = false;  // (target_gradient)
   T tau;
   template <class V>
   L1EXT_HD V value(V d) const {
@@ -134,6 +138,21 @@ struct QuantileLoss {
                            Prim<V>::select(d < V(T(0)), V(-tau), V(T(0))));
   }
 };
+
+// The target's gradient, as torch computes it, from the input's g = grad(input - target) * m (m:
+// the incoming gradient and the reduction's scale). torch differentiates Smooth L1 and Huber in
+// the target by their backward with the operands swapped, grad(target - input) * m: swapped()
+// computes that. It is -g but for the sign of a zero: at equal operands both residuals are +0,
+// so torch's target gradient is the input's, where -g would be a zero of the other sign. L1
+// (autograd through |input - target|) and the quantile loss negate the input's: negated().
+template <class Loss, class Swapped, class Negated>
+L1EXT_HD auto target_gradient(const Loss&, Swapped&& swapped, Negated&& negated) {
+  if constexpr (Loss::kTargetBySwap) {
+    return swapped();
+  } else {
+    return negated();
+  }
+}
 
 // The functor of a loss kind, with its parameter (beta, delta, tau; unused for L1) in type A: a
 // scalar, or on the CPU a vector holding one parameter per lane.

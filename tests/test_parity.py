@@ -287,3 +287,42 @@ def test_no_grad_and_inference_mode(loss):
     with torch.inference_mode():
         xi, yi = torch.randn(100), torch.randn(100)
         assert_close(ours(xi, yi, reduction="none"), theirs(xi, yi, reduction="none"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("incoming", ["one", "minus one", "two", "other", "per element"])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_zero_gradients_have_torchs_signs(loss, reduction, dtype, incoming, device):
+    # At a zero residual the gradients are zeros, and their signs are torch's: its Smooth L1 and
+    # Huber differentiate the target by their backward with the operands swapped, grad(target -
+    # input), +0 for equal operands (not the input's gradient negated, -0); its L1 negates. Equal
+    # operands and +0 against -0 either way, vector-wide and in the scalar tail, for incoming
+    # gradients that the kept gradients serve (one), scale in place (powers of two) or not.
+    _, ours, theirs, param = loss
+    n = 37
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, generator=g).to(dtype)
+    y = torch.randn(n, generator=g).to(dtype)
+    y[::3] = x[::3]
+    x[1::9], y[1::9] = 0.0, -0.0
+    x[2::9], y[2::9] = -0.0, 0.0
+    x[4::9], y[4::9] = -0.0, -0.0
+    x, y = x.to(device), y.to(device)
+    kw = {param: 0.7} if param else {}
+    shape = (n,) if reduction == "none" else ()
+    go = {"one": torch.ones(shape), "minus one": -torch.ones(shape), "two": torch.full(shape, 2.0),
+          "other": torch.full(shape, -0.3),
+          "per element": torch.randn(shape, generator=g)}[incoming].to(dtype).to(device)
+    for wants in [(True, True), (True, False), (False, True)]:
+        _, _, got, want = run_both(ours, theirs, x, y, *wants, grad_output=go, reduction=reduction,
+                                   **kw)
+        for a, b in zip(got, want):
+            if b is None:
+                assert a is None
+                continue
+            assert_close(a, b)
+            zero = b == 0
+            assert zero.sum() >= n // 3 and torch.equal(a[zero], b[zero])
+            assert torch.equal(a[zero].signbit(), b[zero].signbit()), (wants, a, b)

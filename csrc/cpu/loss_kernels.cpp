@@ -179,7 +179,8 @@ void store_sign(int8_t* p, const Vectorized<A>& d) {
 
 // One chunk of the forward. kOut: write the per-element loss instead of summing it.
 // kSign: also store sgn(d) (L1 only). kGrad: also write the gradient for an incoming gradient of
-// one, grad(d) * scale, to gi and/or -grad(d) * scale to gt (the backward's formula and rounding).
+// one, grad(d) * scale, to gi and/or the target's (math::target_gradient) to gt (the backward's
+// formulas and rounding).
 // The loss functor is a copy: a referenced one might alias the stores, and its parameters would
 // be reloaded and broadcast again after each (six instructions per vector).
 template <class T, class Loss, bool kOut, bool kSign, bool kGrad>
@@ -198,7 +199,8 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss loss, T* out,
   for (; i + K <= n; i += K) {
     for (int v = 0; v < NV; ++v) {
       const int64_t j = i + v * VS;
-      const Vec d = Io<T>::load(x + j) - Io<T>::load(y + j);
+      const Vec xv = Io<T>::load(x + j), yv = Io<T>::load(y + j);
+      const Vec d = xv - yv;
       const Vec l = loss.value(d);
       if constexpr (kOut) {
         Io<T>::store(out + j, l);
@@ -209,7 +211,11 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss loss, T* out,
       if constexpr (kGrad) {
         const Vec g = loss.grad(d) * s;
         if (gi) Io<T>::store(gi + j, g);
-        if (gt) Io<T>::store(gt + j, g.neg());
+        if (gt) {
+          Io<T>::store(gt + j, math::target_gradient(
+                                   loss, [&] { return loss.grad(yv - xv) * s; },
+                                   [&] { return g.neg(); }));
+        }
       }
     }
   }
@@ -227,7 +233,10 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss loss, T* out,
     if constexpr (kGrad) {
       const A g = loss.grad(d) * scale;
       if (gi) gi[i] = T(g);
-      if (gt) gt[i] = T(-g);
+      if (gt) {
+        gt[i] = T(math::target_gradient(
+            loss, [&] { return loss.grad(A(y[i]) - A(x[i])) * scale; }, [&] { return -g; }));
+      }
     }
   }
   if constexpr (kOut) return 0.0;
@@ -283,7 +292,7 @@ double forward(const void* xv, const void* yv, int64_t n, double param, void* ou
   });
 }
 
-// g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = -g.
+// g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = math::target_gradient.
 template <class T, class Loss, bool kGo>
 void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t n,
                     const Loss loss, T* gi, T* gt) {  // a copy, as forward_chunk's
@@ -293,18 +302,39 @@ void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t
   const Vec s(scale);
   int64_t i = 0;
   for (; i + VS <= n; i += VS) {
-    Vec g = loss.grad(Io<T>::load(x + i) - Io<T>::load(y + i));
-    if constexpr (kGo) g = g * Io<T>::load(go + i);
-    g = g * s;
+    const Vec xv = Io<T>::load(x + i), yv = Io<T>::load(y + i);
+    Vec gov;
+    if constexpr (kGo) gov = Io<T>::load(go + i);
+    const auto scaled = [&](const Vec& g) {
+      if constexpr (kGo) {
+        return g * gov * s;
+      } else {
+        return g * s;
+      }
+    };
+    const Vec g = scaled(loss.grad(xv - yv));
     if (gi) Io<T>::store(gi + i, g);
-    if (gt) Io<T>::store(gt + i, g.neg());
+    if (gt) {
+      Io<T>::store(gt + i, math::target_gradient(
+                               loss, [&] { return scaled(loss.grad(yv - xv)); },
+                               [&] { return g.neg(); }));
+    }
   }
   for (; i < n; ++i) {
-    A g = loss.grad(A(x[i]) - A(y[i]));
-    if constexpr (kGo) g = g * A(go[i]);
-    g = g * scale;
+    const A xi = A(x[i]), yi = A(y[i]);
+    const auto scaled = [&](A g) {
+      if constexpr (kGo) {
+        return g * A(go[i]) * scale;
+      } else {
+        return g * scale;
+      }
+    };
+    const A g = scaled(loss.grad(xi - yi));
     if (gi) gi[i] = T(g);
-    if (gt) gt[i] = T(-g);
+    if (gt) {
+      gt[i] = T(math::target_gradient(loss, [&] { return scaled(loss.grad(yi - xi)); },
+                                      [&] { return -g; }));
+    }
   }
 }
 

@@ -281,8 +281,9 @@ __device__ __forceinline__ void finish_sum(acc_t<T> acc, acc_t<T>* partials, uns
 }
 
 // The gradients a reduced forward writes for an incoming gradient of one (kGrad): gi = grad(d) *
-// (1 / divisor), gt = -gi, the expression backward_kernel evaluates for that gradient, so the bits
-// are the same. A null pointer: that gradient is not wanted.
+// (1 / divisor), gt the target's (math::target_gradient), the expressions backward_kernel
+// evaluates for that gradient, so the bits are the same. A null pointer: that gradient is not
+// wanted.
 // packs: gi and gt sit at x's offset from 16-byte alignment, so a pack of x is a pack of them
 // (else they are stored one element at a time; the work split, and so the loss's bits, follow x
 // and y alone, as without gradients).
@@ -293,9 +294,12 @@ struct ForwardGradients {
   acc_t<T> scale;
   bool packs;
 
-  __device__ __forceinline__ void store(int64_t i, acc_t<T> v) const {
-    if (gi) gi[i] = from_acc<T>(v);
-    if (gt) gt[i] = from_acc<T>(-v);
+  // The target's gradient, given the input's v = grad(x - y) * scale.
+  template <class Loss>
+  __device__ __forceinline__ acc_t<T> target(const Loss& loss, acc_t<T> v, acc_t<T> x,
+                                             acc_t<T> y) const {
+    return math::target_gradient(loss, [&] { return loss.grad(y - x) * scale; },
+                                 [&] { return -v; });
   }
 };
 
@@ -325,7 +329,7 @@ __global__ void __launch_bounds__(kThreads)
           if (kGrad) {
             const A v = loss.grad(d) * g.scale;
             gip.v[k] = from_acc<T>(v);
-            gtp.v[k] = from_acc<T>(-v);
+            if (g.gt) gtp.v[k] = from_acc<T>(g.target(loss, v, to_acc(a.v[k]), to_acc(b.v[k])));
           }
         }
         if (kSign) store_signs<P>(sign, i, sp, s);
@@ -341,10 +345,15 @@ __global__ void __launch_bounds__(kThreads)
         }
       },
       [&](int64_t i) {
-        const A d = to_acc(x[i]) - to_acc(y[i]);
+        const A xi = to_acc(x[i]), yi = to_acc(y[i]);
+        const A d = xi - yi;
         acc += loss.value(d);
         if (kSign) sign[i] = math::Prim<A>::int8_sign(d);
-        if (kGrad) g.store(i, loss.grad(d) * g.scale);
+        if (kGrad) {
+          const A v = loss.grad(d) * g.scale;
+          if (g.gi) g.gi[i] = from_acc<T>(v);
+          if (g.gt) g.gt[i] = from_acc<T>(g.target(loss, v, xi, yi));
+        }
       });
   finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
 }
@@ -378,29 +387,42 @@ __global__ void __launch_bounds__(kThreads)
       });
 }
 
-// Where a backward gets the unscaled subgradient of element i from.
+// Where a backward gets the unscaled subgradient of element i from: pack / one give the input's;
+// with kTargetBySwap, pack(..., t) also the target's (grad(y - x): math::target_gradient) and
+// one_target(i) the target's of element i; without, the target's is the input's negated after
+// scaling.
 template <class T, class Loss>
 struct FromResidual {
+  static constexpr bool kTargetBySwap = Loss::kTargetBySwap;
   const T* __restrict__ x;
   const T* __restrict__ y;
   Loss loss;
   template <int P>
-  __device__ __forceinline__ void pack(int64_t i, const Span&, acc_t<T> (&g)[P]) const {
+  __device__ __forceinline__ void pack(int64_t i, const Span&, acc_t<T> (&g)[P],
+                                       acc_t<T> (&t)[P], bool target) const {
     const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
     const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
 #pragma unroll
-    for (int k = 0; k < P; ++k) g[k] = loss.grad(to_acc(a.v[k]) - to_acc(b.v[k]));
+    for (int k = 0; k < P; ++k) {
+      g[k] = loss.grad(to_acc(a.v[k]) - to_acc(b.v[k]));
+      if (kTargetBySwap && target) t[k] = loss.grad(to_acc(b.v[k]) - to_acc(a.v[k]));
+    }
   }
   __device__ __forceinline__ acc_t<T> one(int64_t i) const {
     return loss.grad(to_acc(x[i]) - to_acc(y[i]));
+  }
+  __device__ __forceinline__ acc_t<T> one_target(int64_t i) const {
+    return loss.grad(to_acc(y[i]) - to_acc(x[i]));
   }
 };
 
 template <class T>
 struct FromSign {
+  static constexpr bool kTargetBySwap = false;  // (L1's)
   const int8_t* __restrict__ sign;
   template <int P>
-  __device__ __forceinline__ void pack(int64_t i, const Span& s, acc_t<T> (&g)[P]) const {
+  __device__ __forceinline__ void pack(int64_t i, const Span& s, acc_t<T> (&g)[P],
+                                       acc_t<T> (&)[P], bool) const {
     SignPack<P> sp;
     if (s.sign_words) {
       sp.word = *reinterpret_cast<const typename SignWord<P>::type*>(sign + i);
@@ -412,6 +434,7 @@ struct FromSign {
     for (int k = 0; k < P; ++k) g[k] = acc_t<T>(sp.s[k]);
   }
   __device__ __forceinline__ acc_t<T> one(int64_t i) const { return acc_t<T>(sign[i]); }
+  __device__ __forceinline__ acc_t<T> one_target(int64_t) const { return acc_t<T>(0); }  // (unused)
 };
 
 // The range of T's normal numbers, in its accumulation type (numeric_limits for float and
@@ -463,9 +486,16 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
                                              T* __restrict__ gt) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
-  const auto rescaled = [&](A v, int64_t i) {
+  // The input's and the target's gradients of element i, from the input's kept v.
+  const auto rescaled = [&](A v, int64_t i, A& input, A& target) {
     const A r = v * go;
-    return rounded_from_normal<T>(v) && is_normal<T>(r) ? r : src.one(i) * scale;
+    if (rounded_from_normal<T>(v) && is_normal<T>(r)) {
+      input = r;
+      target = -r;  // (nonzero: the negated input's, also with kTargetBySwap)
+      return;
+    }
+    input = src.one(i) * scale;
+    target = Source::kTargetBySwap ? src.one_target(i) * scale : -input;
   };
   for_each_owned<T>(
       s,
@@ -475,18 +505,20 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
 #pragma unroll
         for (int k = 0; k < P; ++k) {
           const A v = gi ? to_acc(kept.v[k]) : -to_acc(kept.v[k]);
-          const A r = rescaled(v, i + k);
+          A r, t;
+          rescaled(v, i + k, r, t);
           a.v[k] = from_acc<T>(r);
-          b.v[k] = from_acc<T>(-r);
+          b.v[k] = from_acc<T>(t);
         }
         if (gi) store_pack(gi + i, a);
         if (gt) store_pack(gt + i, b);
       },
       [&](int64_t i) {
         const A v = gi ? to_acc(gi[i]) : -to_acc(gt[i]);
-        const A r = rescaled(v, i);
+        A r, t;
+        rescaled(v, i, r, t);
         if (gi) gi[i] = from_acc<T>(r);
-        if (gt) gt[i] = from_acc<T>(-r);
+        if (gt) gt[i] = from_acc<T>(t);
       });
 }
 
@@ -497,7 +529,8 @@ __device__ __forceinline__ acc_t<T> reduced_scale(const T* go, double divisor) {
   return acc_t<T>((go ? double(to_acc(go[0])) : 1.0) / divisor);
 }
 
-// gi = g * go[i] (per element) or g * go[0] / divisor; gt = -gi. go is read on the device; a
+// gi = g * go[i] (per element) or g * go[0] / divisor; gt the target's, by the same factors
+// (Source::kTargetBySwap) or -gi. go is read on the device; a
 // null go (not per element) stands for an incoming gradient of one. unless_one (one go, not per
 // element): gi / gt already hold the gradients for an incoming gradient of one (a forward wrote
 // them). For go[0] exactly one every block returns at once, having read one value; for a power of
@@ -521,28 +554,26 @@ __global__ void __launch_bounds__(kThreads)
   for_each_owned<T>(
       s,
       [&](int64_t i) {
-        A g[P];
-        src.template pack<P>(i, s, g);
+        A g[P], t[P];
+        src.template pack<P>(i, s, g, t, gt != nullptr);
         Pack<T> gop;
         if (kPerElement) gop = *reinterpret_cast<const Pack<T>*>(go + i);
         Pack<T> a, b;
 #pragma unroll
         for (int k = 0; k < P; ++k) {
-          A v = g[k];
-          if (kPerElement) v = v * to_acc(gop.v[k]);
-          v = v * scale;
+          const auto scaled = [&](A u) { return (kPerElement ? u * to_acc(gop.v[k]) : u) * scale; };
+          const A v = scaled(g[k]);
           a.v[k] = from_acc<T>(v);
-          b.v[k] = from_acc<T>(-v);
+          if (gt) b.v[k] = from_acc<T>(Source::kTargetBySwap ? scaled(t[k]) : -v);
         }
         if (gi) store_pack(gi + i, a);
         if (gt) store_pack(gt + i, b);
       },
       [&](int64_t i) {
-        A v = src.one(i);
-        if (kPerElement) v = v * to_acc(go[i]);
-        v = v * scale;
+        const auto scaled = [&](A u) { return (kPerElement ? u * to_acc(go[i]) : u) * scale; };
+        const A v = scaled(src.one(i));
         if (gi) gi[i] = from_acc<T>(v);
-        if (gt) gt[i] = from_acc<T>(-v);
+        if (gt) gt[i] = from_acc<T>(Source::kTargetBySwap ? scaled(src.one_target(i)) : -v);
       });
 }
 
