@@ -32,19 +32,38 @@ struct Prim {
   static L1EXT_HD V select(M mask, V a, V b) { return mask ? a : b; }
   static L1EXT_HD int int_sign(V x) { return int(x > V(0)) - int(x < V(0)); }
   static L1EXT_HD V sign(V x) { return V(int_sign(x)); }
+  static L1EXT_HD V neg(V x) { return -x; }
   // x limited to [lo, hi]; NaN stays NaN.
   static L1EXT_HD V clamp(V x, V lo, V hi) { return x < lo ? lo : (hi < x ? hi : x); }
   // L1's saved state, taken straight from the comparisons (no float round trip).
   static L1EXT_HD int8_t int8_sign(V x) { return int8_t(int_sign(x)); }
 };
 
+// Each functor gives value(d) and grad(d) of the residual d = input - target, and target_grad(g,
+// d, e) of g = grad(d), d and e = target - input: the target's gradient, times the same factors
+// as g is for the input's (the incoming gradient, the reduction's scale, a weight). torch
+// differentiates Smooth L1 and Huber in the target by their backward with the operands swapped,
+// grad(e): minus the input's but for the sign of a zero, as at equal operands both residuals are
+// +0 and so are both gradients. L1 (autograd through |input - target|) and the quantile loss: -g.
+// (Negation commutes with every product, rounding included: -g * m == -(g * m).)
+
+// grad(e) of a loss whose grad is odd (Smooth L1, Huber: grad(-d) == -grad(d), rounding
+// included), from g = grad(d), which the kernels have at hand: e == -d but at a zero residual,
+// where e is +-0 and so is grad(e) (limiting +-0 keeps its sign), so a compare and a select
+// instead of a second grad (a division for Smooth L1 with a beta that is no power of two).
+template <class V>
+L1EXT_HD V swapped_grad(V g, V d, V e) {
+  return Prim<V>::select(d == V(0), e, Prim<V>::neg(g));
+}
+
 // |d|. Subgradient sgn(d): 0 at d == 0.
 struct L1Loss {
-  static constexpr bool kTargetBySwap = false;  // (target_gradient)
   template <class V>
   L1EXT_HD V value(V d) const { return Prim<V>::abs(d); }
   template <class V>
   L1EXT_HD V grad(V d) const { return Prim<V>::sign(d); }
+  template <class V>
+  L1EXT_HD V target_grad(V g, V, V) const { return Prim<V>::neg(g); }
 };
 
 // 0.5 d^2 / beta for |d| < beta, else |d| - 0.5 beta (beta > 0; beta == 0 is routed to L1Loss,
@@ -58,7 +77,6 @@ struct L1Loss {
 // subroutine; beta = 1 is torch's default).
 template <class T, bool kByReciprocal = false>
 struct SmoothL1Loss {
-  static constexpr bool kTargetBySwap = true;  // (target_gradient)
   T beta;
   T inv_beta{};  // 1 / beta, read with kByReciprocal only
   template <class V>
@@ -91,6 +109,8 @@ struct SmoothL1Loss {
   L1EXT_HD V grad(V d) const {
     return Prim<V>::clamp(over_beta(d), V(T(-1)), V(T(1)));
   }
+  template <class V>
+  L1EXT_HD V target_grad(V g, V d, V e) const { return swapped_grad(g, d, e); }
 };
 
 // Whether 1 / beta is exact in T and x / beta == x * (1 / beta) for every x: beta a power of two,
@@ -107,7 +127,6 @@ inline bool exact_reciprocal(T beta) {
 // +-delta outside: d limited to [-delta, delta], torch's huber_backward (NaN stays NaN).
 template <class T>
 struct HuberLoss {
-  static constexpr bool kTargetBySwap = true;  // (target_gradient)
   T delta;
   template <class V>
   L1EXT_HD V value(V d) const {
@@ -119,6 +138,8 @@ struct HuberLoss {
   L1EXT_HD V grad(V d) const {
     return Prim<V>::clamp(d, V(-delta), V(delta));
   }
+  template <class V>
+  L1EXT_HD V target_grad(V g, V d, V e) const { return swapped_grad(g, d, e); }
 };
 
 // Quantile (pinball) loss of d = input - target at quantile tau in (0, 1): tau (target - input)
@@ -126,7 +147,6 @@ struct HuberLoss {
 // L1 loss, values and subgradients (0 at d == 0 and at NaN, as L1's).
 template <class T>
 struct QuantileLoss {
-  static constexpr bool kTargetBySwap = false;  // (target_gradient)
   T tau;
   template <class V>
   L1EXT_HD V value(V d) const {
@@ -137,22 +157,9 @@ struct QuantileLoss {
     return Prim<V>::select(d > V(T(0)), V(T(1) - tau),
                            Prim<V>::select(d < V(T(0)), V(-tau), V(T(0))));
   }
+  template <class V>
+  L1EXT_HD V target_grad(V g, V, V) const { return Prim<V>::neg(g); }
 };
-
-// The target's gradient, as torch computes it, from the input's g = grad(input - target) * m (m:
-// the incoming gradient and the reduction's scale). torch differentiates Smooth L1 and Huber in
-// the target by their backward with the operands swapped, grad(target - input) * m: swapped()
-// computes that. It is -g but for the sign of a zero: at equal operands both residuals are +0,
-// so torch's target gradient is the input's, where -g would be a zero of the other sign. L1
-// (autograd through |input - target|) and the quantile loss negate the input's: negated().
-template <class Loss, class Swapped, class Negated>
-L1EXT_HD auto target_gradient(const Loss&, Swapped&& swapped, Negated&& negated) {
-  if constexpr (Loss::kTargetBySwap) {
-    return swapped();
-  } else {
-    return negated();
-  }
-}
 
 // The functor of a loss kind, with its parameter (beta, delta, tau; unused for L1) in type A: a
 // scalar, or on the CPU a vector holding one parameter per lane.

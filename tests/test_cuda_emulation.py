@@ -283,14 +283,18 @@ def _forward_reduce(emu, kind, param, dtype, x, y, divisor, offsets=(0, 0), sign
     return [b.value() if b is not None else None for b in (out, bs, bgi, bgt)]
 
 
-def _target_of(kind, gi, x, y):
+def _target_of(kind, gi, x, y, param=None):
     """The target's gradient the kernels write beside the input's gi: -gi, but for Smooth L1 and
     Huber at operands of the same bits, where torch's (its backward with the operands swapped,
-    grad(y - x)) has the input's residual, +0: gi itself (loss_math.h, target_gradient)."""
+    grad(y - x)) has the input's residual, +0: gi itself (loss_math.h, target_grad). param: the
+    parameter per element, where Smooth L1's beta of 0 is L1."""
     if kind not in (1, 2):
         return -gi
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
-    return torch.where(x.view(bits) == y.view(bits), gi, -gi)
+    same = x.reshape(-1).view(bits) == y.reshape(-1).view(bits)
+    if param is not None and kind == 1:
+        same &= param.reshape(-1) != 0
+    return torch.where(same.view(gi.shape), gi, -gi)
 
 
 def _same_bits(a, b):
@@ -675,7 +679,8 @@ def test_weighted_against_oracle(emu, dtype, kind):
                     if n:
                         _close(out.t, (lw.sum() * scale).to(dtype).reshape(1), where)
                     _close(grads[0].t, (gw.flatten() * scale).to(dtype), where)
-                    assert _same_bits(grads[1].t, -grads[0].t), where
+                    want_t = _target_of(k, grads[0].t, x, y, pe if p_mode else None)
+                    assert _same_bits(grads[1].t, want_t), where
                 # Backward: a per-element or scalar incoming gradient; gradients of x, y, weight.
                 go = torch.randn(n if reduction == 0 else 1, generator=gen).to(dtype)
                 bgo = Buffer(emu, go.numel(), dtype, 1, go)
@@ -686,7 +691,8 @@ def test_weighted_against_oracle(emu, dtype, kind):
                 s = go.double() * (loss_weight if reduction == 0 else scale)
                 s = s if reduction == 0 else s.expand(n)
                 _close(outs[0].t, (gw.flatten() * s).to(dtype), where)
-                assert _same_bits(outs[1].t, -outs[0].t), where
+                want_t = _target_of(k, outs[0].t, x, y, pe if p_mode else None)
+                assert _same_bits(outs[1].t, want_t), where
                 if outs[2] is not None:
                     _close(outs[2].t, (raw.flatten() * s).to(dtype), where)
 

@@ -85,6 +85,43 @@ def test_weighted_matches_mmdet_composition(loss, reduction, weight_kind, avg_fa
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("weight_kind", ["none", "full", "row"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("loss", list(ELEMENTWISE))
+def test_weighted_zero_gradients_have_the_compositions_signs(loss, reduction, weight_kind, device):
+    # Zero residuals (equal operands, and +0 against -0 either way) under weights and incoming
+    # gradients of either sign: the zeros of both gradients have the composition's signs (its
+    # target gradient is torch's backward with the operands swapped: loss_math.h, target_grad).
+    ours, elementwise, pname = ELEMENTWISE[loss]
+    n = 37
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+    y[::3] = x[::3]
+    x[1::9], y[1::9] = 0.0, -0.0
+    x[2::9], y[2::9] = -0.0, 0.0
+    w = {"none": None, "full": torch.randn(n, 4, generator=g),
+         "row": torch.randn(n, 1, generator=g)}[weight_kind]
+    w = None if w is None else w.to(device)
+    go = torch.randn((n, 4) if reduction == "none" else (), generator=g).to(device)
+    avg = 7.0 if reduction == "mean" else None
+    kw = {pname: 0.3} if pname else {}
+    results = []
+    for mine in (True, False):
+        pred, target = x.to(device).clone().requires_grad_(), y.to(device).clone().requires_grad_()
+        if mine:
+            out = ours(pred, target, reduction=reduction, weight=w, avg_factor=avg, loss_weight=2.0, **kw)
+        else:
+            out = _mmdet_reference(elementwise(pred, target, kw.get(pname)), w, reduction, avg, 2.0)
+        out.backward(go)
+        results.append((pred.grad, target.grad))
+    for a, b in zip(*results):
+        assert_close(a, b)
+        zero = b == 0
+        assert zero.sum() >= n and torch.equal(a[zero], b[zero])
+        assert torch.equal(a[zero].signbit(), b[zero].signbit())
+
+
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_weighted_dtypes(dtype):
     pred, target = torch.randn(50, 4).to(dtype), torch.randn(50, 4).to(dtype)

@@ -44,6 +44,7 @@ struct Prim<at::vec::Vectorized<T>> {
     const V zero(T(0));
     return x.gt(zero) - x.lt(zero);  // gt/lt give 1 or 0 per lane; NaN gives 0 - 0
   }
+  static V neg(const V& x) { return x.neg(); }
   // max(lo, x) then min(hi, .): on every instruction set at::vec passes a NaN x through.
   static V clamp(const V& x, const V& lo, const V& hi) { return at::vec::clamp(x, lo, hi); }
 };
@@ -179,8 +180,8 @@ void store_sign(int8_t* p, const Vectorized<A>& d) {
 
 // One chunk of the forward. kOut: write the per-element loss instead of summing it.
 // kSign: also store sgn(d) (L1 only). kGrad: also write the gradient for an incoming gradient of
-// one, grad(d) * scale, to gi and/or the target's (math::target_gradient) to gt (the backward's
-// formulas and rounding).
+// one, grad(d) * scale, to gi and/or target_grad(g, d, y - x) * scale to gt (loss_math.h; the
+// backward's formulas and rounding).
 // The loss functor is a copy: a referenced one might alias the stores, and its parameters would
 // be reloaded and broadcast again after each (six instructions per vector).
 template <class T, class Loss, bool kOut, bool kSign, bool kGrad>
@@ -209,13 +210,9 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss loss, T* out,
       }
       if constexpr (kSign) store_sign(sign + j, d);
       if constexpr (kGrad) {
-        const Vec g = loss.grad(d) * s;
-        if (gi) Io<T>::store(gi + j, g);
-        if (gt) {
-          Io<T>::store(gt + j, math::target_gradient(
-                                   loss, [&] { return loss.grad(yv - xv) * s; },
-                                   [&] { return g.neg(); }));
-        }
+        const Vec g = loss.grad(d);
+        if (gi) Io<T>::store(gi + j, g * s);
+        if (gt) Io<T>::store(gt + j, loss.target_grad(g, d, yv - xv) * s);
       }
     }
   }
@@ -231,12 +228,9 @@ double forward_chunk(const T* x, const T* y, int64_t n, const Loss loss, T* out,
     }
     if constexpr (kSign) sign[i] = math::Prim<A>::int8_sign(d);
     if constexpr (kGrad) {
-      const A g = loss.grad(d) * scale;
-      if (gi) gi[i] = T(g);
-      if (gt) {
-        gt[i] = T(math::target_gradient(
-            loss, [&] { return loss.grad(A(y[i]) - A(x[i])) * scale; }, [&] { return -g; }));
-      }
+      const A g = loss.grad(d);
+      if (gi) gi[i] = T(g * scale);
+      if (gt) gt[i] = T(loss.target_grad(g, d, A(y[i]) - A(x[i])) * scale);
     }
   }
   if constexpr (kOut) return 0.0;
@@ -292,7 +286,8 @@ double forward(const void* xv, const void* yv, int64_t n, double param, void* ou
   });
 }
 
-// g = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gi = g, gt = math::target_gradient.
+// gi = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gt = target_grad(g, d, y - x) by the same
+// factors (loss_math.h).
 template <class T, class Loss, bool kGo>
 void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t n,
                     const Loss loss, T* gi, T* gt) {  // a copy, as forward_chunk's
@@ -312,13 +307,10 @@ void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t
         return g * s;
       }
     };
-    const Vec g = scaled(loss.grad(xv - yv));
-    if (gi) Io<T>::store(gi + i, g);
-    if (gt) {
-      Io<T>::store(gt + i, math::target_gradient(
-                               loss, [&] { return scaled(loss.grad(yv - xv)); },
-                               [&] { return g.neg(); }));
-    }
+    const Vec d = xv - yv;
+    const Vec g = loss.grad(d);
+    if (gi) Io<T>::store(gi + i, scaled(g));
+    if (gt) Io<T>::store(gt + i, scaled(loss.target_grad(g, d, yv - xv)));
   }
   for (; i < n; ++i) {
     const A xi = A(x[i]), yi = A(y[i]);
@@ -329,12 +321,10 @@ void backward_chunk(const T* x, const T* y, const T* go, acc_t<T> scale, int64_t
         return g * scale;
       }
     };
-    const A g = scaled(loss.grad(xi - yi));
-    if (gi) gi[i] = T(g);
-    if (gt) {
-      gt[i] = T(math::target_gradient(loss, [&] { return scaled(loss.grad(yi - xi)); },
-                                      [&] { return -g; }));
-    }
+    const A d = xi - yi;
+    const A g = loss.grad(d);
+    if (gi) gi[i] = T(scaled(g));
+    if (gt) gt[i] = T(scaled(loss.target_grad(g, d, yi - xi)));
   }
 }
 

@@ -214,14 +214,13 @@ struct AuxBlock {
   }
 };
 
-// of(loss, d) (the value or the subgradient) of residuals d (a vector or a scalar) with
-// parameters p, one per lane. Smooth L1 with beta == 0 is L1 (glue::effective does the same for a
-// number beta).
+// of(loss) (the value or a subgradient, of residuals in a vector or a scalar) with parameters p,
+// one per lane. Smooth L1 with beta == 0 is L1 (glue::effective does the same for a number beta).
 template <LossKind K, class V, class Of>
-V per_lane(const V& d, const V& p, const Of& of) {
-  const V r = of(math::make_loss<K, V>(p), d);
+V per_lane(const V& p, const Of& of) {
+  const V r = of(math::make_loss<K, V>(p));
   if constexpr (K == LossKind::SmoothL1) {
-    return math::Prim<V>::select(p == V(0), of(math::L1Loss{}, d), r);
+    return math::Prim<V>::select(p == V(0), of(math::L1Loss{}), r);
   }
   return r;
 }
@@ -229,7 +228,7 @@ V per_lane(const V& d, const V& p, const Of& of) {
 // The loss math of a block's lanes: one functor for every lane when the parameter is uniform
 // (the common case: a number beta; Smooth L1 with beta == 0 is L1), else the per-lane formulas
 // with each lane's parameter. vec(...) (lanes [j, j + VS) of a full block) and one(...) (element
-// k of the partial block) give an object with value(d) and grad(d).
+// k of the partial block) give an object with value(d), grad(d) and target_grad(g, d, e).
 template <class Loss>
 struct UniformMath {
   Loss loss;
@@ -244,10 +243,13 @@ struct PerLaneMath {
   struct Lanes {
     V p;
     V value(const V& d) const {
-      return per_lane<K>(d, p, [](const auto& loss, const V& r) { return loss.value(r); });
+      return per_lane<K>(p, [&](const auto& loss) { return loss.value(d); });
     }
     V grad(const V& d) const {
-      return per_lane<K>(d, p, [](const auto& loss, const V& r) { return loss.grad(r); });
+      return per_lane<K>(p, [&](const auto& loss) { return loss.grad(d); });
+    }
+    V target_grad(const V& g, const V& d, const V& e) const {
+      return per_lane<K>(p, [&](const auto& loss) { return loss.target_grad(g, d, e); });
     }
   };
   template <class Block>
@@ -257,9 +259,10 @@ struct PerLaneMath {
 };
 
 // Walks the elements [b, e) of a chunk in blocks of kLanes, with the weight and parameter of each
-// element gathered. For each vector of a full block: vec(i, v, value, grad, weight), i its first
-// element, v its index in the block; for each element of the last, partial block: one(i, k, value,
-// grad, weight), k its index in the block. grad is computed with kGrad only.
+// element gathered. For each vector of a full block: vec(i, v, value, grad, target_grad, weight),
+// i its first element, v its index in the block; for each element of the last, partial block:
+// one(i, k, value, grad, target_grad, weight), k its index in the block. grad is computed with
+// kGrad only, target_grad (loss_math.h) with kGrad where target is set.
 template <class T, LossKind K>
 struct WeightedBlocks {
   using A = acc_t<T>;
@@ -274,19 +277,21 @@ struct WeightedBlocks {
       : w(wa, A(1), inner), p(pa, A(param), inner), weighted(!(w.is_uniform() && w.uniform == A(1))) {}
 
   template <bool kGrad, class VecFn, class OneFn>
-  void walk(const T* x, const T* y, int64_t b, int64_t e, int64_t inner, VecFn&& vec, OneFn&& one) {
+  void walk(const T* x, const T* y, int64_t b, int64_t e, int64_t inner, bool target, VecFn&& vec,
+            OneFn&& one) {
     if (!p.is_uniform()) {
-      return walk_with<kGrad>(PerLaneMath<K>{}, x, y, b, e, inner, vec, one);
+      return walk_with<kGrad>(PerLaneMath<K>{}, x, y, b, e, inner, target, vec, one);
     }
     if constexpr (K == LossKind::SmoothL1) {
       if (p.uniform == A(0)) {
-        return walk_with<kGrad>(UniformMath<math::L1Loss>{}, x, y, b, e, inner, vec, one);
+        return walk_with<kGrad>(UniformMath<math::L1Loss>{}, x, y, b, e, inner, target, vec, one);
       }
     }
     // The plain kernels' choice of functor (with_loss: a power-of-two beta divides by none).
     with_loss<T, K>(double(p.uniform), [&](const auto& loss) {
       using Loss = std::decay_t<decltype(loss)>;
-      this->template walk_with<kGrad>(UniformMath<Loss>{loss}, x, y, b, e, inner, vec, one);
+      this->template walk_with<kGrad>(UniformMath<Loss>{loss}, x, y, b, e, inner, target, vec,
+                                      one);
     });
   }
 
@@ -295,7 +300,7 @@ struct WeightedBlocks {
   // the stores.
   template <bool kGrad, class Math, class VecFn, class OneFn>
   void walk_with(const Math math, const T* x, const T* y, int64_t b, int64_t e, int64_t inner,
-                 VecFn& vec, OneFn& one) {
+                 bool target, VecFn& vec, OneFn& one) {
     constexpr bool kPerLane = std::is_same_v<Math, PerLaneMath<K>>;
     for (int64_t i0 = b; i0 < e; i0 += kLanes) {
       const int m = int(std::min<int64_t>(kLanes, e - i0));
@@ -304,21 +309,29 @@ struct WeightedBlocks {
       if (m == kLanes) {
         for (int v = 0; v < NV; ++v) {
           const int j = v * VS;
-          const Vec d = Io<T>::load(x + i0 + j) - Io<T>::load(y + i0 + j);
+          const Vec xv = Io<T>::load(x + i0 + j), yv = Io<T>::load(y + i0 + j);
+          const Vec d = xv - yv;
           const auto& loss = math.vec(p, j);
-          Vec g;
-          if constexpr (kGrad) g = loss.grad(d);
-          vec(i0 + j, v, loss.value(d), g, w.vec(j));
+          Vec g, t;
+          if constexpr (kGrad) {
+            g = loss.grad(d);
+            if (target) t = loss.target_grad(g, d, yv - xv);
+          }
+          vec(i0 + j, v, loss.value(d), g, t, w.vec(j));
         }
         continue;
       }
       for (int k = 0; k < m; ++k) {
         const int64_t i = i0 + k;
-        const A d = A(x[i]) - A(y[i]);
+        const A xi = A(x[i]), yi = A(y[i]);
+        const A d = xi - yi;
         const auto& loss = math.one(p, k);
-        A g{};
-        if constexpr (kGrad) g = loss.grad(d);
-        one(i, k, loss.value(d), g, w.one(k));
+        A g{}, t{};
+        if constexpr (kGrad) {
+          g = loss.grad(d);
+          if (target) t = loss.target_grad(g, d, yi - xi);
+        }
+        one(i, k, loss.value(d), g, t, w.one(k));
       }
     }
   }
@@ -326,7 +339,7 @@ struct WeightedBlocks {
 
 // One chunk [b, e) of the forward. kOut: write loss_weight * w * loss per element ('none') and
 // return 0; otherwise return the sum of w * loss in the fixed lane order. kGrad: also write
-// gi = w * grad * gscale and gt = -gi (either may be null).
+// gi = w * grad * gscale and gt = w * target_grad * gscale (either may be null).
 template <class T, LossKind K, bool kOut, bool kGrad>
 double weighted_forward_chunk(const T* x, const T* y, const Aux& wa, const Aux& pa, double param,
                               int64_t b, int64_t e, int64_t inner, acc_t<T> lw, T* out, T* gi,
@@ -340,8 +353,8 @@ double weighted_forward_chunk(const T* x, const T* y, const Aux& wa, const Aux& 
   for (int v = 0; v < Blocks::NV; ++v) sums[v] = Vec(A(0));
   A tail[kLanes] = {};  // the partial block's values, by lane
   blocks.template walk<kGrad>(
-      x, y, b, e, inner,
-      [&](int64_t i, int v, Vec val, const Vec& g, const Vec& wv) {
+      x, y, b, e, inner, gt != nullptr,
+      [&](int64_t i, int v, Vec val, const Vec& g, const Vec& t, const Vec& wv) {
         if (weighted) val = wv * val;
         if constexpr (kOut) {
           Io<T>::store(out + i, Vec(lw) * val);
@@ -349,12 +362,11 @@ double weighted_forward_chunk(const T* x, const T* y, const Aux& wa, const Aux& 
           sums[v] = sums[v] + val;
         }
         if constexpr (kGrad) {
-          const Vec gv = (weighted ? wv * g : g) * Vec(gscale);
-          if (gi) Io<T>::store(gi + i, gv);
-          if (gt) Io<T>::store(gt + i, -gv);
+          if (gi) Io<T>::store(gi + i, (weighted ? wv * g : g) * Vec(gscale));
+          if (gt) Io<T>::store(gt + i, (weighted ? wv * t : t) * Vec(gscale));
         }
       },
-      [&](int64_t i, int k, A val, A g, A wv) {
+      [&](int64_t i, int k, A val, A g, A t, A wv) {
         if (weighted) val = wv * val;
         if constexpr (kOut) {
           out[i] = T(lw * val);
@@ -362,9 +374,8 @@ double weighted_forward_chunk(const T* x, const T* y, const Aux& wa, const Aux& 
           tail[k] += val;
         }
         if constexpr (kGrad) {
-          const A gv = (weighted ? wv * g : g) * gscale;
-          if (gi) gi[i] = T(gv);
-          if (gt) gt[i] = T(-gv);
+          if (gi) gi[i] = T((weighted ? wv * g : g) * gscale);
+          if (gt) gt[i] = T((weighted ? wv * t : t) * gscale);
         }
       });
   if constexpr (kOut) return 0.0;
@@ -465,7 +476,7 @@ void row_sums_of_block(Vectorized<acc_t<T>>* terms, int64_t inner, T* out) {
 }
 
 // One chunk [b, e) of the backward: s = go[i] * loss_weight (kPerElement) or the reduced scale;
-// gi = w * grad * s, gt = -gi, gw = loss * s (any may be null). For a weight per row whose rows
+// gi = w * grad * s, gt = w * target_grad * s, gw = loss * s (any may be null). For a weight per row whose rows
 // tile the blocks (writes_row_sums), gw is the weight's own gradient: each row's sum of loss * s,
 // pairwise, written by its block (rows never straddle blocks or chunks then), instead of a
 // per-element tensor the glue sums: float32 boxes (N, 4) with a weight (N, 1) move 16 B per box
@@ -484,13 +495,12 @@ void weighted_backward_chunk(const T* x, const T* y, const Aux& wa, const Aux& p
   Vec terms[Blocks::NV];
   A tail[kLanes];  // a partial block's terms (its rows are whole: the tensor ends a row)
   blocks.template walk<true>(
-      x, y, b, e, inner,
-      [&](int64_t i, int v, const Vec& val, const Vec& g, const Vec& wv) {
+      x, y, b, e, inner, gt != nullptr,
+      [&](int64_t i, int v, const Vec& val, const Vec& g, const Vec& t, const Vec& wv) {
         const Vec s = kPerElement ? Io<T>::load(go + i) * Vec(scale) : Vec(scale);
         if (want_grad) {
-          const Vec gv = (weighted ? wv * g : g) * s;
-          if (gi) Io<T>::store(gi + i, gv);
-          if (gt) Io<T>::store(gt + i, -gv);
+          if (gi) Io<T>::store(gi + i, (weighted ? wv * g : g) * s);
+          if (gt) Io<T>::store(gt + i, (weighted ? wv * t : t) * s);
         }
         if (row_sums) {
           terms[v] = val * s;
@@ -499,11 +509,10 @@ void weighted_backward_chunk(const T* x, const T* y, const Aux& wa, const Aux& p
           Io<T>::store(gw + i, val * s);
         }
       },
-      [&](int64_t i, int k, A val, A g, A wv) {
+      [&](int64_t i, int k, A val, A g, A t, A wv) {
         const A s = kPerElement ? A(go[i]) * scale : scale;
-        const A gv = (weighted ? wv * g : g) * s;
-        if (gi) gi[i] = T(gv);
-        if (gt) gt[i] = T(-gv);
+        if (gi) gi[i] = T((weighted ? wv * g : g) * s);
+        if (gt) gt[i] = T((weighted ? wv * t : t) * s);
         if (row_sums) {
           tail[k] = val * s;
           if ((k + 1) % inner == 0) {  // the row's last element

@@ -281,9 +281,9 @@ __device__ __forceinline__ void finish_sum(acc_t<T> acc, acc_t<T>* partials, uns
 }
 
 // The gradients a reduced forward writes for an incoming gradient of one (kGrad): gi = grad(d) *
-// (1 / divisor), gt the target's (math::target_gradient), the expressions backward_kernel
-// evaluates for that gradient, so the bits are the same. A null pointer: that gradient is not
-// wanted.
+// (1 / divisor), gt = target_grad(grad(d), d, y - x) * (1 / divisor) (loss_math.h), the
+// expressions backward_kernel evaluates for that gradient, so the bits are the same. A null
+// pointer: that gradient is not wanted.
 // packs: gi and gt sit at x's offset from 16-byte alignment, so a pack of x is a pack of them
 // (else they are stored one element at a time; the work split, and so the loss's bits, follow x
 // and y alone, as without gradients).
@@ -293,14 +293,6 @@ struct ForwardGradients {
   T* __restrict__ gt;
   acc_t<T> scale;
   bool packs;
-
-  // The target's gradient, given the input's v = grad(x - y) * scale.
-  template <class Loss>
-  __device__ __forceinline__ acc_t<T> target(const Loss& loss, acc_t<T> v, acc_t<T> x,
-                                             acc_t<T> y) const {
-    return math::target_gradient(loss, [&] { return loss.grad(y - x) * scale; },
-                                 [&] { return -v; });
-  }
 };
 
 // One pass over x and y: the loss summed in a fixed order, and where asked the int8 sign (L1's
@@ -323,13 +315,14 @@ __global__ void __launch_bounds__(kThreads)
         Pack<T> gip, gtp;
 #pragma unroll
         for (int k = 0; k < P; ++k) {
-          const A d = to_acc(a.v[k]) - to_acc(b.v[k]);
+          const A xk = to_acc(a.v[k]), yk = to_acc(b.v[k]);
+          const A d = xk - yk;
           acc += loss.value(d);
           if (kSign) sp.s[k] = math::Prim<A>::int8_sign(d);
           if (kGrad) {
-            const A v = loss.grad(d) * g.scale;
-            gip.v[k] = from_acc<T>(v);
-            if (g.gt) gtp.v[k] = from_acc<T>(g.target(loss, v, to_acc(a.v[k]), to_acc(b.v[k])));
+            const A u = loss.grad(d);
+            gip.v[k] = from_acc<T>(u * g.scale);
+            gtp.v[k] = from_acc<T>(loss.target_grad(u, d, yk - xk) * g.scale);
           }
         }
         if (kSign) store_signs<P>(sign, i, sp, s);
@@ -350,9 +343,9 @@ __global__ void __launch_bounds__(kThreads)
         acc += loss.value(d);
         if (kSign) sign[i] = math::Prim<A>::int8_sign(d);
         if (kGrad) {
-          const A v = loss.grad(d) * g.scale;
-          if (g.gi) g.gi[i] = from_acc<T>(v);
-          if (g.gt) g.gt[i] = from_acc<T>(g.target(loss, v, xi, yi));
+          const A u = loss.grad(d);
+          if (g.gi) g.gi[i] = from_acc<T>(u * g.scale);
+          if (g.gt) g.gt[i] = from_acc<T>(loss.target_grad(u, d, yi - xi) * g.scale);
         }
       });
   finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
@@ -387,42 +380,42 @@ __global__ void __launch_bounds__(kThreads)
       });
 }
 
-// Where a backward gets the unscaled subgradient of element i from: pack / one give the input's;
-// with kTargetBySwap, pack(..., t) also the target's (grad(y - x): math::target_gradient) and
-// one_target(i) the target's of element i; without, the target's is the input's negated after
-// scaling.
+// Where a backward gets the unscaled subgradients of element i from: pack<P>(i, s, f) calls
+// f(k, g, target) for the elements i + k of a pack, g the input's and target() the target's
+// (loss_math.h, target_grad), both to be scaled by the same factors; one(i) and one_target(i)
+// give them for one element. (Computed element by element, the target's only where called: no
+// arrays of them held in registers.)
 template <class T, class Loss>
 struct FromResidual {
-  static constexpr bool kTargetBySwap = Loss::kTargetBySwap;
   const T* __restrict__ x;
   const T* __restrict__ y;
   Loss loss;
-  template <int P>
-  __device__ __forceinline__ void pack(int64_t i, const Span&, acc_t<T> (&g)[P],
-                                       acc_t<T> (&t)[P], bool target) const {
+  template <int P, class F>
+  __device__ __forceinline__ void pack(int64_t i, const Span&, F&& f) const {
     const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
     const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
-      g[k] = loss.grad(to_acc(a.v[k]) - to_acc(b.v[k]));
-      if (kTargetBySwap && target) t[k] = loss.grad(to_acc(b.v[k]) - to_acc(a.v[k]));
+      const acc_t<T> xk = to_acc(a.v[k]), yk = to_acc(b.v[k]);
+      const acc_t<T> d = xk - yk, g = loss.grad(d);
+      f(k, g, [&] { return loss.target_grad(g, d, yk - xk); });
     }
   }
   __device__ __forceinline__ acc_t<T> one(int64_t i) const {
     return loss.grad(to_acc(x[i]) - to_acc(y[i]));
   }
   __device__ __forceinline__ acc_t<T> one_target(int64_t i) const {
-    return loss.grad(to_acc(y[i]) - to_acc(x[i]));
+    const acc_t<T> xi = to_acc(x[i]), yi = to_acc(y[i]);
+    return loss.target_grad(loss.grad(xi - yi), xi - yi, yi - xi);
   }
 };
 
+// L1's sgn(d), saved as int8; the target's is its negation (math::L1Loss::target_grad).
 template <class T>
 struct FromSign {
-  static constexpr bool kTargetBySwap = false;  // (L1's)
   const int8_t* __restrict__ sign;
-  template <int P>
-  __device__ __forceinline__ void pack(int64_t i, const Span& s, acc_t<T> (&g)[P],
-                                       acc_t<T> (&)[P], bool) const {
+  template <int P, class F>
+  __device__ __forceinline__ void pack(int64_t i, const Span& s, F&& f) const {
     SignPack<P> sp;
     if (s.sign_words) {
       sp.word = *reinterpret_cast<const typename SignWord<P>::type*>(sign + i);
@@ -431,10 +424,13 @@ struct FromSign {
       for (int k = 0; k < P; ++k) sp.s[k] = sign[i + k];
     }
 #pragma unroll
-    for (int k = 0; k < P; ++k) g[k] = acc_t<T>(sp.s[k]);
+    for (int k = 0; k < P; ++k) {
+      const acc_t<T> g = acc_t<T>(sp.s[k]);
+      f(k, g, [g] { return -g; });
+    }
   }
   __device__ __forceinline__ acc_t<T> one(int64_t i) const { return acc_t<T>(sign[i]); }
-  __device__ __forceinline__ acc_t<T> one_target(int64_t) const { return acc_t<T>(0); }  // (unused)
+  __device__ __forceinline__ acc_t<T> one_target(int64_t i) const { return -acc_t<T>(sign[i]); }
 };
 
 // The range of T's normal numbers, in its accumulation type (numeric_limits for float and
@@ -491,11 +487,11 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
     const A r = v * go;
     if (rounded_from_normal<T>(v) && is_normal<T>(r)) {
       input = r;
-      target = -r;  // (nonzero: the negated input's, also with kTargetBySwap)
+      target = -r;  // (not a zero: the target's gradient is the input's negated)
       return;
     }
     input = src.one(i) * scale;
-    target = Source::kTargetBySwap ? src.one_target(i) * scale : -input;
+    target = src.one_target(i) * scale;
   };
   for_each_owned<T>(
       s,
@@ -529,13 +525,12 @@ __device__ __forceinline__ acc_t<T> reduced_scale(const T* go, double divisor) {
   return acc_t<T>((go ? double(to_acc(go[0])) : 1.0) / divisor);
 }
 
-// gi = g * go[i] (per element) or g * go[0] / divisor; gt the target's, by the same factors
-// (Source::kTargetBySwap) or -gi. go is read on the device; a
-// null go (not per element) stands for an incoming gradient of one. unless_one (one go, not per
-// element): gi / gt already hold the gradients for an incoming gradient of one (a forward wrote
-// them). For go[0] exactly one every block returns at once, having read one value; for a power of
-// two (loss scaling, loss weights of 0.5 or 2) they are scaled in place (rescale_kept); otherwise
-// rewritten from the source.
+// gi = g * go[i] (per element) or g * go[0] / divisor; gt the target's by the same factors. go is
+// read on the device; a null go (not per element) stands for an incoming gradient of one.
+// unless_one (one go, not per element): gi / gt already hold the gradients for an incoming
+// gradient of one (a forward wrote them). For go[0] exactly one every block returns at once,
+// having read one value; for a power of two (loss scaling, loss weights of 0.5 or 2) they are
+// scaled in place (rescale_kept); otherwise rewritten from the source.
 template <class T, class Source, bool kPerElement>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(Source src, const T* __restrict__ go, double divisor, Span s,
@@ -554,18 +549,14 @@ __global__ void __launch_bounds__(kThreads)
   for_each_owned<T>(
       s,
       [&](int64_t i) {
-        A g[P], t[P];
-        src.template pack<P>(i, s, g, t, gt != nullptr);
         Pack<T> gop;
         if (kPerElement) gop = *reinterpret_cast<const Pack<T>*>(go + i);
         Pack<T> a, b;
-#pragma unroll
-        for (int k = 0; k < P; ++k) {
+        src.template pack<P>(i, s, [&](int k, A g, const auto& target) {
           const auto scaled = [&](A u) { return (kPerElement ? u * to_acc(gop.v[k]) : u) * scale; };
-          const A v = scaled(g[k]);
-          a.v[k] = from_acc<T>(v);
-          if (gt) b.v[k] = from_acc<T>(Source::kTargetBySwap ? scaled(t[k]) : -v);
-        }
+          a.v[k] = from_acc<T>(scaled(g));
+          b.v[k] = from_acc<T>(scaled(target()));
+        });
         if (gi) store_pack(gi + i, a);
         if (gt) store_pack(gt + i, b);
       },
@@ -573,7 +564,7 @@ __global__ void __launch_bounds__(kThreads)
         const auto scaled = [&](A u) { return (kPerElement ? u * to_acc(go[i]) : u) * scale; };
         const A v = scaled(src.one(i));
         if (gi) gi[i] = from_acc<T>(v);
-        if (gt) gt[i] = from_acc<T>(Source::kTargetBySwap ? scaled(src.one_target(i)) : -v);
+        if (gt) gt[i] = from_acc<T>(scaled(src.one_target(i)));
       });
 }
 

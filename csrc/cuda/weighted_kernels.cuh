@@ -49,10 +49,21 @@ struct WeightedElement {
     if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.value(d(q.i));
     return math::make_loss<K, A>(double(pv)).value(d(q.i));
   }
-  __device__ __forceinline__ A grad(const weighted::Position& q) const {
+  // The input's subgradient and the target's, to be scaled by the same factors (loss_math.h,
+  // target_grad), from one read of the parameter.
+  struct Grads {
+    A input, target;
+  };
+  __device__ __forceinline__ Grads grads(const weighted::Position& q) const {
     const A pv = param_at(q);
-    if (K == LossKind::SmoothL1 && pv == A(0)) return math::L1Loss{}.grad(d(q.i));
-    return math::make_loss<K, A>(double(pv)).grad(d(q.i));
+    const A xi = to_acc(x[q.i]), yi = to_acc(y[q.i]);
+    const A d = xi - yi;
+    const auto of = [&](const auto& loss) {
+      const A g = loss.grad(d);
+      return Grads{g, loss.target_grad(g, d, yi - xi)};
+    };
+    if (K == LossKind::SmoothL1 && pv == A(0)) return of(math::L1Loss{});
+    return of(math::make_loss<K, A>(double(pv)));
   }
 };
 
@@ -80,9 +91,9 @@ __global__ void __launch_bounds__(kThreads)
     for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
       const A w = e.weight(q);
       acc += w * e.value(q);
-      const A g = w * e.grad(q) * scale;
-      if (gi) gi[q.i] = from_acc<T>(g);
-      if (gt) gt[q.i] = from_acc<T>(-g);
+      const auto g = e.grads(q);
+      if (gi) gi[q.i] = from_acc<T>(w * g.input * scale);
+      if (gt) gt[q.i] = from_acc<T>(w * g.target * scale);
     }
   } else {
     for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) acc += e.weight(q) * e.value(q);
@@ -112,10 +123,16 @@ __global__ void __launch_bounds__(kThreads)
       for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
         const A v = gi ? to_acc(gi[q.i]) : -to_acc(gt[q.i]);
         const A rv = v * g0;
-        const bool exact = rounded_from_normal<T>(v) && is_normal<T>(rv);
-        const A g = exact ? rv : e.weight(q) * e.grad(q) * scale;
-        if (gi) gi[q.i] = from_acc<T>(g);
-        if (gt) gt[q.i] = from_acc<T>(-g);
+        // (not a zero: the target's gradient is the input's negated)
+        if (rounded_from_normal<T>(v) && is_normal<T>(rv)) {
+          if (gi) gi[q.i] = from_acc<T>(rv);
+          if (gt) gt[q.i] = from_acc<T>(-rv);
+          continue;
+        }
+        const A w = e.weight(q);
+        const auto g = e.grads(q);
+        if (gi) gi[q.i] = from_acc<T>(w * g.input * scale);
+        if (gt) gt[q.i] = from_acc<T>(w * g.target * scale);
       }
       return;
     }
@@ -123,9 +140,10 @@ __global__ void __launch_bounds__(kThreads)
   for (weighted::Position q = walk.first(); q.i < n; walk.next(q)) {
     const A s = per_element && go ? to_acc(go[q.i]) * scale : scale;
     if (gi || gt) {
-      const A g = e.weight(q) * e.grad(q) * s;
-      if (gi) gi[q.i] = from_acc<T>(g);
-      if (gt) gt[q.i] = from_acc<T>(-g);
+      const A w = e.weight(q);
+      const auto g = e.grads(q);
+      if (gi) gi[q.i] = from_acc<T>(w * g.input * s);
+      if (gt) gt[q.i] = from_acc<T>(w * g.target * s);
     }
     if (gw) gw[q.i] = from_acc<T>(e.value(q) * s);
   }
