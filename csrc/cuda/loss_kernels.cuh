@@ -555,7 +555,7 @@ __global__ void __launch_bounds__(kThreads)
         src.template pack<P>(i, s, [&](int k, A g, const auto& target) {
           const auto scaled = [&](A u) { return (kPerElement ? u * to_acc(gop.v[k]) : u) * scale; };
           a.v[k] = from_acc<T>(scaled(g));
-          b.v[k] = from_acc<T>(scaled(target()));
+          if (gt) b.v[k] = from_acc<T>(scaled(target()));
         });
         if (gi) store_pack(gi + i, a);
         if (gt) store_pack(gt + i, b);
