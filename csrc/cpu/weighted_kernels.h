@@ -476,11 +476,12 @@ void row_sums_of_block(Vectorized<acc_t<T>>* terms, int64_t inner, T* out) {
 }
 
 // One chunk [b, e) of the backward: s = go[i] * loss_weight (kPerElement) or the reduced scale;
-// gi = w * grad * s, gt = w * target_grad * s, gw = loss * s (any may be null). For a weight per row whose rows
-// tile the blocks (writes_row_sums), gw is the weight's own gradient: each row's sum of loss * s,
-// pairwise, written by its block (rows never straddle blocks or chunks then), instead of a
-// per-element tensor the glue sums: float32 boxes (N, 4) with a weight (N, 1) move 16 B per box
-// less, and skip the sum (torch's over a last dimension of 4 is slower than this whole pass).
+// gi = w * grad * s, gt = w * target_grad * s, gw = loss * s (any may be null). For a weight per
+// row whose rows tile the blocks (writes_row_sums), gw is the weight's own gradient: each row's
+// sum of loss * s, pairwise, written by its block (rows never straddle blocks or chunks then),
+// instead of a per-element tensor the glue sums: float32 boxes (N, 4) with a weight (N, 1) move
+// 16 B per box less, and skip the sum (torch's over a last dimension of 4 is slower than this
+// whole pass).
 template <class T, LossKind K, bool kPerElement>
 void weighted_backward_chunk(const T* x, const T* y, const Aux& wa, const Aux& pa, double param,
                              int64_t b, int64_t e, int64_t inner, const T* go, acc_t<T> scale,
