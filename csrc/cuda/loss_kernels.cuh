@@ -382,9 +382,10 @@ __global__ void __launch_bounds__(kThreads)
 
 // Where a backward gets the unscaled subgradients of element i from: pack<P>(i, s, f) calls
 // f(k, g, target) for the elements i + k of a pack, g the input's and target() the target's
-// (loss_math.h, target_grad), both to be scaled by the same factors; one(i) and one_target(i)
-// give them for one element. (Computed element by element, the target's only where called: no
-// arrays of them held in registers.)
+// (loss_math.h, target_grad), both to be scaled by the same factors; one(i, f) calls f(g, target)
+// for the one element i (a scalar head or tail, an element rescale_kept recomputes). (Computed
+// element by element, the target's only where called: no arrays of them held in registers, and
+// x, y and the input's gradient read and computed once for both.)
 template <class T, class Loss>
 struct FromResidual {
   const T* __restrict__ x;
@@ -396,17 +397,18 @@ struct FromResidual {
     const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
-      const acc_t<T> xk = to_acc(a.v[k]), yk = to_acc(b.v[k]);
-      const acc_t<T> d = xk - yk, g = loss.grad(d);
-      f(k, g, [&] { return loss.target_grad(g, d, yk - xk); });
+      element(to_acc(a.v[k]), to_acc(b.v[k]),
+              [&](acc_t<T> g, const auto& target) { f(k, g, target); });
     }
   }
-  __device__ __forceinline__ acc_t<T> one(int64_t i) const {
-    return loss.grad(to_acc(x[i]) - to_acc(y[i]));
+  template <class F>
+  __device__ __forceinline__ void one(int64_t i, F&& f) const {
+    element(to_acc(x[i]), to_acc(y[i]), f);
   }
-  __device__ __forceinline__ acc_t<T> one_target(int64_t i) const {
-    const acc_t<T> xi = to_acc(x[i]), yi = to_acc(y[i]);
-    return loss.target_grad(loss.grad(xi - yi), xi - yi, yi - xi);
+  template <class F>
+  __device__ __forceinline__ void element(acc_t<T> xi, acc_t<T> yi, F&& f) const {
+    const acc_t<T> d = xi - yi, g = loss.grad(d);
+    f(g, [&] { return loss.target_grad(g, d, yi - xi); });
   }
 };
 
@@ -429,8 +431,11 @@ struct FromSign {
       f(k, g, [g] { return -g; });
     }
   }
-  __device__ __forceinline__ acc_t<T> one(int64_t i) const { return acc_t<T>(sign[i]); }
-  __device__ __forceinline__ acc_t<T> one_target(int64_t i) const { return -acc_t<T>(sign[i]); }
+  template <class F>
+  __device__ __forceinline__ void one(int64_t i, F&& f) const {
+    const acc_t<T> g = acc_t<T>(sign[i]);
+    f(g, [g] { return -g; });
+  }
 };
 
 // The range of T's normal numbers, in its accumulation type (numeric_limits for float and
@@ -490,8 +495,10 @@ __device__ __forceinline__ void rescale_kept(const Source& src, acc_t<T> go, acc
       target = -r;  // (not a zero: the target's gradient is the input's negated)
       return;
     }
-    input = src.one(i) * scale;
-    target = src.one_target(i) * scale;
+    src.one(i, [&](A g, const auto& target_grad) {
+      input = g * scale;
+      target = target_grad() * scale;
+    });
   };
   for_each_owned<T>(
       s,
@@ -562,9 +569,10 @@ __global__ void __launch_bounds__(kThreads)
       },
       [&](int64_t i) {
         const auto scaled = [&](A u) { return (kPerElement ? u * to_acc(go[i]) : u) * scale; };
-        const A v = scaled(src.one(i));
-        if (gi) gi[i] = from_acc<T>(v);
-        if (gt) gt[i] = from_acc<T>(scaled(src.one_target(i)));
+        src.one(i, [&](A g, const auto& target) {
+          if (gi) gi[i] = from_acc<T>(scaled(g));
+          if (gt) gt[i] = from_acc<T>(scaled(target()));
+        });
       });
 }
 
