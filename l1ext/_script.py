@@ -181,6 +181,13 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
             operands[1] = operands[1].to(elementwise)
         if kind == 2:
             answer = huber_dtype(input)
+        elif l1 and not input.is_floating_point() and not target.is_floating_point():
+            avg_tensor0: Optional[Tensor] = None
+            if avg_factor is not None:
+                avg_tensor0, _ = _tensor_or_float(avg_factor)
+            operands[0], operands[1], answer = integer_loss_operands(
+                operands[0], operands[1], weight, reduction, avg_tensor0,
+                avg_factor is not None and avg_tensor0 is None, loss_weight)
     dtype = _kernel_dtype(operands[0], operands[1])
     if dtype is None:
         raise NotImplementedError("l1ext weighted losses support floating dtypes on the devices "
@@ -231,6 +238,41 @@ def _weighted(kind: int, input: Tensor, target: Tensor, reduction: str, param: N
     if host_scale is not None:
         loss = loss * host_scale.to(loss.dtype)
     return _as_divided_by(loss, avg_tensor) if reduction == "mean" else loss
+
+
+def integer_loss_operands(input: Tensor, target: Tensor, weight: Optional[Tensor],
+                          reduction: str, avg_factor: Optional[Tensor], avg_number: bool,
+                          loss_weight: Optional[float]) -> Tuple[Tensor, Tensor, Optional[int]]:
+    """Integer operands of the L1 loss (Smooth L1 with beta 0), whose elementwise loss torch
+    computes in integers (wrapping around as integer subtraction does): that loss, converted to the
+    dtype the composition goes on in, as the input of the operator against a zero target (|l - 0|
+    is l, so the composition's rounding of l); and the integer dtype it answers in, where it stays
+    integral (an integer weight or loss_weight, 'none' or 'sum'). That dtype is found by the
+    composition on one-element host tensors, which raises its error where it does (the mean of an
+    integer loss). (functional.py's too.)"""
+    loss = torch._C._nn.l1_loss(input, target, 0)
+    cpu = torch.device("cpu")
+    out = torch.zeros([1] * loss.dim(), dtype=loss.dtype, device=cpu)
+    if weight is not None:
+        out = out * torch.zeros([1] * weight.dim(), dtype=weight.dtype, device=cpu)
+    if reduction == "sum":
+        out = out.sum()
+    elif reduction == "mean":
+        if avg_factor is not None:
+            out = out.sum() / (torch.zeros([1] * avg_factor.dim(), dtype=avg_factor.dtype,
+                                           device=cpu) + 1.1920928955078125e-07)
+        elif avg_number:
+            out = out.sum() / 1.0
+        else:
+            out = out.mean()
+    if loss_weight is not None:
+        out = out * loss_weight
+    answer: Optional[int] = None
+    dtype = out.dtype
+    if not out.is_floating_point():
+        answer, dtype = out.dtype, torch.float64  # (exact for integers below 2^53)
+    loss = loss.to(dtype)
+    return loss, torch.zeros_like(loss), answer
 
 
 def shape_widened_by(shape: List[int], weight_shape: List[int]) -> Optional[List[int]]:

@@ -182,6 +182,7 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
     if avg_factor is not None and reduction == "sum":
         raise ValueError('avg_factor can not be used with reduction="sum"')
     scale = None
+    loss_weight_number = None if isinstance(loss_weight, Tensor) else loss_weight
     if isinstance(loss_weight, Tensor):
         # loss_weight * loss, as the composition: a gradient for a learned loss weight, and no
         # host read of a device one.
@@ -199,6 +200,11 @@ def _weighted(kind, input, target, reduction, param, weight, avg_factor, loss_we
             expanded_target = expanded_target.to(elementwise)
         if kind == _HUBER:
             answer = _script.huber_dtype(input)
+        elif not elementwise.is_floating_point:  # (integer operands of the L1 loss)
+            avg = avg_factor if isinstance(avg_factor, Tensor) else None
+            expanded_input, expanded_target, answer = _script.integer_loss_operands(
+                expanded_input, expanded_target, weight, reduction, avg,
+                avg_factor is not None and avg is None, loss_weight_number)
     dtype = _kernel_dtype(expanded_input, expanded_target)
     if dtype is None:
         raise NotImplementedError(

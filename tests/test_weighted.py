@@ -2,6 +2,7 @@
 detection code writes and a float64 formula oracle."""
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ def _mmdet_reference(elementwise, weight, reduction, avg_factor, loss_weight):
     """mmdetection's weight_reduce_loss, written out."""
     loss = elementwise if weight is None else elementwise * weight
     if avg_factor is None:
-        loss = {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+        loss = loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
     elif reduction == "mean":
         loss = loss.sum() / (avg_factor + EPS)
     return loss * (1.0 if loss_weight is None else loss_weight)
@@ -152,7 +153,8 @@ def test_weighted_operands_of_mixed_dtypes(loss, kw, device):
     loss promotes them and answers in that dtype (Huber in the input's), takes a bool target for
     Smooth L1 and Huber, and refuses a bool operand of the L1 loss (Smooth L1 with beta 0) and a
     bool or integer input of the Huber loss, errors the weighted call raises too (eager and
-    scripted). An integer loss of integer operands is not served (NotImplementedError)."""
+    scripted). Integer operands of the L1 loss: torch's integer loss, weighted as the composition
+    weights it (test_weighted_integer_l1_is_the_compositions)."""
     ours, elementwise, pname = ELEMENTWISE[loss]
     module = {"l1": l1ext.L1Loss, "smooth_l1": l1ext.SmoothL1Loss, "huber": l1ext.HuberLoss}[loss](**kw)
     scripted = torch.jit.script(module)
@@ -171,10 +173,6 @@ def test_weighted_operands_of_mixed_dtypes(loss, kw, device):
                     with pytest.raises((type(e), torch.jit.Error), match=str(e)[:30]):
                         call()
                 continue
-            if not ref.is_floating_point() or (not x_dtype.is_floating_point and not y_dtype.is_floating_point):
-                with pytest.raises(NotImplementedError):
-                    ours(x, y, weight=w, avg_factor=3.0, **kw)
-                continue
             out = ours(x, y, weight=w, avg_factor=3.0, **kw)
             assert out.dtype == ref.dtype, (x_dtype, y_dtype, w_dtype, out.dtype, ref.dtype)
             narrow = max((d for d in (x_dtype, y_dtype, ref.dtype) if d.is_floating_point),
@@ -182,6 +180,50 @@ def test_weighted_operands_of_mixed_dtypes(loss, kw, device):
             torch.testing.assert_close(out.double(), ref.double(), **TOL[narrow])
             mine = scripted(x, y, weight=w, avg_factor=3.0)
             assert mine.dtype == out.dtype and torch.equal(mine, out)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.int8], ids=str)
+def test_weighted_integer_l1_is_the_compositions(dtype, device):
+    """Integer operands of the weighted L1 loss (and of Smooth L1 with beta 0): torch's integer
+    loss (with its wrap-around: 3 - 5 in uint8 is 254), then weighted, reduced and scaled as the
+    composition is, in its dtype and shape: integral where it stays so (an integer weight or
+    loss_weight, 'none' or 'sum'), floating otherwise; its error for the mean of an integer loss.
+    Eager and scripted, exactly."""
+    x = torch.randint(0, 100, (6, 4), device=device).to(dtype)
+    y = torch.randint(0, 100, (6, 4), device=device).to(dtype)
+    weights = [None, torch.rand(6, 4, device=device), torch.rand(6, 1, dtype=torch.float64, device=device),
+               torch.randint(0, 3, (6, 4), device=device), torch.rand(6, device=device),
+               torch.tensor(2.0, dtype=torch.float64, device=device)]
+    avgs = [("none", None), ("sum", None), ("mean", None), ("mean", 3.0), ("mean", torch.tensor(3.0, device=device)),
+            ("mean", torch.tensor([3.0], dtype=torch.float64, device=device)), ("mean", torch.tensor(3, device=device))]
+    checked = 0
+    for w, (reduction, avg), lw in itertools.product(weights, avgs, [None, 2.0, 2, torch.tensor(0.5, device=device)]):
+        if avg is None and lw is None:
+            continue  # (torch's own weighted l1_loss)
+        row = _as_broadcast(w, x.shape)
+        try:
+            ref = _mmdet_reference((x - y).abs(), row, reduction, avg, 1)  # (an int keeps it integral)
+            ref = ref if lw is None else lw * ref
+        except RuntimeError as e:
+            with pytest.raises(RuntimeError, match=re.escape(str(e))):
+                LF.l1_loss(x, y, reduction=reduction, weight=w, avg_factor=avg, loss_weight=lw)
+            continue
+        calls = [lambda: LF.l1_loss(x, y, reduction=reduction, weight=w, avg_factor=avg, loss_weight=lw),
+                 lambda: LF.smooth_l1_loss(x, y, beta=0.0, reduction=reduction, weight=w, avg_factor=avg,
+                                           loss_weight=lw)]
+        if not isinstance(lw, (torch.Tensor, int)):
+            scripted = torch.jit.script(l1ext.L1Loss(reduction=reduction, loss_weight=lw))
+            calls.append(lambda: scripted(x, y, weight=w, avg_factor=avg))
+        for call in calls:
+            out = call()
+            assert out.dtype == ref.dtype and out.shape == ref.shape, (w, reduction, avg, lw, out.dtype, ref.dtype)
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=0)
+            checked += 1
+    assert checked > 150
+    u = torch.tensor([3], dtype=torch.uint8, device=device)
+    assert LF.l1_loss(u, u + 2, avg_factor=1.0).item() == pytest.approx(254 / (1 + EPS))
 
 
 @pytest.mark.parametrize("device", DEVICES)
