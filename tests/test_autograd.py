@@ -225,6 +225,38 @@ def test_gradient_of_one_operand_only(loss, reduction):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+_DTYPE_CHANGING_HOOKS = {
+    "bfloat16": (lambda t: t.to(torch.bfloat16), lambda t: t.float()),
+    "times_one": (lambda t: t * 1.0, lambda t: t),
+    "float16": (lambda t: t.to(torch.float16), lambda t: t.float()),
+}
+
+
+@pytest.mark.parametrize("hooks", list(_DTYPE_CHANGING_HOOKS), ids=str)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_saved_tensor_hooks_that_change_dtypes(loss, reduction, hooks):
+    """Hooks that hand back their saved tensors in another dtype (activation compression packs
+    everything to bfloat16 and unpacks with .float()): L1's saved int8 sign comes back as floats,
+    read as their signs; first and second derivatives as torch's under the same hooks (Smooth L1
+    and Huber save their float operands, as torch's do, so the hooks round those alike)."""
+    _, l1ext_fn, torch_fn, _ = loss
+    pack, unpack = _DTYPE_CHANGING_HOOKS[hooks]
+    x = torch.randn(16, dtype=torch.float64).to(torch.float32).requires_grad_()
+    y = torch.randn(16)
+    y[:3] = x[:3].detach()  # (zero residuals: sgn 0)
+    go = torch.randn(16) if reduction == "none" else torch.tensor(0.7)
+    results = []
+    for fn in (torch_fn, l1ext_fn):
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            out = fn(x, y, reduction=reduction)
+            gx, = torch.autograd.grad(out, x, go, create_graph=True)
+            ggx, = torch.autograd.grad((gx * gx).sum(), x, materialize_grads=True)
+        results.append((out, gx, ggx))
+    for got, want in zip(results[1], results[0]):
+        assert_close(got, want)
+
+
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_activation_checkpointing_and_saved_tensor_hooks(loss):
     # Non-reentrant checkpointing recomputes through saved-tensor hooks: l1ext's saved tensors go

@@ -97,6 +97,13 @@ Mask saved_mask(AutogradContext* ctx) {
 
 // Backward of L1: g = sign * grad_output (/ n for 'mean'). Linear in grad_output, and constant
 // in input and target (its derivative there is 0), so only grad_output gets a gradient.
+// The int8 sign L1 saved, as a saved-tensor hook's unpack gave it back: a hook may hand back
+// another dtype (one that packs everything to bfloat16 and unpacks with .float(), as many
+// compress activations), so any other dtype is read as the sign of its values.
+Tensor saved_sign(const Tensor& unpacked) {
+  return unpacked.scalar_type() == at::kChar ? unpacked : at::sign(unpacked).to(at::kChar);
+}
+
 class L1LossBackwardFunction : public torch::autograd::Function<L1LossBackwardFunction> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& grad_output, const Tensor& sign,
@@ -111,7 +118,7 @@ class L1LossBackwardFunction : public torch::autograd::Function<L1LossBackwardFu
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const Tensor sign = ctx->get_saved_variables()[0];
+    const Tensor sign = saved_sign(ctx->get_saved_variables()[0]);
     const int64_t reduction = ctx->saved_data["reduction"].toInt();
     const Mask mask = saved_mask(ctx);
     const Tensor d = combine(grads[0], grads[1], mask);
@@ -177,7 +184,8 @@ struct L1LossBackward : Node {
     if (kept_gradients) {
       std::tie(gi, gt) = from_kept(grads[0], mask);
     } else {
-      std::tie(gi, gt) = l1_loss_backward_op().call(grads[0], sign.unpack(), reduction, dtype, mask);
+      std::tie(gi, gt) =
+          l1_loss_backward_op().call(grads[0], saved_sign(sign.unpack()), reduction, dtype, mask);
     }
     if (at::GradMode::is_enabled()) {  // create_graph
       if (mask[0]) in_graph_of_operands(gi);
