@@ -294,6 +294,31 @@ def _invalid_reduction(reduction):
     return ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
 
 
+# torch.jit.trace: the TorchScript twins (l1ext/_script.py) serve traced calls, so a traced graph
+# holds the twin's graph, with its broadcasting, promotion and branches to torch's operators, as a
+# traced torch loss holds an aten operator that broadcasts and promotes. Tracing this code would
+# record only the operator the example inputs reach (no broadcast, no cast), which inputs of
+# another size or dtype would not fit. (A tensor loss_weight, which the twins do not take, is
+# traced here.)
+_scripted_twins = {}
+
+
+def _traced_twin(name: str, loss_weight):
+    if not torch.jit.is_tracing() or isinstance(loss_weight, Tensor):
+        return None
+    twin = _scripted_twins.get(name)
+    if twin is None:
+        state = torch._C._get_tracing_state()  # (compiled outside the trace: compiling inside it
+        torch._C._set_tracing_state(None)      # records the compiler's own tensor operations)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated")
+                twin = _scripted_twins[name] = torch.jit.script(getattr(_script, name))
+        finally:
+            torch._C._set_tracing_state(state)
+    return twin
+
+
 def l1_loss(
     input: Tensor,
     target: Tensor,
@@ -324,6 +349,9 @@ def l1_loss(
             size_average=size_average, reduce=reduce, reduction=reduction,
             **_given(weight=weight, avg_factor=avg_factor, loss_weight=loss_weight),
         )
+    twin = _traced_twin("l1_loss", loss_weight)
+    if twin is not None:
+        return twin(input, target, size_average, reduce, reduction, weight, avg_factor, loss_weight)
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)
@@ -385,6 +413,9 @@ def smooth_l1_loss(
             size_average=size_average, reduce=reduce, reduction=reduction, beta=beta,
             **_given(weight=weight, avg_factor=avg_factor, loss_weight=loss_weight),
         )
+    twin = _traced_twin("smooth_l1_loss", loss_weight)
+    if twin is not None:
+        return twin(input, target, size_average, reduce, reduction, beta, weight, avg_factor, loss_weight)
     _warn_if_sizes_differ(input, target)
     if size_average is not None or reduce is not None:
         reduction = _legacy_reduction(size_average, reduce)
@@ -424,6 +455,9 @@ def huber_loss(
             reduction=reduction, delta=delta, weight=weight,
             **_given(avg_factor=avg_factor, loss_weight=loss_weight),
         )
+    twin = _traced_twin("huber_loss", loss_weight)
+    if twin is not None:
+        return twin(input, target, reduction, delta, weight, avg_factor, loss_weight)
     _warn_if_sizes_differ(input, target)
     if avg_factor is not None or loss_weight is not None or _is_tensor_param(delta):
         if not isinstance(delta, Tensor) and not delta > 0:
@@ -471,6 +505,9 @@ def quantile_loss(
             quantile_loss, (input, target, weight), input, target, tau=tau, reduction=reduction,
             weight=weight, avg_factor=avg_factor, loss_weight=loss_weight,
         )
+    twin = _traced_twin("quantile_loss", loss_weight)
+    if twin is not None:
+        return twin(input, target, tau, reduction, weight, avg_factor, loss_weight)
     # A tensor tau's values are checked by the operator (on the host, or on the device without
     # synchronisation), so the check holds under torch.compile and torch.func's transforms too.
     # Quantiles along the last dimension: a tau of one or more dimensions; a 0-d one is a number.

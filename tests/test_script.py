@@ -301,3 +301,67 @@ def test_fx_normalizes_functional_calls():
                               normalize_to_only_use_kwargs=True)
     assert args.kwargs["beta"] == 0.5 and args.kwargs["reduction"] == "sum"
     assert args.kwargs["input"] is x and args.kwargs["target"] is y
+
+
+# Later calls of a traced graph: another size, a broadcast target, a promoted or integer target,
+# complex operands (torch's operator's error or result), other reductions' shapes.
+_TRACE_CALLS = [
+    (lambda: torch.randn(5, 2), lambda: torch.randn(5, 2)),
+    (lambda: torch.randn(3, 4), lambda: torch.randn(4)),
+    (lambda: torch.randn(3, 4), lambda: torch.randn(3, 4, dtype=torch.float64)),
+    (lambda: torch.randn(3, 4, dtype=torch.bfloat16), lambda: torch.randn(3, 4)),
+    (lambda: torch.randn(3, 4), lambda: torch.randint(0, 3, (3, 4))),
+    (lambda: torch.randn(3, 4, dtype=torch.complex64), lambda: torch.randn(3, 4, dtype=torch.complex64)),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("ours, theirs, kw", PAIRS, ids=PAIR_IDS)
+def test_traced_module_generalizes_as_torchs(ours, theirs, kw, reduction):
+    """torch.jit.trace of a module traced on same-size float32 operands: later calls of other
+    sizes, broadcast targets, other dtypes give what torch's traced module gives (value, dtype,
+    shape, gradients; its error where it raises), and the graph calls l1ext's TorchScript twin
+    (not a torch loss), which broadcasts and promotes as torch's aten operator does."""
+    example = (torch.randn(3, 4), torch.randn(3, 4))
+    eager = ours(reduction=reduction, **kw)
+    traced_ours = torch.jit.trace(eager, example)
+    traced_theirs = torch.jit.trace(theirs(reduction=reduction, **kw), example)
+    assert "l1ext" in str(traced_ours.inlined_graph)
+    for make_x, make_y in _TRACE_CALLS:
+        x, y = make_x(), make_y()
+        try:
+            want = _grads(traced_theirs, x, y)
+        except RuntimeError:
+            # torch raises (complex operands; its Huber backward with two dtypes, which l1ext
+            # computes): as the eager module does
+            want = _outcome(eager, x, y)
+            if isinstance(want, type):
+                assert _outcome(traced_ours, x, y) is want
+                continue
+        got = _grads(traced_ours, x, y)
+        for g, w in zip(got, want):
+            if w is None:
+                assert g is None
+            else:
+                assert_close(g, w)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_traced_functionals_generalize():
+    """Traced functional calls (the weighted convention, a quantile loss) serve later calls of
+    other sizes as their eager selves do."""
+    fns = [
+        lambda p, t: LF.l1_loss(p, t),
+        lambda p, t: LF.smooth_l1_loss(p, t, beta=1 / 9, weight=t.abs(), avg_factor=3.0),
+        lambda p, t: LF.huber_loss(p, t, delta=0.5, reduction="none", loss_weight=2.0),
+        lambda p, t: LF.quantile_loss(p, t, tau=0.3),
+    ]
+    for fn in fns:
+        traced = torch.jit.trace(fn, (torch.randn(3, 4), torch.randn(3, 4)))
+        for shape in [(7, 4), (2, 1)]:
+            p = torch.randn(shape, requires_grad=True)
+            t = torch.randn(shape)
+            got, want = traced(p, t), fn(p, t)
+            assert_close(got, want)
+            assert_close(torch.autograd.grad(got.sum(), p)[0], torch.autograd.grad(want.sum(), p)[0])

@@ -16,6 +16,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/jit/frontend/tracer.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 
 #include <optional>
@@ -116,6 +117,10 @@ class ReleaseGil {
 bool plain_tensor(PyObject* o) {
   return THPVariable_CheckExact(o) && !at::impl::torch_function_mode_enabled();
 }
+
+// Not while torch.jit.trace records: functional.py hands traced calls to the TorchScript twins,
+// whose graphs broadcast and promote as torch's traced losses do.
+bool tracing() { return torch::jit::tracer::isTracing(); }
 
 // Operands the kernels take as they are: same size (else torch warns and broadcasts), same kernel
 // dtype (else torch promotes), same device with l1ext kernels, strided layout.
@@ -285,7 +290,7 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
   }
   const LossKind kind = static_cast<LossKind>(kind_value);
   PyObject *weight = args[5], *avg_factor = args[6], *loss_weight = args[7];
-  if (!plain_tensor(args[1]) || !plain_tensor(args[2])) Py_RETURN_NONE;
+  if (!plain_tensor(args[1]) || !plain_tensor(args[2]) || tracing()) Py_RETURN_NONE;
   const int64_t reduction = reduction_of(args[3]);
   if (reduction < 0) Py_RETURN_NONE;
   const Tensor& input = THPVariable_Unpack(args[1]);
