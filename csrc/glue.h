@@ -66,11 +66,13 @@ inline void check_operands(const char* name, const Tensor& input, const Tensor& 
               target.scalar_type());
 }
 
-// The kernels walk both operands in memory order. Operands with equal strides that cover their
-// storage densely (contiguous, channels-last, any permutation) are used as they are, and the
-// outputs take the same strides; anything else (broadcast stride-0 views, slices, mixed layouts)
-// is made contiguous (a copy only where it is not) and answered contiguous. l1ext/_meta.py
-// mirrors this rule.
+// The kernels walk both operands in memory order. An input that covers its storage densely
+// (contiguous, channels-last, any permutation) is used as it is, and the outputs take its
+// strides; a target of other strides (another layout, a broadcast stride-0 view, a slice) is
+// copied into that layout (torch's TensorIterator answers in the input's layout too, and a dense
+// leaf's .grad must have its layout, else AccumulateGrad copies it once more). Any other input
+// (a slice, a broadcast view) makes both operands contiguous (a copy only where one is not), and
+// the outputs contiguous. l1ext/_meta.py mirrors this rule.
 struct Operands {
   Tensor x, y;
   bool keep_layout;
@@ -93,8 +95,10 @@ Tensor new_like(const Operands& ops, const at::TensorOptions& options) {
 }
 
 inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
-  if (input.strides() == target.strides() && input.is_non_overlapping_and_dense()) {
-    return {input, target, true};
+  if (input.is_non_overlapping_and_dense()) {
+    if (input.strides() == target.strides()) return {input, target, true};
+    return {input, at::empty_strided(input.sizes(), input.strides(), target.options()).copy_(target),
+            true};
   }
   return {input.contiguous(), target.contiguous(), false};
 }

@@ -1,6 +1,6 @@
 """Fake (meta) implementations of the l1ext operators, for torch.compile, torch.export and
 torch.library.opcheck. They mirror the output metadata of the C++ kernels exactly: see
-kernel_layout() in csrc/cpu/losses_cpu.cpp for the layout rule."""
+kernel_layout() in csrc/glue.h for the layout rule."""
 import torch
 from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
 
@@ -24,10 +24,10 @@ def _check(name, input, target, reduction, kind=None, param=None):
 
 
 def _like_operands(input, target, dtype=None):
-    # Operands with equal strides that cover their storage densely keep their layout; any
-    # other pair is processed (and answered) contiguous.
+    # An input that covers its storage densely keeps its layout (the target is copied into it
+    # where its strides differ); any other input is processed (and answered) contiguous.
     dtype = input.dtype if dtype is None else dtype
-    if input.stride() == target.stride() and is_non_overlapping_and_dense(input):
+    if is_non_overlapping_and_dense(input):
         return torch.empty_like(input, dtype=dtype)
     return input.new_empty(input.shape, dtype=dtype)
 
