@@ -54,6 +54,26 @@ def test_loss_fast_serves_the_common_call():
     assert torch.equal(_C.loss_fast(SMOOTH_L1, x, y, "sum", 0.0, None, None, None), ops.l1_loss(x, y, 2))
 
 
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64), (torch.bfloat16, torch.float32),
+                                    (torch.float16, torch.bfloat16), (torch.float64, torch.float32),
+                                    (torch.float32, torch.int64), (torch.bfloat16, torch.int32)], ids=str)
+def test_loss_fast_serves_operands_of_two_dtypes(dtypes):
+    # Both in the promoted dtype, Huber answered in the input's: the dtype of torch's loss, and
+    # the bits of the operator on the promoted operands (functional.py's path computes the same).
+    x = (torch.randn(7, 3, dtype=torch.float64) * 3).to(dtypes[0])
+    y = (torch.randn(7, 3, dtype=torch.float64) * 3).to(dtypes[1])
+    dtype = torch.promote_types(*dtypes)
+    for kind, op, theirs, args in ((0, ops.l1_loss, torch.nn.functional.l1_loss, ()),
+                                   (SMOOTH_L1, ops.smooth_l1_loss, torch.nn.functional.smooth_l1_loss, (0.5,)),
+                                   (HUBER, ops.huber_loss, torch.nn.functional.huber_loss, (2.0,))):
+        for name, red in (("none", 0), ("mean", 1), ("sum", 2)):
+            out = _C.loss_fast(kind, x, y, name, args[0] if args else None, None, None, None)
+            assert out is not None
+            want = op(x.to(dtype), y.to(dtype), red, *args)
+            want = want.to(x.dtype) if kind == HUBER else want
+            assert torch.equal(out, want) and out.dtype == theirs(x, y, reduction=name).dtype
+
+
 class Tagged(torch.Tensor):
     pass
 
@@ -113,8 +133,8 @@ class PassThrough(TorchFunctionMode):
 
 
 @pytest.mark.parametrize("case", [
-    "subclass", "size", "dtype", "int", "reduction", "negative", "nan", "tensor_param", "bool_param",
-    "huber_zero", "sparse", "meta"])
+    "subclass", "size", "bool_target", "int_input", "autocast_two_dtypes", "int", "reduction",
+    "negative", "nan", "tensor_param", "bool_param", "huber_zero", "sparse", "meta"])
 def test_loss_fast_declines_what_functional_must_handle(case):
     x, y = torch.randn(4, 3), torch.randn(4, 3)
     kind, reduction, param = SMOOTH_L1, "mean", 1.0
@@ -122,8 +142,15 @@ def test_loss_fast_declines_what_functional_must_handle(case):
         x = x.as_subclass(Tagged)
     elif case == "size":
         y = torch.randn(3)
-    elif case == "dtype":
-        y = y.double()
+    elif case == "bool_target":  # (torch's Smooth L1 and Huber take it as 0 and 1)
+        y = y > 0
+    elif case == "int_input":  # (torch's Huber refuses it)
+        x = x.long()
+    elif case == "autocast_two_dtypes":  # (the dtype functional.py's huber_dtype gives)
+        x = x.bfloat16()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert _C.loss_fast(kind, x, y, reduction, param, None, None, None) is None
+        return
     elif case == "int":
         x, y = x.long(), y.long()
     elif case == "reduction":

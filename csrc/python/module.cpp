@@ -147,6 +147,29 @@ Tensor plain_loss(LossKind kind, const Tensor& input, const Tensor& target, int6
                               : loss_op(kind).call(input, target, reduction, param);
 }
 
+// torch's loss of operands of two dtypes (a bfloat16 prediction against a float32 target; an
+// integer target), the same size, device and strided layout, outside autocast: both in the
+// promoted dtype (the narrower cast, as functional.py's _cast), and a Huber loss back in the
+// input's dtype (torch's huber_loss answers in it). A bool target (torch's Smooth L1 and Huber take
+// it as 0 and 1, its L1 refuses it), an integer input and autocast take functional.py's path.
+// (Saves that path's Python work: a float32 Huber of 4096 elements against a float64 target took
+// 15 us there, torch's 6 us.)
+std::optional<Tensor> promoted_loss(LossKind kind, const Tensor& input, const Tensor& target,
+                                    int64_t reduction, double param) {
+  const at::ScalarType a = input.scalar_type(), b = target.scalar_type();
+  if (!(input.layout() == at::kStrided && target.layout() == at::kStrided && kernel_dtype(a) &&
+        (kernel_dtype(b) || at::isIntegralType(b, /*includeBool=*/false)) &&
+        input.device() == target.device() && kernel_device(input.device()) &&
+        input.sizes().equals(target.sizes()) &&
+        !at::autocast::is_autocast_enabled(input.device().type()))) {
+    return std::nullopt;
+  }
+  const at::ScalarType dtype = at::promote_types(a, b);
+  const Tensor loss = plain_loss(kind, a == dtype ? input : input.to(dtype),
+                                 b == dtype ? target : target.to(dtype), reduction, param);
+  return kind == LossKind::Huber && dtype != a ? loss.to(a) : loss;
+}
+
 // The dtype the weighted operator answers in: the input's, float32 for a 16-bit input under
 // autocast (csrc/autocast).
 at::ScalarType operator_dtype(const Tensor& input) {
@@ -302,7 +325,12 @@ PyObject* loss_fast(PyObject* /*module*/, PyObject* const* args, Py_ssize_t narg
     const bool plain = avg_factor == Py_None && loss_weight == Py_None;
     if (plain && weight != Py_None && kind != LossKind::SmoothL1) Py_RETURN_NONE;
     double param;
-    if (!number_param(kind, args[4], &param) || !kernel_operands(input, target)) Py_RETURN_NONE;
+    if (!number_param(kind, args[4], &param)) Py_RETURN_NONE;
+    if (!kernel_operands(input, target)) {
+      if (plain && weight == Py_None) out = promoted_loss(kind, input, target, reduction, param);
+      if (!out.has_value()) Py_RETURN_NONE;
+      return THPVariable_Wrap(std::move(*out));
+    }
     if (plain && weight == Py_None) {
       return THPVariable_Wrap(plain_loss(kind, input, target, reduction, param));
     }
