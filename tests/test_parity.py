@@ -89,6 +89,33 @@ def test_strides(loss, reduction, case, device):
         assert a.stride() == b.stride()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_layouts_give_the_contiguous_bits(dtype, device):
+    """Every layout gives the bits of the same values in contiguous operands, for each loss and
+    reduction, and L1's saved sign too: operands read where they lie (a broadcast row or column,
+    slices, an expanded input; the CPU's strided 'none' forward) or copied into the input's
+    layout (transposed, channels-last), and the outputs in the input's layout where it is dense."""
+    ops = torch.ops.l1ext
+    big = torch.randn(40, 70, dtype=torch.float64, device=device).to(dtype)
+    row = torch.randn(1, 70, dtype=torch.float64, device=device).to(dtype)
+    col = torch.randn(40, 1, dtype=torch.float64, device=device).to(dtype)
+    cases = [(big[:, ::2], big[:, 1::2]), (big, row.expand(40, 70)), (big, col.expand(40, 70)),
+             (row.expand(40, 70), big), (big.t(), big.t().contiguous() + 1), (big.t().contiguous() + 1, big.t()),
+             (big[::4].t(), big[1::4].t())]
+    for reduction in (0, 1, 2):
+        calls = [lambda a, b: ops.l1_loss(a, b, reduction), lambda a, b: ops.smooth_l1_loss(a, b, reduction, 0.3),
+                 lambda a, b: ops.smooth_l1_loss(a, b, reduction, 0.5), lambda a, b: ops.huber_loss(a, b, reduction, 0.7),
+                 lambda a, b: ops.l1_loss_forward(a, b, reduction)[1]]
+        for x, y in cases:
+            for call in calls:
+                got, want = call(x, y), call(x.contiguous(), y.contiguous())
+                assert got.dtype == want.dtype and torch.equal(got.contiguous(), want), (x.stride(), y.stride())
+                if reduction == 0:  # (2-d: dense means contiguous or transposed contiguous)
+                    dense = x.is_contiguous() or x.t().is_contiguous()
+                    assert got.stride() == (x.stride() if dense else got.contiguous().stride())
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_broadcast(loss, reduction):

@@ -23,6 +23,12 @@ constexpr int kNumElems = 4;
 // gradient of one, grad(x - y) * grad_scale and its negation, exactly as BackwardFn would.
 using ForwardFn = double (*)(const void* x, const void* y, int64_t n, double param, void* out,
                              int8_t* sign, void* gi, void* gt, double grad_scale);
+// The per-element loss of n elements at byte strides sx, sy, so (sign: L1's int8 sign at
+// element stride ss, or null): one row of a strided or broadcast layout, which the glue walks
+// with TensorIterator, taking ForwardFn for rows contiguous in every operand. The same formulas
+// and rounding as ForwardFn's, element by element.
+using ForwardStridedFn = void (*)(const char* x, int64_t sx, const char* y, int64_t sy, int64_t n,
+                                  double param, char* out, int64_t so, int8_t* sign, int64_t ss);
 // Backward from x and y: g = grad(x - y) * scale * (go ? go[i] : 1); gi = g, gt = -g, either
 // pointer may be null.
 using BackwardFn = void (*)(const void* x, const void* y, const void* go, double scale, int64_t n,
@@ -56,6 +62,7 @@ inline bool writes_row_sums(int64_t inner) { return inner > 0 && kWeightedLanes 
 struct KernelTable {
   const char* isa;
   ForwardFn forward[kNumLosses][kNumElems];
+  ForwardStridedFn forward_strided[kNumLosses][kNumElems];
   BackwardFn backward[kNumLosses][kNumElems];
   BackwardFromSignFn backward_from_sign[kNumElems];
   BackwardFromKeptFn backward_from_kept[kNumElems];

@@ -286,6 +286,25 @@ double forward(const void* xv, const void* yv, int64_t n, double param, void* ou
   });
 }
 
+// ForwardStridedFn (kernel_table.h): forward_chunk's scalar tail at byte strides (torch's own
+// loops over strided operands are scalar too). A broadcast target row (stride 0) or a slice is
+// read where it lies: no copy into the input's layout first (4 B/elem fewer written and read).
+template <class T, LossKind K>
+void forward_strided(const char* x, int64_t sx, const char* y, int64_t sy, int64_t n,
+                     double param, char* out, int64_t so, int8_t* sign, int64_t ss) {
+  with_loss<T, K>(param, [&](const auto& loss) {
+    using A = acc_t<T>;
+    const auto at = [](const char* p, int64_t i, int64_t stride) {
+      return A(*reinterpret_cast<const T*>(p + i * stride));
+    };
+    for (int64_t i = 0; i < n; ++i) {
+      const A d = at(x, i, sx) - at(y, i, sy);
+      *reinterpret_cast<T*>(out + i * so) = T(loss.value(d));
+      if (sign) sign[i * ss] = math::Prim<A>::int8_sign(d);
+    }
+  });
+}
+
 // gi = grad(d) * go[i] * scale (kGo) or grad(d) * scale; gt = target_grad(g, d, y - x) by the same
 // factors (loss_math.h).
 template <class T, class Loss, bool kGo>
@@ -443,6 +462,7 @@ void fill_loss(KernelTable& t) {
   using T = elem_t<E>;
   constexpr int k = static_cast<int>(K);
   t.forward[k][E] = forward<T, K>;
+  t.forward_strided[k][E] = forward_strided<T, K>;
   t.backward[k][E] = backward<T, K>;
   t.weighted_forward[k][E] = weighted_forward<T, K>;
   t.weighted_backward[k][E] = weighted_backward<T, K>;

@@ -1,6 +1,7 @@
 // CPU glue: argument checks, memory layout and dtype dispatch around the kernels of
 // loss_kernels.cpp. Registered for the CPU dispatch key.
 #include <ATen/ATen.h>
+#include <ATen/TensorIterator.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -94,6 +95,43 @@ struct CpuBackend {
     const ForwardFn fn = kernels().forward[int(kind)][int(elem_of(x.scalar_type(), ""))];
     fn(x.const_data_ptr(), y.const_data_ptr(), x.numel(), param, out.mutable_data_ptr(),
        sign_or_null(sign), data_or_null(gi), data_or_null(gt), 1.0);
+  }
+
+  // A 'none' forward (loss, and L1's sign where asked) over operands of any strides, into outputs
+  // of their size: TensorIterator's 2-d loop (it orders and coalesces the dimensions, and splits
+  // the rows among threads); rows contiguous in every operand (a broadcast target row of the
+  // input's length) take the vectorized kernel, others the strided one. Elementwise, so the bits
+  // are those of the contiguous kernel.
+  static void pointwise_strided(LossKind kind, const Tensor& x, const Tensor& y, double param,
+                                Tensor& out, Tensor* sign) {
+    const int e = int(elem_of(x.scalar_type(), ""));
+    const ForwardFn flat = kernels().forward[int(kind)][e];
+    const ForwardStridedFn strided = kernels().forward_strided[int(kind)][e];
+    at::TensorIteratorConfig config;
+    config.check_all_same_dtype(false).set_check_mem_overlap(false).resize_outputs(false);
+    config.add_output(out);
+    if (sign) config.add_output(*sign);
+    config.add_const_input(x).add_const_input(y);
+    at::TensorIterator iter = config.build();
+    const int nt = sign ? 4 : 3, ix = nt - 2, iy = nt - 1;
+    const int64_t es = x.element_size();
+    iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
+      const int64_t* outer = strides + nt;
+      const bool contiguous_rows = strides[0] == es && strides[ix] == es && strides[iy] == es &&
+                                   (!sign || strides[1] == 1);
+      for (int64_t r = 0; r < rows; ++r) {
+        char* o = data[0] + r * outer[0];
+        int8_t* s = sign ? reinterpret_cast<int8_t*>(data[1] + r * outer[1]) : nullptr;
+        const char* px = data[ix] + r * outer[ix];
+        const char* py = data[iy] + r * outer[iy];
+        if (contiguous_rows) {
+          flat(px, py, n, param, o, s, nullptr, nullptr, 1.0);
+        } else {
+          strided(px, strides[ix], py, strides[iy], n, param, o, strides[0], s,
+                  sign ? strides[1] : 0);
+        }
+      }
+    });
   }
 
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
