@@ -213,6 +213,14 @@ Operands checked_operands(LossKind& kind, const char* name, const Tensor& input,
   return kernel_layout(input, target);
 }
 
+// A new output of the input's size in the layout kernel_layout gives the outputs: the input's
+// where it is dense, else contiguous.
+template <class Backend>
+Tensor new_in_kernel_layout(const Tensor& input, const at::TensorOptions& options) {
+  return input.is_non_overlapping_and_dense() ? new_strided_like<Backend>(input, options)
+                                              : new_contiguous<Backend>(input.sizes(), options);
+}
+
 // Backends with a strided 'none' forward (Backend::pointwise_strided: the CPU's).
 template <class B, class = void>
 struct has_strided_pointwise : std::false_type {};
@@ -244,11 +252,8 @@ Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const
   if constexpr (has_strided_pointwise<Backend>::value) {
     if (strided_pointwise_serves<Backend>(input, target, reduction, grad_mask)) {
       check_call<Backend>(kind, name, input, target, reduction, param);
-      const bool dense = input.is_non_overlapping_and_dense();
       const auto output = [&](at::ScalarType dtype) {
-        const at::TensorOptions options = input.options().dtype(dtype);
-        return dense ? new_strided_like<Backend>(input, options)
-                     : new_contiguous<Backend>(input.sizes(), options);
+        return new_in_kernel_layout<Backend>(input, input.options().dtype(dtype));
       };
       Forward f;
       f.loss = output(input.scalar_type());
@@ -289,6 +294,30 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
                                          const Tensor& grad_output, const Tensor& input,
                                          const Tensor& target, int64_t reduction, double param,
                                          std::array<bool, 2> mask) {
+  if constexpr (has_strided_pointwise<Backend>::value) {
+    // Operands that are no dense tensors (a broadcast target, slices): read where they lie, as
+    // the forward reads them (strided_pointwise_serves); the gradients in kernel_layout's layout.
+    if (!(input.is_non_overlapping_and_dense() && target.is_non_overlapping_and_dense())) {
+      check_call<Backend>(kind, name, input, target, reduction, param);
+      const at::TensorOptions options = input.options();
+      Tensor gi = mask[0] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
+      Tensor gt = mask[1] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
+      const int64_t n = input.numel();
+      if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
+      const bool per_element = reduction == kNone;
+      if (per_element) {
+        TORCH_CHECK(grad_output.sizes() == input.sizes(), "l1ext: grad_output of size ",
+                    grad_output.sizes(), " does not match the loss of size ", input.sizes());
+      } else {
+        check_grad_output_scalar(grad_output, input);
+      }
+      const Tensor go = per_element ? in_dtype(grad_output, input.scalar_type()) : grad_output;
+      Backend::backward_strided(kind, input, target, go, per_element,
+                                reduction_divisor(reduction, n), param, mask[0] ? &gi : nullptr,
+                                mask[1] ? &gt : nullptr);
+      return {gi, gt};
+    }
+  }
   const Operands ops = checked_operands<Backend>(kind, name, input, target, reduction, param);
   const at::TensorOptions options = ops.x.options();
   Tensor gi = mask[0] ? new_like<Backend>(ops, options) : empty_output(options);

@@ -93,9 +93,10 @@ def test_strides(loss, reduction, case, device):
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
 def test_layouts_give_the_contiguous_bits(dtype, device):
     """Every layout gives the bits of the same values in contiguous operands, for each loss and
-    reduction, and L1's saved sign too: operands read where they lie (a broadcast row or column,
-    slices, an expanded input; the CPU's strided 'none' forward) or copied into the input's
-    layout (transposed, channels-last), and the outputs in the input's layout where it is dense."""
+    reduction, L1's saved sign and the backwards too: operands read where they lie (a broadcast
+    row or column, slices, an expanded input; the CPU's strided 'none' forward and backwards) or
+    copied into the input's layout (transposed, channels-last), and the outputs in the input's
+    layout where it is dense."""
     ops = torch.ops.l1ext
     big = torch.randn(40, 70, dtype=torch.float64, device=device).to(dtype)
     row = torch.randn(1, 70, dtype=torch.float64, device=device).to(dtype)
@@ -106,12 +107,18 @@ def test_layouts_give_the_contiguous_bits(dtype, device):
     for reduction in (0, 1, 2):
         calls = [lambda a, b: ops.l1_loss(a, b, reduction), lambda a, b: ops.smooth_l1_loss(a, b, reduction, 0.3),
                  lambda a, b: ops.smooth_l1_loss(a, b, reduction, 0.5), lambda a, b: ops.huber_loss(a, b, reduction, 0.7),
-                 lambda a, b: ops.l1_loss_forward(a, b, reduction)[1]]
+                 lambda a, b: ops.l1_loss_forward(a, b, reduction)[1],
+                 lambda a, b: torch.cat(ops.smooth_l1_loss_backward(go(a), a, b, reduction, 0.3, [True, True])),
+                 lambda a, b: torch.cat(ops.huber_loss_backward(go(a), a, b, reduction, 0.7, [True, True]))]
+        # the incoming gradient: per element in another layout ('none'), else one number
+        go = ((lambda a: (a.t().contiguous().t() * 0.5 + 0.25)) if reduction == 0
+              else (lambda a: torch.tensor(0.7, dtype=dtype, device=device)))
         for x, y in cases:
             for call in calls:
                 got, want = call(x, y), call(x.contiguous(), y.contiguous())
                 assert got.dtype == want.dtype and torch.equal(got.contiguous(), want), (x.stride(), y.stride())
-                if reduction == 0:  # (2-d: dense means contiguous or transposed contiguous)
+                if reduction == 0 and got.shape == x.shape:  # (a forward's; 2-d: dense is
+                    # contiguous or transposed contiguous)
                     dense = x.is_contiguous() or x.t().is_contiguous()
                     assert got.stride() == (x.stride() if dense else got.contiguous().stride())
 

@@ -33,6 +33,11 @@ using ForwardStridedFn = void (*)(const char* x, int64_t sx, const char* y, int6
 // pointer may be null.
 using BackwardFn = void (*)(const void* x, const void* y, const void* go, double scale, int64_t n,
                             double param, void* gi, void* gt);
+// BackwardFn at byte strides (go null: no per-element incoming gradient): one row of a strided
+// or broadcast layout, as ForwardStridedFn.
+using BackwardStridedFn = void (*)(const char* x, int64_t sx, const char* y, int64_t sy,
+                                   const char* go, int64_t sgo, double scale, int64_t n,
+                                   double param, char* gi, int64_t sgi, char* gt, int64_t sgt);
 // L1 backward from the saved int8 sign: g = sign[i] * scale * (go ? go[i] : 1).
 using BackwardFromSignFn = void (*)(const int8_t* sign, const void* go, double scale, int64_t n,
                                     void* gi, void* gt);
@@ -64,6 +69,7 @@ struct KernelTable {
   ForwardFn forward[kNumLosses][kNumElems];
   ForwardStridedFn forward_strided[kNumLosses][kNumElems];
   BackwardFn backward[kNumLosses][kNumElems];
+  BackwardStridedFn backward_strided[kNumLosses][kNumElems];
   BackwardFromSignFn backward_from_sign[kNumElems];
   BackwardFromKeptFn backward_from_kept[kNumElems];
   WeightedForwardFn weighted_forward[kNumLosses][kNumElems];

@@ -362,6 +362,28 @@ void backward(const void* xv, const void* yv, const void* gov, double scale, int
   });
 }
 
+// BackwardStridedFn (kernel_table.h): backward_chunk's scalar tail at byte strides.
+template <class T, LossKind K>
+void backward_strided(const char* x, int64_t sx, const char* y, int64_t sy, const char* go,
+                      int64_t sgo, double scale, int64_t n, double param, char* gi, int64_t sgi,
+                      char* gt, int64_t sgt) {
+  with_loss<T, K>(param, [&](const auto& loss) {
+    using A = acc_t<T>;
+    const A s(scale);
+    const auto at = [](const char* p, int64_t i, int64_t stride) {
+      return A(*reinterpret_cast<const T*>(p + i * stride));
+    };
+    for (int64_t i = 0; i < n; ++i) {
+      const A xi = at(x, i, sx), yi = at(y, i, sy);
+      const auto scaled = [&](A g) { return go ? g * at(go, i, sgo) * s : g * s; };
+      const A d = xi - yi;
+      const A g = loss.grad(d);
+      if (gi) *reinterpret_cast<T*>(gi + i * sgi) = T(scaled(g));
+      if (gt) *reinterpret_cast<T*>(gt + i * sgt) = T(scaled(loss.target_grad(g, d, yi - xi)));
+    }
+  });
+}
+
 template <class T, bool kGo>
 void backward_from_sign_chunk(const int8_t* sign, const T* go, acc_t<T> scale, int64_t n, T* gi,
                               T* gt) {
@@ -464,6 +486,7 @@ void fill_loss(KernelTable& t) {
   t.forward[k][E] = forward<T, K>;
   t.forward_strided[k][E] = forward_strided<T, K>;
   t.backward[k][E] = backward<T, K>;
+  t.backward_strided[k][E] = backward_strided<T, K>;
   t.weighted_forward[k][E] = weighted_forward<T, K>;
   t.weighted_backward[k][E] = weighted_backward<T, K>;
 }

@@ -134,6 +134,45 @@ struct CpuBackend {
     });
   }
 
+  // The backward over operands of any strides (go per element, or null with per_element false),
+  // into gradients of their size, as pointwise_strided walks a forward.
+  static void backward_strided(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                               bool per_element, double divisor, double param, Tensor* gi,
+                               Tensor* gt) {
+    const int e = int(elem_of(x.scalar_type(), ""));
+    const BackwardFn flat = kernels().backward[int(kind)][e];
+    const BackwardStridedFn strided = kernels().backward_strided[int(kind)][e];
+    const double scale = per_element ? 1.0 : glue::host_scalar_value(go) / divisor;
+    at::TensorIteratorConfig config;
+    config.check_all_same_dtype(false).set_check_mem_overlap(false).resize_outputs(false);
+    int nt = 0;
+    const int igi = gi ? nt++ : -1;
+    if (gi) config.add_output(*gi);
+    const int igt = gt ? nt++ : -1;
+    if (gt) config.add_output(*gt);
+    const int ix = nt++, iy = nt++;
+    config.add_const_input(x).add_const_input(y);
+    const int igo = per_element ? nt++ : -1;
+    if (per_element) config.add_const_input(go);
+    at::TensorIterator iter = config.build();
+    const int64_t es = x.element_size();
+    iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
+      const int64_t* outer = strides + nt;
+      bool contiguous_rows = true;
+      for (int k = 0; k < nt; ++k) contiguous_rows = contiguous_rows && strides[k] == es;
+      const auto row = [&](int k, int64_t r) { return k < 0 ? nullptr : data[k] + r * outer[k]; };
+      const auto stride = [&](int k) { return k < 0 ? int64_t(0) : strides[k]; };
+      for (int64_t r = 0; r < rows; ++r) {
+        if (contiguous_rows) {
+          flat(row(ix, r), row(iy, r), row(igo, r), scale, n, param, row(igi, r), row(igt, r));
+        } else {
+          strided(row(ix, r), strides[ix], row(iy, r), strides[iy], row(igo, r), stride(igo),
+                  scale, n, param, row(igi, r), stride(igi), row(igt, r), stride(igt));
+        }
+      }
+    });
+  }
+
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                        bool per_element, double divisor, double param, Tensor* gi, Tensor* gt) {
     const BackwardFn fn = kernels().backward[int(kind)][int(elem_of(x.scalar_type(), ""))];
