@@ -197,6 +197,20 @@ def test_weighted_script_runs(tmp_path, capsys):
     assert "engine on the caller" in capsys.readouterr().out
 
 
+def test_layouts_script_runs(tmp_path, capsys):
+    # benchmarks/layouts.py on a tiny CPU run: both sides of every layout, loss and pass timed.
+    layouts = _benchmark_script("layouts")
+    out = tmp_path / "l.json"
+    assert layouts.main(["--device", "cpu", "--rows", "8", "--cols", "4", "--steps", "2",
+                         "--repeats", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    # (torch's Huber backward raises for operands of two dtypes: two passes of three cases)
+    assert len(rows) + len(result["refused_by_torch"]) == 9 * 3 * 3
+    assert len(rows) >= 9 * 3 * 3 - 6 and all(r["eager_s"] > 0 and r["l1ext_s"] > 0 for r in rows)
+    assert "share of eager torch's" in capsys.readouterr().out
+
+
 def test_kernels_script_runs(capsys):
     # benchmarks/kernels.py on a tiny CPU run: both implementations profiled, their operators
     # listed (l1ext's fused forward among them).
