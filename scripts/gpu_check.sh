@@ -17,6 +17,8 @@
 #              instead of measured again
 #   overhead   benchmarks/overhead.py (a 4096-element step against the autograd engine's floor)
 #   weighted   benchmarks/weighted.py (the fused weighted box loss against the composition)
+#   layouts    benchmarks/layouts.py (broadcast, sliced, transposed operands and dtype pairs
+#              against eager torch; on a GPU such operands are copied first)
 #   kernels    benchmarks/kernels.py: device time per kernel of one fwd+bwd step, l1ext and
 #              eager, for the cases furthest from the targets (bfloat16 Smooth L1 at 2^26,
 #              float32 L1 at 2^26 and at 4096), and of the weighted box loss over 1e6 boxes
@@ -49,7 +51,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RESULTS=${L1EXT_RESULTS:-benchmarks/results/gpu}
 BUDGET=${L1EXT_CHECK_BUDGET:-560}
-ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted kernels grid graphs)
+ALL_STAGES=(build tests slow memcheck racecheck bench targets overhead weighted layouts kernels grid graphs)
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=("${ALL_STAGES[@]}")
 for s in "${STAGES[@]}"; do
@@ -169,6 +171,7 @@ for stage in "${STAGES[@]}"; do
     grid) run_stage gpu-grid 120 reduce_grid ;;
     overhead) run_stage gpu-overhead 200 "$PY" benchmarks/overhead.py --device cuda --json "$RESULTS/gpu-overhead.json" ;;
     weighted) run_stage gpu-weighted 300 "$PY" benchmarks/weighted.py --device cuda --json "$RESULTS/gpu-weighted.json" ;;
+    layouts) run_stage gpu-layouts 200 "$PY" benchmarks/layouts.py --device cuda --json "$RESULTS/gpu-layouts.json" ;;
     graphs) run_stage gpu-bench-reduce-overhead 300 "$PY" -m l1ext.bench --device cuda --quick \
       --passes fwdbwd --compile-mode reduce-overhead --no-progress \
       --json "$RESULTS/gpu-bench-reduce-overhead.json" ;;
