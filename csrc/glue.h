@@ -116,7 +116,10 @@ inline Tensor in_layout_of(const Tensor& like, const Tensor& t) {
 
 inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
   if (input.is_non_overlapping_and_dense()) {
-    if (input.strides() == target.strides()) return {input, target, true};
+    // (Both contiguous: one memory order, whatever the strides of their size-1 dimensions.)
+    if (input.strides() == target.strides() || (input.is_contiguous() && target.is_contiguous())) {
+      return {input, target, true};
+    }
     return {input, in_layout_of(input, target), true};
   }
   return {input.contiguous(), target.contiguous(), false};
