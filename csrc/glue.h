@@ -79,7 +79,6 @@ inline void check_operands(const char* name, const Tensor& input, const Tensor& 
 // the outputs contiguous. l1ext/_meta.py mirrors this rule.
 struct Operands {
   Tensor x, y;
-  bool keep_layout;
 };
 
 // New tensors for a kernel to write whole (Backend::new_output): contiguous, with the strides of
@@ -92,10 +91,16 @@ template <class Backend>
 Tensor new_strided_like(const Tensor& dense, const at::TensorOptions& options) {
   return Backend::new_output(dense.sizes(), dense.strides(), options);
 }
+// A new output of `input`'s size in the layout kernel_layout gives the outputs: `input`'s where
+// it is dense, else contiguous.
+template <class Backend>
+Tensor new_in_kernel_layout(const Tensor& input, const at::TensorOptions& options) {
+  return input.is_non_overlapping_and_dense() ? new_strided_like<Backend>(input, options)
+                                              : new_contiguous<Backend>(input.sizes(), options);
+}
 template <class Backend>
 Tensor new_like(const Operands& ops, const at::TensorOptions& options) {
-  return ops.keep_layout ? new_strided_like<Backend>(ops.x, options)
-                         : new_contiguous<Backend>(ops.x.sizes(), options);
+  return new_in_kernel_layout<Backend>(ops.x, options);  // (ops.x: the input or its contiguous copy)
 }
 
 // t copied into the layout of the dense tensor `like`: through the permutation that makes `like`
@@ -118,18 +123,21 @@ inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
   if (input.is_non_overlapping_and_dense()) {
     // (Both contiguous: one memory order, whatever the strides of their size-1 dimensions.)
     if (input.strides() == target.strides() || (input.is_contiguous() && target.is_contiguous())) {
-      return {input, target, true};
+      return {input, target};
     }
-    return {input, in_layout_of(input, target), true};
+    return {input, in_layout_of(input, target)};
   }
-  return {input.contiguous(), target.contiguous(), false};
+  return {input.contiguous(), target.contiguous()};
 }
 
 // grad_output of a 'none' loss in the memory layout of `like` and the given dtype (a copy only
 // when it differs, e.g. the stride-0 gradient of loss.sum()).
-inline Tensor grad_in_layout(const Tensor& grad_output, const Tensor& like, at::ScalarType dtype) {
+inline void check_grad_output_size(const Tensor& grad_output, const Tensor& like) {
   TORCH_CHECK(grad_output.sizes() == like.sizes(), "l1ext: grad_output of size ",
               grad_output.sizes(), " does not match the loss of size ", like.sizes());
+}
+inline Tensor grad_in_layout(const Tensor& grad_output, const Tensor& like, at::ScalarType dtype) {
+  check_grad_output_size(grad_output, like);
   if (grad_output.scalar_type() == dtype && grad_output.strides() == like.strides() &&
       grad_output.is_non_overlapping_and_dense()) {
     return grad_output;
@@ -216,23 +224,24 @@ Operands checked_operands(LossKind& kind, const char* name, const Tensor& input,
   return kernel_layout(input, target);
 }
 
-// A new output of the input's size in the layout kernel_layout gives the outputs: the input's
-// where it is dense, else contiguous.
-template <class Backend>
-Tensor new_in_kernel_layout(const Tensor& input, const at::TensorOptions& options) {
-  return input.is_non_overlapping_and_dense() ? new_strided_like<Backend>(input, options)
-                                              : new_contiguous<Backend>(input.sizes(), options);
-}
-
-// Backends with a strided 'none' forward (Backend::pointwise_strided: the CPU's).
+// Backends with strided kernels (Backend::pointwise_strided and backward_strided: the CPU's).
 template <class B, class = void>
 struct has_strided_pointwise : std::false_type {};
 template <class B>
 struct has_strided_pointwise<B, std::void_t<decltype(&B::pointwise_strided)>> : std::true_type {};
 
-// A 'none' forward that writes no gradient, over an operand that is no dense tensor (a
-// broadcast stride-0 view, a slice), which kernel_layout would copy: read where it lies, into
-// outputs of kernel_layout's layout (l1ext/_meta.py's rule). A broadcast float32 target moves
+// Operands a backend with strided kernels reads where they lie: one is no dense tensor (a
+// broadcast stride-0 view, a slice), which kernel_layout would copy.
+template <class Backend>
+bool read_in_place(const Tensor& input, const Tensor& target) {
+  if constexpr (has_strided_pointwise<Backend>::value) {
+    return !(input.is_non_overlapping_and_dense() && target.is_non_overlapping_and_dense());
+  }
+  return false;
+}
+
+// A 'none' forward that writes no gradient, over operands read_in_place: read where they lie,
+// into outputs of kernel_layout's layout (l1ext/_meta.py's rule). A broadcast float32 target moves
 // 12 B/elem instead of 16 (its copy written and read back): Smooth L1 'none' of 4096 x 256
 // against a (1, 256) target, one thread, 234 -> 96 us (eager torch 92 us). Two dense operands
 // of two layouts (a transposed input) keep kernel_layout's copy into the input's layout, which
@@ -241,11 +250,8 @@ struct has_strided_pointwise<B, std::void_t<decltype(&B::pointwise_strided)>> : 
 template <class Backend>
 bool strided_pointwise_serves(const Tensor& input, const Tensor& target, int64_t reduction,
                               std::array<bool, 2> grad_mask) {
-  if constexpr (has_strided_pointwise<Backend>::value) {
-    return reduction == kNone && !grad_mask[0] && !grad_mask[1] &&
-           !(input.is_non_overlapping_and_dense() && target.is_non_overlapping_and_dense());
-  }
-  return false;
+  return reduction == kNone && !grad_mask[0] && !grad_mask[1] &&
+         read_in_place<Backend>(input, target);
 }
 
 template <class Backend>
@@ -298,9 +304,9 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
                                          const Tensor& target, int64_t reduction, double param,
                                          std::array<bool, 2> mask) {
   if constexpr (has_strided_pointwise<Backend>::value) {
-    // Operands that are no dense tensors (a broadcast target, slices): read where they lie, as
-    // the forward reads them (strided_pointwise_serves); the gradients in kernel_layout's layout.
-    if (!(input.is_non_overlapping_and_dense() && target.is_non_overlapping_and_dense())) {
+    // Operands read_in_place (a broadcast target, slices), as the forward reads them; the
+    // gradients in kernel_layout's layout.
+    if (read_in_place<Backend>(input, target)) {
       check_call<Backend>(kind, name, input, target, reduction, param);
       const at::TensorOptions options = input.options();
       Tensor gi = mask[0] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
@@ -309,8 +315,7 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
       if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
       const bool per_element = reduction == kNone;
       if (per_element) {
-        TORCH_CHECK(grad_output.sizes() == input.sizes(), "l1ext: grad_output of size ",
-                    grad_output.sizes(), " does not match the loss of size ", input.sizes());
+        check_grad_output_size(grad_output, input);
       } else {
         check_grad_output_scalar(grad_output, input);
       }

@@ -5,8 +5,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 #include <tuple>
 
@@ -71,6 +73,64 @@ void write_scalar(Tensor& out, double v) {
 }
 
 void* data_or_null(Tensor* t) { return t ? t->mutable_data_ptr() : nullptr; }
+
+// One row of for_each_row: operand k (outputs first, then inputs, in the order given) starts at
+// p[k] and steps s[k] bytes (null and 0 for an operand not given); n elements; contiguous: every
+// operand given steps by its element size.
+constexpr int kMaxRowOperands = 5;
+struct Row {
+  std::array<char*, kMaxRowOperands> p{};
+  std::array<int64_t, kMaxRowOperands> s{};
+  int64_t n = 0;
+  bool contiguous = true;
+};
+
+// Walks operands of one size and any strides row by row, as TensorIterator orders and coalesces
+// their dimensions and splits the rows among threads; a null operand is skipped.
+template <class F>
+void for_each_row(std::initializer_list<Tensor*> outputs, std::initializer_list<const Tensor*> inputs,
+                  const F& row) {
+  at::TensorIteratorConfig config;
+  config.check_all_same_dtype(false).set_check_mem_overlap(false).resize_outputs(false);
+  std::array<int, kMaxRowOperands> slot{};        // operand k's index in the iterator, or -1
+  std::array<int64_t, kMaxRowOperands> element{};  // its element size
+  int k = 0, nt = 0;
+  for (Tensor* t : outputs) {
+    slot[k] = t ? nt++ : -1;
+    if (t) {
+      config.add_output(*t);
+      element[k] = t->element_size();
+    }
+    ++k;
+  }
+  for (const Tensor* t : inputs) {
+    slot[k] = t ? nt++ : -1;
+    if (t) {
+      config.add_const_input(*t);
+      element[k] = t->element_size();
+    }
+    ++k;
+  }
+  TORCH_INTERNAL_ASSERT(k <= kMaxRowOperands);
+  const int count = k;
+  at::TensorIterator iter = config.build();
+  iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
+    Row r;
+    r.n = n;
+    for (int j = 0; j < count; ++j) {
+      if (slot[j] >= 0) {
+        r.s[j] = strides[slot[j]];
+        r.contiguous = r.contiguous && r.s[j] == element[j];
+      }
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int j = 0; j < count; ++j) {
+        if (slot[j] >= 0) r.p[j] = data[slot[j]] + i * strides[nt + slot[j]];
+      }
+      row(r);
+    }
+  });
+}
 int8_t* sign_or_null(Tensor* t) { return t ? t->mutable_data_ptr<int8_t>() : nullptr; }
 
 struct CpuBackend {
@@ -98,38 +158,20 @@ struct CpuBackend {
   }
 
   // A 'none' forward (loss, and L1's sign where asked) over operands of any strides, into outputs
-  // of their size: TensorIterator's 2-d loop (it orders and coalesces the dimensions, and splits
-  // the rows among threads); rows contiguous in every operand (a broadcast target row of the
-  // input's length) take the vectorized kernel, others the strided one. Elementwise, so the bits
-  // are those of the contiguous kernel.
+  // of their size; rows contiguous in every operand (a broadcast target row of the input's
+  // length) take the vectorized kernel, others the strided one. Elementwise, so the bits are
+  // those of the contiguous kernel.
   static void pointwise_strided(LossKind kind, const Tensor& x, const Tensor& y, double param,
                                 Tensor& out, Tensor* sign) {
     const int e = int(elem_of(x.scalar_type(), ""));
     const ForwardFn flat = kernels().forward[int(kind)][e];
     const ForwardStridedFn strided = kernels().forward_strided[int(kind)][e];
-    at::TensorIteratorConfig config;
-    config.check_all_same_dtype(false).set_check_mem_overlap(false).resize_outputs(false);
-    config.add_output(out);
-    if (sign) config.add_output(*sign);
-    config.add_const_input(x).add_const_input(y);
-    at::TensorIterator iter = config.build();
-    const int nt = sign ? 4 : 3, ix = nt - 2, iy = nt - 1;
-    const int64_t es = x.element_size();
-    iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
-      const int64_t* outer = strides + nt;
-      const bool contiguous_rows = strides[0] == es && strides[ix] == es && strides[iy] == es &&
-                                   (!sign || strides[1] == 1);
-      for (int64_t r = 0; r < rows; ++r) {
-        char* o = data[0] + r * outer[0];
-        int8_t* s = sign ? reinterpret_cast<int8_t*>(data[1] + r * outer[1]) : nullptr;
-        const char* px = data[ix] + r * outer[ix];
-        const char* py = data[iy] + r * outer[iy];
-        if (contiguous_rows) {
-          flat(px, py, n, param, o, s, nullptr, nullptr, 1.0);
-        } else {
-          strided(px, strides[ix], py, strides[iy], n, param, o, strides[0], s,
-                  sign ? strides[1] : 0);
-        }
+    for_each_row({&out, sign}, {&x, &y}, [&](const Row& r) {
+      int8_t* s = reinterpret_cast<int8_t*>(r.p[1]);
+      if (r.contiguous) {
+        flat(r.p[2], r.p[3], r.n, param, r.p[0], s, nullptr, nullptr, 1.0);
+      } else {
+        strided(r.p[2], r.s[2], r.p[3], r.s[3], r.n, param, r.p[0], r.s[0], s, r.s[1]);
       }
     });
   }
@@ -143,32 +185,12 @@ struct CpuBackend {
     const BackwardFn flat = kernels().backward[int(kind)][e];
     const BackwardStridedFn strided = kernels().backward_strided[int(kind)][e];
     const double scale = per_element ? 1.0 : glue::host_scalar_value(go) / divisor;
-    at::TensorIteratorConfig config;
-    config.check_all_same_dtype(false).set_check_mem_overlap(false).resize_outputs(false);
-    int nt = 0;
-    const int igi = gi ? nt++ : -1;
-    if (gi) config.add_output(*gi);
-    const int igt = gt ? nt++ : -1;
-    if (gt) config.add_output(*gt);
-    const int ix = nt++, iy = nt++;
-    config.add_const_input(x).add_const_input(y);
-    const int igo = per_element ? nt++ : -1;
-    if (per_element) config.add_const_input(go);
-    at::TensorIterator iter = config.build();
-    const int64_t es = x.element_size();
-    iter.for_each([&](char** data, const int64_t* strides, int64_t n, int64_t rows) {
-      const int64_t* outer = strides + nt;
-      bool contiguous_rows = true;
-      for (int k = 0; k < nt; ++k) contiguous_rows = contiguous_rows && strides[k] == es;
-      const auto row = [&](int k, int64_t r) { return k < 0 ? nullptr : data[k] + r * outer[k]; };
-      const auto stride = [&](int k) { return k < 0 ? int64_t(0) : strides[k]; };
-      for (int64_t r = 0; r < rows; ++r) {
-        if (contiguous_rows) {
-          flat(row(ix, r), row(iy, r), row(igo, r), scale, n, param, row(igi, r), row(igt, r));
-        } else {
-          strided(row(ix, r), strides[ix], row(iy, r), strides[iy], row(igo, r), stride(igo),
-                  scale, n, param, row(igi, r), stride(igi), row(igt, r), stride(igt));
-        }
+    for_each_row({gi, gt}, {&x, &y, per_element ? &go : nullptr}, [&](const Row& r) {
+      if (r.contiguous) {
+        flat(r.p[2], r.p[3], r.p[4], scale, r.n, param, r.p[0], r.p[1]);
+      } else {
+        strided(r.p[2], r.s[2], r.p[3], r.s[3], r.p[4], r.s[4], scale, r.n, param, r.p[0],
+                r.s[0], r.p[1], r.s[1]);
       }
     });
   }

@@ -122,13 +122,19 @@ bool plain_tensor(PyObject* o) {
 // whose graphs broadcast and promote as torch's traced losses do.
 bool tracing() { return torch::jit::tracer::isTracing(); }
 
-// Operands the kernels take as they are: same size (else torch warns and broadcasts), same kernel
-// dtype (else torch promotes), same device with l1ext kernels, strided layout.
-bool kernel_operands(const Tensor& input, const Tensor& target) {
+// Strided operands of the same size (else torch warns and broadcasts) on the same device with
+// l1ext kernels.
+bool same_size_operands(const Tensor& input, const Tensor& target) {
   return input.layout() == at::kStrided && target.layout() == at::kStrided &&
-         input.scalar_type() == target.scalar_type() && kernel_dtype(input.scalar_type()) &&
          input.device() == target.device() && kernel_device(input.device()) &&
          input.sizes().equals(target.sizes());
+}
+
+// Operands the kernels take as they are: same_size_operands of the same kernel dtype (else torch
+// promotes).
+bool kernel_operands(const Tensor& input, const Tensor& target) {
+  return same_size_operands(input, target) && input.scalar_type() == target.scalar_type() &&
+         kernel_dtype(input.scalar_type());
 }
 
 // The loss's parameter when a valid number (unused for L1), else false: errors are raised on
@@ -157,10 +163,8 @@ Tensor plain_loss(LossKind kind, const Tensor& input, const Tensor& target, int6
 std::optional<Tensor> promoted_loss(LossKind kind, const Tensor& input, const Tensor& target,
                                     int64_t reduction, double param) {
   const at::ScalarType a = input.scalar_type(), b = target.scalar_type();
-  if (!(input.layout() == at::kStrided && target.layout() == at::kStrided && kernel_dtype(a) &&
+  if (!(same_size_operands(input, target) && kernel_dtype(a) &&
         (kernel_dtype(b) || at::isIntegralType(b, /*includeBool=*/false)) &&
-        input.device() == target.device() && kernel_device(input.device()) &&
-        input.sizes().equals(target.sizes()) &&
         !at::autocast::is_autocast_enabled(input.device().type()))) {
     return std::nullopt;
   }
