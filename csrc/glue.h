@@ -176,6 +176,38 @@ inline Tensor in_dtype(const Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
+// The incoming gradient as the backward kernels take it: one number (a reduced loss's, divided by
+// `divisor`: n for 'mean', 1 for 'sum') or one per element. A per-element grad_output that holds
+// one value everywhere (every stride 0 along dimensions of more than one element: the gradient of
+// loss.sum() or loss.mean() over a 'none' loss) is taken as that number with divisor 1: g * go,
+// the per-element product's bits, with no copy of it into the operands' layout (float32: 4 B/elem
+// written and read again, and a launch on a GPU). per_element_go: the per-element grad_output as
+// the backend reads it (in the kernels' dtype; in their layout for the contiguous kernels).
+struct Incoming {
+  Tensor go;
+  bool per_element;
+  double divisor;
+};
+inline bool holds_one_value(const Tensor& t) {
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1 && t.stride(d) != 0) return false;
+  }
+  return true;
+}
+template <class PerElementGo>
+Incoming incoming_gradient(const Tensor& grad_output, const Tensor& like, int64_t reduction,
+                           at::ScalarType dtype, const PerElementGo& per_element_go) {
+  if (reduction != kNone) {
+    check_grad_output_scalar(grad_output, like);
+    return {grad_output, false, reduction_divisor(reduction, like.numel())};
+  }
+  check_grad_output_size(grad_output, like);
+  if (holds_one_value(grad_output) && grad_output.device() == like.device()) {
+    return {in_dtype(grad_output.as_strided({}, {}), dtype), false, 1.0};
+  }
+  return {per_element_go(grad_output), true, 1.0};
+}
+
 // Whether gradients a forward wrote and l1ext's autograd kept can be rewritten in place for the
 // operands `like` (as the backward sees them, in kernel layout): the same element count, dtype,
 // device and strides, so the kernel's walk over `like` is a walk over them. (A saved-tensor hook
@@ -311,18 +343,12 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
       const at::TensorOptions options = input.options();
       Tensor gi = mask[0] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
       Tensor gt = mask[1] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
-      const int64_t n = input.numel();
-      if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
-      const bool per_element = reduction == kNone;
-      if (per_element) {
-        check_grad_output_size(grad_output, input);
-      } else {
-        check_grad_output_scalar(grad_output, input);
-      }
-      const Tensor go = per_element ? in_dtype(grad_output, input.scalar_type()) : grad_output;
-      Backend::backward_strided(kind, input, target, go, per_element,
-                                reduction_divisor(reduction, n), param, mask[0] ? &gi : nullptr,
-                                mask[1] ? &gt : nullptr);
+      if (input.numel() == 0 || !(mask[0] || mask[1])) return {gi, gt};
+      const at::ScalarType dtype = input.scalar_type();
+      const Incoming g = incoming_gradient(grad_output, input, reduction, dtype,
+                                           [&](const Tensor& go) { return in_dtype(go, dtype); });
+      Backend::backward_strided(kind, input, target, g.go, g.per_element, g.divisor, param,
+                                mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
       return {gi, gt};
     }
   }
@@ -330,13 +356,13 @@ std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
   const at::TensorOptions options = ops.x.options();
   Tensor gi = mask[0] ? new_like<Backend>(ops, options) : empty_output(options);
   Tensor gt = mask[1] ? new_like<Backend>(ops, options) : empty_output(options);
-  const int64_t n = ops.x.numel();
-  if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
-  const bool per_element = reduction == kNone;
-  if (!per_element) check_grad_output_scalar(grad_output, ops.x);
-  const Tensor go = per_element ? grad_in_layout(grad_output, ops.x, ops.x.scalar_type()) : grad_output;
-  Backend::backward(kind, ops.x, ops.y, go, per_element, reduction_divisor(reduction, n),
-                    param, mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
+  if (ops.x.numel() == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  const at::ScalarType dtype = ops.x.scalar_type();
+  const Incoming g = incoming_gradient(grad_output, ops.x, reduction, dtype, [&](const Tensor& go) {
+    return grad_in_layout(go, ops.x, dtype);
+  });
+  Backend::backward(kind, ops.x, ops.y, g.go, g.per_element, g.divisor, param,
+                    mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
   return {gi, gt};
 }
 
@@ -402,13 +428,12 @@ std::tuple<Tensor, Tensor> backward_from_sign_impl(const Tensor& grad_output, co
   const Tensor s = sign.is_non_overlapping_and_dense() ? sign : sign.contiguous();
   Tensor gi = mask[0] ? new_strided_like<Backend>(s, options) : empty_output(options);
   Tensor gt = mask[1] ? new_strided_like<Backend>(s, options) : empty_output(options);
-  const int64_t n = s.numel();
-  if (n == 0 || !(mask[0] || mask[1])) return {gi, gt};
-  const bool per_element = reduction == kNone;
-  if (!per_element) check_grad_output_scalar(grad_output, s);
-  const Tensor go = per_element ? grad_in_layout(grad_output, s, dtype) : grad_output;
-  Backend::backward_from_sign(s, go, per_element, reduction_divisor(reduction, n),
-                              mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
+  if (s.numel() == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  const Incoming g = incoming_gradient(grad_output, s, reduction, dtype, [&](const Tensor& go) {
+    return grad_in_layout(go, s, dtype);
+  });
+  Backend::backward_from_sign(s, g.go, g.per_element, g.divisor, mask[0] ? &gi : nullptr,
+                              mask[1] ? &gt : nullptr);
   return {gi, gt};
 }
 

@@ -123,6 +123,36 @@ def test_layouts_give_the_contiguous_bits(dtype, device):
                     assert got.stride() == (x.stride() if dense else got.contiguous().stride())
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+def test_one_value_grad_output_gives_the_dense_bits(dtype, device):
+    """A 'none' backward whose incoming gradient holds one value everywhere (the gradient of
+    loss.sum() or loss.mean(): an expanded number) reads that number instead of a copy of it, with
+    the bits of the same gradient made dense: every loss, L1 from its sign, contiguous, broadcast
+    and transposed operands, an incoming gradient of another dtype. A gradient broadcast along one
+    dimension only is per element, and checked the same way."""
+    ops = torch.ops.l1ext
+    big = torch.randn(40, 70, dtype=torch.float64, device=device).to(dtype)
+    other = torch.randn(40, 70, dtype=torch.float64, device=device).to(dtype)
+    row = torch.randn(1, 70, dtype=torch.float64, device=device).to(dtype)
+    pairs = [(big, other), (big, row.expand(40, 70)), (big.t().contiguous().t(), other)]
+    value = torch.tensor(0.3, dtype=torch.float64, device=device)
+    column = torch.randn(40, 1, dtype=torch.float64, device=device)
+    go_cases = [value.to(dtype).expand(40, 70), value.expand(40, 70), value.to(dtype).view(1, 1).expand(40, 70),
+                -value.to(dtype).expand(40, 70), column.to(dtype).expand(40, 70)]
+    for x, y in pairs:
+        sign = ops.l1_loss_forward(x, y, 0)[1]
+        for go in go_cases:
+            calls = [lambda g: ops.smooth_l1_loss_backward(g, x, y, 0, 0.3, [True, True]),
+                     lambda g: ops.smooth_l1_loss_backward(g, x, y, 0, 1.0, [True, True]),
+                     lambda g: ops.huber_loss_backward(g, x, y, 0, 0.7, [True, True]),
+                     lambda g: ops.l1_loss_backward(g, sign, 0, dtype, [True, True])]
+            for call in calls:
+                got, want = call(go), call(go.to(dtype).contiguous())
+                for a, b in zip(got, want):
+                    assert a.dtype == b.dtype == dtype and torch.equal(a, b), (x.stride(), y.stride(), go.stride())
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_broadcast(loss, reduction):
