@@ -20,6 +20,8 @@
 //                                     double divisor, Tensor* gi, Tensor* gt, bool in_place);
 //     // sgn(kept) * go / divisor (negated: of -kept); in_place: gi / gt hold the gradients for a
 //     // go of one, and a go of exactly one leaves them as they are
+// and, where it reads operands in place (read_in_place below), serves_in_place, forward_in_place
+// and backward_strided. x and y are in kernel_layout's layout, except where read in place.
 // A one-element go is read where it lives (on the device for CUDA: no host synchronisation) and
 // divided by divisor (n for 'mean', 1 for 'sum'). gi / gt of a forward (may be null) receive the
 // gradient for an incoming gradient of one, as backward with go = 1 would write it.
@@ -98,10 +100,6 @@ Tensor new_in_kernel_layout(const Tensor& input, const at::TensorOptions& option
   return input.is_non_overlapping_and_dense() ? new_strided_like<Backend>(input, options)
                                               : new_contiguous<Backend>(input.sizes(), options);
 }
-template <class Backend>
-Tensor new_like(const Operands& ops, const at::TensorOptions& options) {
-  return new_in_kernel_layout<Backend>(ops.x, options);  // (ops.x: the input or its contiguous copy)
-}
 
 // t copied into the layout of the dense tensor `like`: through the permutation that makes `like`
 // contiguous, so that copy_ writes a contiguous tensor (into a permuted destination it walked
@@ -119,14 +117,19 @@ inline Tensor in_layout_of(const Tensor& like, const Tensor& t) {
   return at::empty_strided(like.sizes(), like.strides(), t.options()).copy_(t);
 }
 
-inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
+// Which of input and target kernel_layout uses as they are (the others it copies into the
+// layout). (Both contiguous: one memory order, whatever the strides of their size-1 dimensions.)
+inline std::array<bool, 2> used_as_is(const Tensor& input, const Tensor& target) {
   if (input.is_non_overlapping_and_dense()) {
-    // (Both contiguous: one memory order, whatever the strides of their size-1 dimensions.)
-    if (input.strides() == target.strides() || (input.is_contiguous() && target.is_contiguous())) {
-      return {input, target};
-    }
-    return {input, in_layout_of(input, target)};
+    return {true, input.strides() == target.strides() ||
+                      (input.is_contiguous() && target.is_contiguous())};
   }
+  return {false, target.is_contiguous()};
+}
+
+inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
+  const std::array<bool, 2> as_is = used_as_is(input, target);
+  if (as_is[0]) return {input, as_is[1] ? target : in_layout_of(input, target)};
   return {input.contiguous(), target.contiguous()};
 }
 
@@ -209,13 +212,16 @@ Incoming incoming_gradient(const Tensor& grad_output, const Tensor& like, int64_
 }
 
 // Whether gradients a forward wrote and l1ext's autograd kept can be rewritten in place for the
-// operands `like` (as the backward sees them, in kernel layout): the same element count, dtype,
-// device and strides, so the kernel's walk over `like` is a walk over them. (A saved-tensor hook
-// may hand the backward its operands in another layout than the forward had.)
-inline bool kept_gradients_match(std::initializer_list<const Tensor*> kept, const Tensor& like) {
+// operand `input` as the backward sees it: the same element count, dtype and device, in the
+// layout kernel_layout gives it (new_in_kernel_layout), so the kernel's walk is a walk over them.
+// (A saved-tensor hook may hand the backward its operands in another layout than the forward
+// had.)
+inline bool kept_gradients_match(std::initializer_list<const Tensor*> kept, const Tensor& input) {
+  const bool dense = input.is_non_overlapping_and_dense();
   for (const Tensor* g : kept) {
-    if (g && !(g->numel() == like.numel() && g->scalar_type() == like.scalar_type() &&
-               g->device() == like.device() && g->strides() == like.strides())) {
+    if (g && !(g->numel() == input.numel() && g->scalar_type() == input.scalar_type() &&
+               g->device() == input.device() &&
+               (dense ? g->strides() == input.strides() : g->is_contiguous()))) {
       return false;
     }
   }
@@ -238,8 +244,8 @@ struct Forward {
   Tensor loss, sign, grad_input, grad_target;
 };
 
-// The checks every forward and backward of a loss makes, then its operands in kernel layout;
-// kind becomes the kind the kernels compute (effective()).
+// The checks every forward and backward of a loss makes; kind becomes the kind the kernels
+// compute (effective()).
 template <class Backend>
 void check_call(LossKind& kind, const char* name, const Tensor& input, const Tensor& target,
                 int64_t reduction, double param) {
@@ -249,120 +255,115 @@ void check_call(LossKind& kind, const char* name, const Tensor& input, const Ten
   Backend::check_dtype(input.scalar_type(), name);
   kind = effective(kind, param);
 }
-template <class Backend>
-Operands checked_operands(LossKind& kind, const char* name, const Tensor& input,
-                          const Tensor& target, int64_t reduction, double param) {
-  check_call<Backend>(kind, name, input, target, reduction, param);
-  return kernel_layout(input, target);
-}
 
-// Backends with strided kernels (Backend::pointwise_strided and backward_strided: the CPU's).
+// Operands a backend reads where they lie where it has kernels for them: one is no dense tensor
+// (a broadcast stride-0 view, a slice), which kernel_layout would copy. Such a backend declares
+//   static bool serves_in_place(int64_t reduction, bool gradients);  // which forwards it serves
+//   static void forward_in_place(LossKind, const Tensor& x, const Tensor& y, int64_t reduction,
+//                                double param, double divisor, Tensor& out, Tensor* sign,
+//                                Tensor* gi, Tensor* gt);
+//   static void backward_strided(...);  // as backward, x and y where they lie, go of any strides
+//   backward_into_kept with x and y where they lie
+// with outputs in kernel_layout's layout (new_in_kernel_layout of the input; l1ext/_meta.py's
+// rule) and the bits of the same values in contiguous operands. The CPU serves the 'none'
+// forward without gradients and the backwards (TensorIterator rows); a GPU every call (the
+// kernels' StridedOperands). Two dense operands of two layouts (a transposed input) keep
+// kernel_layout's copy into the input's layout: on the CPU the strided loop over them was slower
+// than the copy and the vectorized kernel (1.0x to 1.15x eager's time for Smooth L1, against
+// 0.6x to 0.95x), and on a GPU a transposed read is not coalesced.
 template <class B, class = void>
-struct has_strided_pointwise : std::false_type {};
+struct reads_in_place : std::false_type {};
 template <class B>
-struct has_strided_pointwise<B, std::void_t<decltype(&B::pointwise_strided)>> : std::true_type {};
+struct reads_in_place<B, std::void_t<decltype(&B::serves_in_place)>> : std::true_type {};
 
-// Operands a backend with strided kernels reads where they lie: one is no dense tensor (a
-// broadcast stride-0 view, a slice), which kernel_layout would copy.
 template <class Backend>
 bool read_in_place(const Tensor& input, const Tensor& target) {
-  if constexpr (has_strided_pointwise<Backend>::value) {
+  if constexpr (reads_in_place<Backend>::value) {
     return !(input.is_non_overlapping_and_dense() && target.is_non_overlapping_and_dense());
   }
   return false;
 }
 
-// A 'none' forward that writes no gradient, over operands read_in_place: read where they lie,
-// into outputs of kernel_layout's layout (l1ext/_meta.py's rule). A broadcast float32 target moves
-// 12 B/elem instead of 16 (its copy written and read back): Smooth L1 'none' of 4096 x 256
-// against a (1, 256) target, one thread, 234 -> 96 us (eager torch 92 us). Two dense operands
-// of two layouts (a transposed input) keep kernel_layout's copy into the input's layout, which
-// the vectorized kernel then reads: the strided loop over them was slower (1.0x to 1.15x eager's
-// time for Smooth L1, against 0.6x to 0.95x).
 template <class Backend>
-bool strided_pointwise_serves(const Tensor& input, const Tensor& target, int64_t reduction,
-                              std::array<bool, 2> grad_mask) {
-  return reduction == kNone && !grad_mask[0] && !grad_mask[1] &&
-         read_in_place<Backend>(input, target);
+bool forward_in_place(const Tensor& input, const Tensor& target, int64_t reduction,
+                      std::array<bool, 2> grad_mask) {
+  if constexpr (reads_in_place<Backend>::value) {
+    return read_in_place<Backend>(input, target) &&
+           Backend::serves_in_place(reduction, grad_mask[0] || grad_mask[1]);
+  }
+  return false;
 }
 
+// The outputs of every forward take kernel_layout's layout; the operands are read where they lie
+// (forward_in_place: a broadcast float32 target then moves 12 B/elem instead of 16, its copy
+// written and read back; Smooth L1 'none' of 4096 x 256 against a (1, 256) target on one CPU
+// thread, 234 -> 96 us, eager torch 92 us) or in kernel_layout.
 template <class Backend>
 Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const Tensor& target,
                      int64_t reduction, double param, bool save_sign,
                      std::array<bool, 2> grad_mask = {false, false}) {
-  if constexpr (has_strided_pointwise<Backend>::value) {
-    if (strided_pointwise_serves<Backend>(input, target, reduction, grad_mask)) {
-      check_call<Backend>(kind, name, input, target, reduction, param);
-      const auto output = [&](at::ScalarType dtype) {
-        return new_in_kernel_layout<Backend>(input, input.options().dtype(dtype));
-      };
-      Forward f;
-      f.loss = output(input.scalar_type());
-      f.sign = save_sign ? output(at::kChar) : empty_output(input.options().dtype(at::kChar));
-      f.grad_input = empty_output(input.options());
-      f.grad_target = empty_output(input.options());
-      if (input.numel() > 0) {
-        Backend::pointwise_strided(kind, input, target, param, f.loss, save_sign ? &f.sign : nullptr);
-      }
-      return f;
-    }
-  }
-  const Operands ops = checked_operands<Backend>(kind, name, input, target, reduction, param);
-  const int64_t n = ops.x.numel();
-  const at::TensorOptions sign_options = ops.x.options().dtype(at::kChar);
+  check_call<Backend>(kind, name, input, target, reduction, param);
+  const int64_t n = input.numel();
+  const at::TensorOptions options = input.options();
+  const auto output = [&](at::ScalarType dtype) {
+    return new_in_kernel_layout<Backend>(input, options.dtype(dtype));
+  };
   Forward f;
-  const at::TensorOptions options = ops.x.options();
-  f.sign = save_sign ? new_like<Backend>(ops, sign_options) : empty_output(sign_options);
-  f.grad_input = grad_mask[0] ? new_like<Backend>(ops, options) : empty_output(options);
-  f.grad_target = grad_mask[1] ? new_like<Backend>(ops, options) : empty_output(options);
+  f.sign = save_sign ? output(at::kChar) : empty_output(options.dtype(at::kChar));
+  f.grad_input = grad_mask[0] ? output(input.scalar_type()) : empty_output(options);
+  f.grad_target = grad_mask[1] ? output(input.scalar_type()) : empty_output(options);
+  f.loss = reduction == kNone ? output(input.scalar_type()) : at::empty({}, options);
+  if (reduction == kNone && n == 0) return f;
+  // ('mean' of nothing is 0 / 0 = nan, as torch.)
   Tensor* sign = save_sign && n > 0 ? &f.sign : nullptr;
   Tensor* gi = grad_mask[0] && n > 0 ? &f.grad_input : nullptr;
   Tensor* gt = grad_mask[1] && n > 0 ? &f.grad_target : nullptr;
-  if (reduction == kNone) {
-    f.loss = new_like<Backend>(ops, options);
-    if (n > 0) Backend::pointwise(kind, ops.x, ops.y, param, f.loss, sign, gi, gt);
-    return f;
+  const double divisor = reduction_divisor(reduction, n);
+  if constexpr (reads_in_place<Backend>::value) {
+    if (forward_in_place<Backend>(input, target, reduction, grad_mask)) {
+      Backend::forward_in_place(kind, input, target, reduction, param, divisor, f.loss, sign, gi,
+                                gt);
+      return f;
+    }
   }
-  f.loss = at::empty({}, ops.x.options());
-  // 'mean' of nothing is 0 / 0 = nan, as torch.
-  Backend::reduce(kind, ops.x, ops.y, param, reduction_divisor(reduction, n), f.loss, sign,
-                  gi, gt);
+  const Operands ops = kernel_layout(input, target);
+  if (reduction == kNone) {
+    Backend::pointwise(kind, ops.x, ops.y, param, f.loss, sign, gi, gt);
+  } else {
+    Backend::reduce(kind, ops.x, ops.y, param, divisor, f.loss, sign, gi, gt);
+  }
   return f;
 }
 
+// Gradients in kernel_layout's layout; operands read_in_place (a broadcast target, slices) as the
+// forward reads them, with a per-element go of any strides, else in kernel_layout.
 template <class Backend>
 std::tuple<Tensor, Tensor> backward_impl(LossKind kind, const char* name,
                                          const Tensor& grad_output, const Tensor& input,
                                          const Tensor& target, int64_t reduction, double param,
                                          std::array<bool, 2> mask) {
-  if constexpr (has_strided_pointwise<Backend>::value) {
-    // Operands read_in_place (a broadcast target, slices), as the forward reads them; the
-    // gradients in kernel_layout's layout.
+  check_call<Backend>(kind, name, input, target, reduction, param);
+  const at::TensorOptions options = input.options();
+  Tensor gi = mask[0] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
+  Tensor gt = mask[1] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
+  if (input.numel() == 0 || !(mask[0] || mask[1])) return {gi, gt};
+  const at::ScalarType dtype = input.scalar_type();
+  Tensor* gip = mask[0] ? &gi : nullptr;
+  Tensor* gtp = mask[1] ? &gt : nullptr;
+  if constexpr (reads_in_place<Backend>::value) {
     if (read_in_place<Backend>(input, target)) {
-      check_call<Backend>(kind, name, input, target, reduction, param);
-      const at::TensorOptions options = input.options();
-      Tensor gi = mask[0] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
-      Tensor gt = mask[1] ? new_in_kernel_layout<Backend>(input, options) : empty_output(options);
-      if (input.numel() == 0 || !(mask[0] || mask[1])) return {gi, gt};
-      const at::ScalarType dtype = input.scalar_type();
       const Incoming g = incoming_gradient(grad_output, input, reduction, dtype,
                                            [&](const Tensor& go) { return in_dtype(go, dtype); });
-      Backend::backward_strided(kind, input, target, g.go, g.per_element, g.divisor, param,
-                                mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
+      Backend::backward_strided(kind, input, target, g.go, g.per_element, g.divisor, param, gip,
+                                gtp);
       return {gi, gt};
     }
   }
-  const Operands ops = checked_operands<Backend>(kind, name, input, target, reduction, param);
-  const at::TensorOptions options = ops.x.options();
-  Tensor gi = mask[0] ? new_like<Backend>(ops, options) : empty_output(options);
-  Tensor gt = mask[1] ? new_like<Backend>(ops, options) : empty_output(options);
-  if (ops.x.numel() == 0 || !(mask[0] || mask[1])) return {gi, gt};
-  const at::ScalarType dtype = ops.x.scalar_type();
+  const Operands ops = kernel_layout(input, target);
   const Incoming g = incoming_gradient(grad_output, ops.x, reduction, dtype, [&](const Tensor& go) {
     return grad_in_layout(go, ops.x, dtype);
   });
-  Backend::backward(kind, ops.x, ops.y, g.go, g.per_element, g.divisor, param,
-                    mask[0] ? &gi : nullptr, mask[1] ? &gt : nullptr);
+  Backend::backward(kind, ops.x, ops.y, g.go, g.per_element, g.divisor, param, gip, gtp);
   return {gi, gt};
 }
 
@@ -375,13 +376,16 @@ template <class Backend>
 bool backward_into_kept_impl(LossKind kind, const Tensor& grad_output, const Tensor& input,
                              const Tensor& target, int64_t reduction, double param, Tensor* gi,
                              Tensor* gt) {
-  const Operands ops = checked_operands<Backend>(kind, "backward", input, target, reduction,
-                                                 param);
+  check_call<Backend>(kind, "backward", input, target, reduction, param);
   TORCH_CHECK(reduction != kNone, "l1ext: a backward into kept gradients is for a reduced loss");
-  const int64_t n = ops.x.numel();
-  if (!kept_gradients_match({gi, gt}, ops.x)) return false;
+  const int64_t n = input.numel();
+  if (!kept_gradients_match({gi, gt}, input)) return false;
   if (n == 0 || !(gi || gt)) return true;
-  check_grad_output_scalar(grad_output, ops.x);
+  check_grad_output_scalar(grad_output, input);
+  // Operands read_in_place as the forward read them (no copy of them for a backward that, on a
+  // GPU, returns at once for an incoming gradient of one), else in kernel_layout.
+  const Operands ops =
+      read_in_place<Backend>(input, target) ? Operands{input, target} : kernel_layout(input, target);
   Backend::backward_into_kept(kind, ops.x, ops.y, grad_output, reduction_divisor(reduction, n),
                               param, gi, gt);
   return true;

@@ -29,7 +29,7 @@ from conftest import assert_close
 
 ROOT = Path(__file__).resolve().parent.parent
 EMULATION = Path(__file__).resolve().parent / "cuda_emulation"
-KERNEL_HEADERS = ["launch.h", "launch.cuh", "loss_kernels.cuh", "weighted_kernels.cuh"]
+KERNEL_HEADERS = ["launch.h", "launch.cuh", "loss_kernels.cuh", "strided.h", "weighted_kernels.cuh"]
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
@@ -115,10 +115,15 @@ class Kernels:
     """The harness's C entry points; every call raises EmulationError on a non-zero cudaError_t."""
 
     _P, _I, _L, _D = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_double
+    # The trailing geometry arguments of the launches that read operands through strides
+    # (harness.cpp, L1EXT_EMU_GEOMETRY_ARGS); a call without geometry= passes DENSE.
+    GEOMETRY = [_I, _P, _P, _P, _P, _I, _I]
+    DENSE = (-1, None, None, None, None, 0, 0)
     SIGNATURES = {
-        "emu_forward_reduce": [_I, _I, _D, _P, _P, _L, _D, _P, _P, _P, _P, _P, _I],
-        "emu_forward_pointwise": [_I, _I, _D, _P, _P, _L, _P, _P],
-        "emu_backward": [_I, _I, _D, _P, _P, _P, _I, _D, _L, _P, _P, _I],
+        "emu_forward_reduce": [_I, _I, _D, _P, _P, _L, _D, _P, _P, _P, _P, _P, _I, *GEOMETRY],
+        "emu_forward_pointwise": [_I, _I, _D, _P, _P, _L, _P, _P, _P, _P, *GEOMETRY],
+        "emu_backward": [_I, _I, _D, _P, _P, _P, _I, _D, _L, _P, _P, _I, *GEOMETRY],
+        "emu_divider_mismatches": [ctypes.c_uint32],
         "emu_backward_from_sign": [_I, _P, _P, _I, _D, _L, _P, _P],
         "emu_l1_backward_from_kept": [_I, _P, _I, _P, _D, _L, _P, _P, _I],
         "emu_weighted_forward": [_I, _I, _P, _P, _P, _I, _P, _I, _D, _L, _L, _I, _D, _I, _D, _P,
@@ -147,10 +152,13 @@ class Kernels:
 
     def __getattr__(self, name):
         fn = getattr(self.lib, "emu_" + name)
+        with_geometry = self.SIGNATURES["emu_" + name][-len(self.GEOMETRY):] == self.GEOMETRY
 
-        def call(*args):
+        def call(*args, geometry=None):
             self.lib.emu_clear_message()
-            err = fn(*[a.ptr if isinstance(a, Buffer) else a for a in args])
+            if with_geometry:
+                args += geometry.args if geometry is not None else self.DENSE
+            err = fn(*[a.ptr if isinstance(a, (Buffer, StridedOperand)) else a for a in args])
             if err != 0:
                 raise EmulationError(f"{name}: cudaError {err}: {self.lib.emu_message().decode()}")
         return call
@@ -397,7 +405,7 @@ def test_forward_pointwise_against_torch(emu, dtype, kind):
             by = Buffer(emu, n, dtype, offsets[1], y)
             out = Buffer(emu, n, dtype, offsets[2])
             bs = Buffer(emu, n, torch.int8, 0, poison=0x7F) if k == 0 else None
-            emu.forward_pointwise(DTYPE_CODE[dtype], k, param, bx, by, n, out, bs)
+            emu.forward_pointwise(DTYPE_CODE[dtype], k, param, bx, by, n, out, bs, None, None)
             _untouched(bx, by, out, bs)
             _close(out.t, value.to(dtype), (n, offsets))
             if bs is not None:
@@ -417,7 +425,8 @@ def test_forwards_refuse_what_no_caller_asks(emu):
         out = Buffer(emu, n, torch.float32, 0)
         with pytest.raises(EmulationError, match="cudaError 1:"):
             emu.forward_pointwise(DTYPE_CODE[torch.float32], k, param, Buffer(emu, n, torch.float32,
-                                  0, x), Buffer(emu, n, torch.float32, 0, y), n, out, bs)
+                                  0, x), Buffer(emu, n, torch.float32, 0, y), n, out, bs, None,
+                                  None)
         assert torch.all(bs.t == 0x7F)
     with pytest.raises(EmulationError, match="cudaError 1:"):
         _forward_reduce(emu, 4, 1.0, torch.float32, x, y, float(n))
@@ -776,6 +785,206 @@ def test_weighted_kept_gradients_rewritten_in_place(emu, dtype):
                 assert _same_bits(a.t, b.t), (k, g0)
             if g0 == 1.0:
                 assert _same_bits(fresh[0].t, kept[0]), "the forward's gradient is the backward's"
+
+
+# ---- operands read where they lie (csrc/cuda/strided.h, StridedOperands) -------------------------
+
+class Geometry:
+    """The geometry argument of a launch over x and y read through their strides, for outputs in
+    the dense layout `out`, as the CUDA glue builds it (losses_cuda.cu, reach): as_is, which of
+    x and y are in that layout (glue.h used_as_is); index64, the 64-bit index path."""
+
+    def __init__(self, sizes, out, x_strides, y_strides, as_is, index64=False):
+        self.keep = [(ctypes.c_int64 * max(len(v), 1))(*v) for v in (sizes, out, x_strides, y_strides)]
+        self.args = (len(sizes), *[ctypes.addressof(a) for a in self.keep],
+                     int(as_is[0]) | 2 * int(as_is[1]), int(index64))
+
+
+class StridedOperand:
+    """A view's storage in emulated memory (Buffer: its first element `offset` elements past a
+    16-byte boundary, poison and a guard page around it), and the view's data pointer."""
+
+    def __init__(self, emu, view, offset=0):
+        span = 1 + view.storage_offset() + sum((n - 1) * st for n, st in zip(view.shape, view.stride()))
+        storage = torch.as_strided(view, (span,), (1,), 0)
+        self.buffer = Buffer(emu, span, view.dtype, offset, storage)
+        self.ptr = self.buffer.ptr + view.storage_offset() * view.element_size()
+
+
+def _in_layout(t, out):
+    """t's elements in the memory order of a dense tensor of strides `out`: what kernel_layout's
+    copy into that layout holds, as one flat tensor."""
+    order = sorted(range(t.dim()), key=lambda d: -out[d])
+    return t.permute(order).contiguous().reshape(-1)
+
+
+def _strided_cases(dtype, big=False):
+    """(name, x, y, offsets of their storages) as the glue reads them in place: one operand is no
+    dense tensor (glue.h read_in_place)."""
+    g = torch.Generator().manual_seed(17)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g) * 2).to(dtype)
+
+    if big:  # more than one block (kSingleBlockMax is 2^15 elements)
+        return [("row_broadcast_big", r(300, 130), r(1, 130).expand(300, 130), (0, 0))]
+    x = r(40, 70)
+    y = x.clone()
+    y[::3] = r(14, 70)  # zero residuals elsewhere
+    cl = r(2, 3, 5, 7).contiguous(memory_format=torch.channels_last)
+    return [
+        ("row_broadcast", x, r(1, 70).expand(40, 70), (0, 0)),
+        ("column_broadcast", x, r(40, 1).expand(40, 70), (0, 3)),
+        ("input_broadcast", r(1, 70).expand(40, 70), y, (0, 0)),
+        ("both_sliced", r(40, 140)[:, ::2], r(40, 140)[:, 1::2], (0, 0)),
+        ("transposed_input_broadcast_target", r(70, 40).t(), r(40, 1).expand(40, 70), (0, 0)),
+        ("misaligned_input", x, r(1, 70).expand(40, 70), (1, 0)),
+        ("channels_last_against_slice", cl, r(2, 6, 5, 7)[:, ::2], (0, 1)),
+        ("sliced_input_contiguous_target", r(40, 71)[:, 1:], y, (0, 1)),
+    ]
+
+
+def _dense(t):
+    """t covers its storage densely in some order of its dimensions (no overlap, no gap)."""
+    expected = 1
+    for d in sorted((d for d in range(t.dim()) if t.size(d) != 1), key=t.stride):
+        if t.stride(d) != expected:
+            return False
+        expected *= t.size(d)
+    return True
+
+
+def _geometry(x, y, index64=False):
+    dense = _dense(x)
+    out = x.stride() if dense else torch.empty(x.shape).stride()
+    as_is = (dense, (y.stride() == x.stride() or (x.is_contiguous() and y.is_contiguous())) if dense
+             else y.is_contiguous())
+    return Geometry(x.shape, out, x.stride(), y.stride(), as_is, index64), out, as_is
+
+
+def _strided_and_copied(emu, dtype, k, param, x, y, offsets, index64=False):
+    """Launches over x and y read through strides and over their copies in kernel layout (the
+    contiguous launches, at the copies' alignment: an operand used as it is at its own, a copy at
+    0), result by result: (what, strided, copied)."""
+    n = x.numel()
+    geometry, out, as_is = _geometry(x, y, index64)
+    sx, sy = StridedOperand(emu, x, offsets[0]), StridedOperand(emu, y, offsets[1])
+    cx = Buffer(emu, n, dtype, offsets[0] if as_is[0] else 0, _in_layout(x, out))
+    cy = Buffer(emu, n, dtype, offsets[1] if as_is[1] else 0, _in_layout(y, out))
+    d = DTYPE_CODE[dtype]
+    results = []
+
+    def both(what, call, outputs):
+        made = []
+        for operands, geo in (((sx, sy), geometry), ((cx, cy), None)):
+            bufs = [Buffer(emu, size, t, 0, None if init is None else init, poison=0x7F if t == torch.int8 else 0xFF)
+                    for size, t, init in outputs]
+            call(*operands, bufs, geo)
+            _untouched(sx.buffer, sy.buffer, cx, cy, *bufs)
+            made.append([b.value() for b in bufs])
+        for i, (a, b) in enumerate(zip(*made)):
+            results.append(((what, i), a, b))
+        return made[1]
+
+    ws_bytes = emu.lib.emu_reduce_workspace_bytes(d, n)
+
+    def reduce(sign, grads):
+        def call(bx, by, bufs, geo):
+            ws = _workspace(emu, ws_bytes)
+            it = iter(bufs[1:])
+            bs = next(it) if sign else None
+            bgi, bgt = (next(it), next(it)) if grads else (None, None)
+            emu.forward_reduce(d, k, param, bx, by, n, float(n), bufs[0], bs, bgi, bgt, ws, 0,
+                               geometry=geo)
+            _ticket_reset(ws)
+        outputs = [(1, dtype, None)] + ([(n, torch.int8, None)] if sign else []) + \
+            ([(n, dtype, None)] * 2 if grads else [])
+        return both(("reduce", sign, grads), call, outputs)
+
+    reduce(False, False)
+    if k == 0:
+        reduce(True, False)
+    _, gi1, gt1 = reduce(False, True)
+
+    def pointwise(bx, by, bufs, geo):
+        bs = bufs[1] if k == 0 else None
+        emu.forward_pointwise(d, k, param, bx, by, n, bufs[0], bs, None, None, geometry=geo)
+    both("pointwise", pointwise, [(n, dtype, None)] + ([(n, torch.int8, None)] if k == 0 else []))
+
+    def pointwise_grads(bx, by, bufs, geo):
+        emu.forward_pointwise(d, k, param, bx, by, n, bufs[0], None, bufs[1], bufs[2], geometry=geo)
+    both("pointwise with gradients", pointwise_grads, [(n, dtype, None)] * 3)
+
+    go = Buffer(emu, n, dtype, 0, (torch.randn(n, generator=torch.Generator().manual_seed(n)) * 3).to(dtype))
+    for per_element, g0 in ((True, None), (False, 0.7), (False, -2.0)):
+        src = go if per_element else Buffer(emu, 1, dtype, 0, torch.tensor([g0]).to(dtype))
+
+        def backward(bx, by, bufs, geo, src=src, per_element=per_element):
+            emu.backward(d, k, param, bx, by, src, int(per_element), 1.0 if per_element else float(n),
+                         n, bufs[0], bufs[1], 0, geometry=geo)
+        both(("backward", per_element, g0), backward, [(n, dtype, None)] * 2)
+    for g0 in (1.0, 2.0, 0.3):  # into the kept gradients (unless_one)
+        src = Buffer(emu, 1, dtype, 0, torch.tensor([g0]).to(dtype))
+
+        def into_kept(bx, by, bufs, geo, src=src):
+            emu.backward(d, k, param, bx, by, src, 0, float(n), n, bufs[0], bufs[1], 1, geometry=geo)
+        both(("into kept", g0), into_kept, [(n, dtype, gi1), (n, dtype, gt1)])
+    return results
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_operands_give_the_bits_of_their_copies(emu, dtype, kind):
+    """Every launch over operands read where they lie (a broadcast row or column, slices, an
+    expanded input, a transposed or channels-last input against a broadcast or sliced target, a
+    misaligned input) writes the bits the contiguous launch writes over their copies in kernel
+    layout: the loss and its sum (the same order: a copy counts at offset 0), L1's sign, the
+    gradients of the forwards and the backwards, the kept gradients rewritten in place; nothing
+    is read or written outside the operands' storage."""
+    _, k, param = kind
+    for name, x, y, offsets in _strided_cases(dtype):
+        for what, a, b in _strided_and_copied(emu, dtype, k, param, x, y, offsets):
+            assert _same_bits(a, b), (name, what)
+
+
+@pytest.mark.parametrize("index64", [False, True], ids=["index32", "index64"])
+def test_strided_operands_over_several_blocks(emu, index64):
+    """Several blocks (a sum over their partials) and the 64-bit index path (taken from 2^31
+    elements on; forced here) give the bits of the copies too."""
+    for dtype, (_, k, param) in [(torch.float32, KINDS[2]), (torch.bfloat16, KINDS[0])]:
+        for name, x, y, offsets in _strided_cases(dtype, big=True):
+            for what, a, b in _strided_and_copied(emu, dtype, k, param, x, y, offsets, index64):
+                assert _same_bits(a, b), (name, what, dtype)
+
+
+def test_strided_geometry_merges_and_refuses(emu):
+    """Dimensions both operands step across as one merge (a 7-d broadcast of one row is two
+    dimensions), and a geometry of more than kMaxStridedDims dimensions is refused (the glue then
+    copies)."""
+    n = 2 ** 7
+    x = torch.randn(n)
+    mergeable = torch.randn(1, 2).expand(2, 2, 2, 2, 2, 2, 2)  # one broadcast dim, then a row
+    flat = x.view(2, 2, 2, 2, 2, 2, 2)
+    out = Buffer(emu, n, torch.float32)
+    bx = Buffer(emu, n, torch.float32, 0, x)
+    by = StridedOperand(emu, mergeable)
+    geo, _, _ = _geometry(flat, mergeable)
+    emu.forward_pointwise(2, 1, 1.0, bx, by, n, out, None, None, None, geometry=geo)
+    want = TF.smooth_l1_loss(flat, mergeable, reduction="none").reshape(-1)
+    assert torch.equal(out.t, want)
+    # Every dimension a slice of another step: seven dimensions that do not merge.
+    big = torch.randn(3 ** 7)
+    unmergeable = big.as_strided((2,) * 7, tuple(3 ** i for i in reversed(range(7))))
+    by = StridedOperand(emu, unmergeable)
+    geo, _, _ = _geometry(flat, unmergeable)
+    with pytest.raises(EmulationError, match="cudaError 1:"):
+        emu.forward_pointwise(2, 1, 1.0, bx, by, n, out, None, None, None, geometry=geo)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 40, 70, 130, 255, 641, 65537, 2 ** 20 + 7,
+                               2 ** 30 - 1, 2 ** 30 + 3, 2 ** 31 - 1])
+def test_divider32_divides_every_index_below_two_to_the_31(emu, d):
+    emu.divider_mismatches(d)  # raises on a non-zero count
 
 
 # ---- the emulator itself -----------------------------------------------------------------------

@@ -90,7 +90,7 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms, const Loss& loss
   auto* partials = reinterpret_cast<A*>(static_cast<char*>(workspace) + 16);
   const Span s = with_sign(make_span<T>(n, {x, y}), nullptr);
   const ForwardGradients<T> g{gi, nullptr, A(1.0 / double(n)), true};
-  const auto kernel = forward_reduce_kernel<T, Loss, false, true, kUnroll>;
+  const auto kernel = forward_reduce_kernel<T, Loss, false, true, kUnroll, DenseOperands<T>>;
   cudaFuncAttributes attr;
   CHECK(cudaFuncGetAttributes(&attr, kernel));
   int per_sm = 0, sms = 0, dev = 0;
@@ -110,7 +110,8 @@ void run(const char* name, int64_t n, double copy_bytes_per_ms, const Loss& loss
     if (blocks > kMaxBlocks) continue;
     const float ms = median_ms([&] {
       CHECK(cudaMemsetAsync(ticket, 0, sizeof(unsigned int)));
-      kernel<<<blocks, kThreads>>>(x, y, s, loss, nullptr, g, partials, ticket, out, double(n));
+      kernel<<<blocks, kThreads>>>(DenseOperands<T>{x, y}, s, loss, nullptr, g, partials, ticket, out,
+                                   double(n));
     });
     CHECK(cudaGetLastError());
     std::printf("  %5d blocks (%.2f waves)  %8.1f us  %6.0f GB/s  %5.1f%% of copy\n", blocks,

@@ -157,12 +157,21 @@ struct CpuBackend {
        sign_or_null(sign), data_or_null(gi), data_or_null(gt), 1.0);
   }
 
-  // A 'none' forward (loss, and L1's sign where asked) over operands of any strides, into outputs
-  // of their size; rows contiguous in every operand (a broadcast target row of the input's
-  // length) take the vectorized kernel, others the strided one. Elementwise, so the bits are
-  // those of the contiguous kernel.
-  static void pointwise_strided(LossKind kind, const Tensor& x, const Tensor& y, double param,
-                                Tensor& out, Tensor* sign) {
+  // Operands read where they lie (glue::read_in_place): the 'none' forward that writes no
+  // gradient (a reduction's blocked sum and the forwards that write gradients want the
+  // contiguous kernels), and the backwards.
+  static bool serves_in_place(int64_t reduction, bool gradients) {
+    return reduction == glue::kNone && !gradients;
+  }
+
+  // The 'none' forward (loss, and L1's sign where asked) over operands of any strides, into
+  // outputs of their size; rows contiguous in every operand (a broadcast target row of the
+  // input's length) take the vectorized kernel, others the strided one. Elementwise, so the bits
+  // are those of the contiguous kernel.
+  static void forward_in_place(LossKind kind, const Tensor& x, const Tensor& y, int64_t reduction,
+                               double param, double /*divisor*/, Tensor& out, Tensor* sign,
+                               Tensor* gi, Tensor* gt) {
+    TORCH_INTERNAL_ASSERT(serves_in_place(reduction, gi || gt));
     const int e = int(elem_of(x.scalar_type(), ""));
     const ForwardFn flat = kernels().forward[int(kind)][e];
     const ForwardStridedFn strided = kernels().forward_strided[int(kind)][e];
@@ -177,7 +186,7 @@ struct CpuBackend {
   }
 
   // The backward over operands of any strides (go per element, or null with per_element false),
-  // into gradients of their size, as pointwise_strided walks a forward.
+  // into gradients of their size, as forward_in_place walks a forward.
   static void backward_strided(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                                bool per_element, double divisor, double param, Tensor* gi,
                                Tensor* gt) {
@@ -204,9 +213,14 @@ struct CpuBackend {
   }
 
   // go is in host memory: the autograd node hands a go of exactly one over without calling this.
+  // x and y in kernel layout, or where they lie (glue::read_in_place).
   static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                                  double divisor, double param, Tensor* gi, Tensor* gt) {
-    backward(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt);
+    if (glue::read_in_place<CpuBackend>(x, y)) {
+      backward_strided(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt);
+    } else {
+      backward(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt);
+    }
   }
 
   // go is read in host memory; with in_place a go of exactly one leaves the kept gradients as

@@ -18,6 +18,13 @@ cudaError_t dispatch_loss(LossKind kind, double param, F&& f) {
   return err;
 }
 
+// f(ops): x and y as the kernels read them, in the kernel layout (g null) or through g.
+template <class T, class F>
+cudaError_t with_operands(const T* x, const T* y, const StridedGeometry* g, F&& f) {
+  if (g) return f(StridedOperands<T>{x, y, *g});
+  return f(DenseOperands<T>{x, y});
+}
+
 template <class T>
 size_t Launch<T>::reduce_workspace_bytes(int64_t n) {
   return cuda::reduce_workspace_bytes<T>(n);
@@ -27,32 +34,41 @@ size_t Launch<T>::reduce_workspace_bytes(int64_t n) {
 // loss (fp32: 8 B/elem read, 4 B/elem written per gradient), with the bits the backward kernel
 // gives for an incoming gradient of one.
 template <class T>
-cudaError_t Launch<T>::reduce(LossKind kind, const T* x, const T* y, int64_t n, double param,
-                              double divisor, T* out, int8_t* sign, T* gi, T* gt, void* workspace,
-                              cudaStream_t stream) {
+cudaError_t Launch<T>::reduce(LossKind kind, const T* x, const T* y, const StridedGeometry* g,
+                              int64_t n, double param, double divisor, T* out, int8_t* sign,
+                              T* gi, T* gt, void* workspace, cudaStream_t stream) {
   return dispatch_loss<T>(kind, param, [&](const auto& loss) {
-    return forward_reduce<T>(x, y, n, loss, divisor, out, sign, gi, gt, workspace, stream);
+    return with_operands(x, y, g, [&](const auto& ops) {
+      return forward_reduce<T>(ops, n, loss, divisor, out, sign, gi, gt, workspace, stream);
+    });
   });
 }
 
 template <class T>
-cudaError_t Launch<T>::pointwise(LossKind kind, const T* x, const T* y, int64_t n, double param,
-                                 T* out, int8_t* sign, T* gi, T* gt, cudaStream_t stream) {
+cudaError_t Launch<T>::pointwise(LossKind kind, const T* x, const T* y, const StridedGeometry* g,
+                                 int64_t n, double param, T* out, int8_t* sign, T* gi, T* gt,
+                                 cudaStream_t stream) {
   return dispatch_loss<T>(kind, param, [&](const auto& loss) {
-    cudaError_t err = forward_pointwise<T>(x, y, n, loss, out, sign, stream);
-    if (err == cudaSuccess && (gi || gt)) {
-      err = cuda::backward<T>(x, y, nullptr, false, 1.0, n, loss, gi, gt, stream);
-    }
-    return err;
+    return with_operands(x, y, g, [&](const auto& ops) {
+      cudaError_t err = forward_pointwise<T>(ops, n, loss, out, sign, stream);
+      if (err == cudaSuccess && (gi || gt)) {
+        err = cuda::backward<T>(ops, nullptr, false, 1.0, n, loss, gi, gt, stream);
+      }
+      return err;
+    });
   });
 }
 
 template <class T>
-cudaError_t Launch<T>::backward(LossKind kind, const T* x, const T* y, const T* g,
-                                bool per_element, double divisor, int64_t n, double param, T* gi,
-                                T* gt, bool unless_one, cudaStream_t stream) {
+cudaError_t Launch<T>::backward(LossKind kind, const T* x, const T* y, const StridedGeometry* g,
+                                const T* go, bool per_element, double divisor, int64_t n,
+                                double param, T* gi, T* gt, bool unless_one,
+                                cudaStream_t stream) {
   return dispatch_loss<T>(kind, param, [&](const auto& loss) {
-    return cuda::backward<T>(x, y, g, per_element, divisor, n, loss, gi, gt, stream, unless_one);
+    return with_operands(x, y, g, [&](const auto& ops) {
+      return cuda::backward<T>(ops, go, per_element, divisor, n, loss, gi, gt, stream,
+                               unless_one);
+    });
   });
 }
 

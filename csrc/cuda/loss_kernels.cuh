@@ -31,6 +31,7 @@
 #include <initializer_list>
 #include <limits>
 
+#include "cuda/strided.h"
 #include "loss_math.h"
 
 namespace l1ext {
@@ -110,6 +111,101 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
   __stwb(reinterpret_cast<uint4*>(p), bits);
 }
 
+template <class T>
+__device__ __forceinline__ Pack<T> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T>*>(p);
+}
+
+// ---- where a kernel reads x and y -------------------------------------------------------------
+// Element i of x and y in the kernel layout (the outputs' memory order): pair<P>(i, a, b) loads
+// the P elements from i on (i at a pack boundary of the launch's Span), one(i, xi, yi) one.
+
+// Both operands in the kernel layout: element i at i, in 16-byte packs.
+template <class T>
+struct DenseOperands {
+  const T* __restrict__ x;
+  const T* __restrict__ y;
+  template <int P>
+  __device__ __forceinline__ void pair(int64_t i, Pack<T>& a, Pack<T>& b) const {
+    a = load_pack(x + i);
+    b = load_pack(y + i);
+  }
+  __device__ __forceinline__ void one(int64_t i, acc_t<T>& xi, acc_t<T>& yi) const {
+    xi = to_acc(x[i]);
+    yi = to_acc(y[i]);
+  }
+};
+
+// r / v.divisor for r < 2^31 (Divider32, strided.h).
+__device__ __forceinline__ uint32_t divide(const Divider32& v, uint32_t r) {
+  return (__umulhi(r, v.magic) + r) >> v.shift;
+}
+
+// Operands read where they lie, through a StridedGeometry (strided.h): an operand in the layout
+// in 16-byte packs, the other element by element (a pack within one innermost row steps by that
+// row's stride: one division chain per pack).
+template <class T>
+struct StridedOperands {
+  const T* __restrict__ x;
+  const T* __restrict__ y;
+  StridedGeometry g;
+
+  // The offsets of element i in x (o[0]) and y (o[1]), and its innermost coordinate.
+  __device__ __forceinline__ void offsets(int64_t i, int64_t (&o)[2], int64_t& inner) const {
+    o[0] = o[1] = inner = 0;
+    if (g.index32) {
+      uint32_t r = uint32_t(i);
+#pragma unroll
+      for (int d = 0; d < kMaxStridedDims; ++d) {
+        if (d == g.dims) break;
+        const uint32_t q = d + 1 == g.dims ? 0u : divide(g.divider[d], r);
+        const uint32_t c = r - q * g.divider[d].divisor;
+        if (d == 0) inner = c;
+        o[0] += int64_t(c) * g.stride[0][d];
+        o[1] += int64_t(c) * g.stride[1][d];
+        r = q;
+      }
+    } else {
+      int64_t r = i;
+      for (int d = 0; d < g.dims; ++d) {
+        const int64_t q = d + 1 == g.dims ? 0 : r / g.size[d];
+        const int64_t c = r - q * g.size[d];
+        if (d == 0) inner = c;
+        o[0] += c * g.stride[0][d];
+        o[1] += c * g.stride[1][d];
+        r = q;
+      }
+    }
+  }
+  template <int P>
+  __device__ __forceinline__ void pair(int64_t i, Pack<T>& a, Pack<T>& b) const {
+    int64_t o[2], inner;
+    offsets(i, o, inner);
+    if (g.in_layout[0]) a = load_pack(x + i);
+    if (g.in_layout[1]) b = load_pack(y + i);
+    if (inner + P <= g.size[0]) {
+#pragma unroll
+      for (int k = 0; k < P; ++k) {
+        if (!g.in_layout[0]) a.v[k] = x[o[0] + k * g.stride[0][0]];
+        if (!g.in_layout[1]) b.v[k] = y[o[1] + k * g.stride[1][0]];
+      }
+      return;
+    }
+#pragma unroll
+    for (int k = 0; k < P; ++k) {
+      if (k > 0) offsets(i + k, o, inner);
+      if (!g.in_layout[0]) a.v[k] = x[o[0]];
+      if (!g.in_layout[1]) b.v[k] = y[o[1]];
+    }
+  }
+  __device__ __forceinline__ void one(int64_t i, acc_t<T>& xi, acc_t<T>& yi) const {
+    int64_t o[2], inner;
+    offsets(i, o, inner);
+    xi = to_acc(x[o[0]]);
+    yi = to_acc(y[o[1]]);
+  }
+};
+
 // The int8 signs of one pack, stored or loaded as one word when aligned.
 template <int P>
 struct SignWord;
@@ -138,7 +234,8 @@ struct Span {
   bool sign_words;
 };
 
-// pointers: every pointer the launch reads or writes per element (int8 signs excluded).
+// pointers: every pointer the launch reads or writes per element (int8 signs excluded; null: not
+// there). The first is not null.
 template <class T>
 inline Span make_span(int64_t n, std::initializer_list<const void*> pointers) {
   constexpr int P = Pack<T>::kSize;
@@ -149,6 +246,21 @@ inline Span make_span(int64_t n, std::initializer_list<const void*> pointers) {
   int64_t head = int64_t((16 - offset) % 16 / sizeof(T));
   if (head > n) head = n;
   return {n, head, (n - head) / P, false};
+}
+
+// Stands in make_span's pointers for an operand read through strides (StridedOperands): it is
+// walked as its copy into the kernel layout would be, a fresh allocation (16-byte aligned), so that
+// a launch sums its elements in the order the contiguous launch sums that copy's (the same bits).
+// Never read.
+inline const void* const kFreshCopy = reinterpret_cast<const void*>(uintptr_t(16));
+
+template <class T>
+inline const void* operand_or_copy(const DenseOperands<T>& ops, int k) {
+  return k == 0 ? ops.x : ops.y;
+}
+template <class T>
+inline const void* operand_or_copy(const StridedOperands<T>& ops, int k) {
+  return ops.g.in_layout[k] ? operand_or_copy(DenseOperands<T>{ops.x, ops.y}, k) : kFreshCopy;
 }
 
 inline Span with_sign(Span s, const int8_t* sign) {
@@ -186,26 +298,22 @@ __device__ __forceinline__ void for_each_owned(const Span& s, PackFn pack, Scala
 // for_each_owned over the packs of x and y, with the loads of a thread's next kUnroll packs
 // (stride apart) issued before the first is used: kUnroll x 32 bytes in flight per thread instead
 // of 32 (each resident thread's outstanding loads are what hides the memory latency). pack(i, a,
-// b) gets x's and y's pack at i; packs are visited in the same order whatever kUnroll, so a sum
+// b) gets x's and y's pack at i (ops: DenseOperands or StridedOperands); packs are visited in the same order whatever kUnroll, so a sum
 // over them has the same bits.
-template <class T, int kUnroll, class PackFn, class ScalarFn>
-__device__ __forceinline__ void for_each_owned_pair(const Span& s, const T* __restrict__ x,
-                                                    const T* __restrict__ y, PackFn pack,
-                                                    ScalarFn scalar) {
+template <class T, int kUnroll, class Operands, class PackFn, class ScalarFn>
+__device__ __forceinline__ void for_each_owned_pair(const Span& s, const Operands& ops,
+                                                    PackFn pack, ScalarFn scalar) {
   static_assert(kUnroll >= 1, "kUnroll: packs per thread in flight");
   constexpr int P = Pack<T>::kSize;
   const int64_t stride = int64_t(gridDim.x) * kThreads;
   const int64_t t = int64_t(blockIdx.x) * kThreads + threadIdx.x;
-  const auto load = [](const T* p) { return *reinterpret_cast<const Pack<T>*>(p); };
   int64_t p = t;
   if (kUnroll > 1) {
     for (; p + (kUnroll - 1) * stride < s.packs; p += kUnroll * stride) {
       Pack<T> a[kUnroll], b[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int64_t i = s.head + (p + u * stride) * P;
-        a[u] = load(x + i);
-        b[u] = load(y + i);
+        ops.template pair<P>(s.head + (p + u * stride) * P, a[u], b[u]);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) pack(s.head + (p + u * stride) * P, a[u], b[u]);
@@ -213,7 +321,9 @@ __device__ __forceinline__ void for_each_owned_pair(const Span& s, const T* __re
   }
   for (; p < s.packs; p += stride) {
     const int64_t i = s.head + p * P;
-    pack(i, load(x + i), load(y + i));
+    Pack<T> a, b;
+    ops.template pair<P>(i, a, b);
+    pack(i, a, b);
   }
   for (int64_t i = t; i < s.head; i += stride) scalar(i);
   for (int64_t i = s.head + s.packs * P + t; i < s.n; i += stride) scalar(i);
@@ -300,16 +410,16 @@ struct ForwardGradients {
 // kUnroll: packs per thread in flight (for_each_owned_pair). No register cap: on an H100 a cap
 // of 32 registers (8 blocks per SM) made the 2-byte Smooth L1 kernels spill and run slower at
 // every grid (benchmarks/results/gpu/gpu-grid.txt).
-template <class T, class Loss, bool kSign, bool kGrad, int kUnroll>
+template <class T, class Loss, bool kSign, bool kGrad, int kUnroll, class Operands>
 __global__ void __launch_bounds__(kThreads)
-    forward_reduce_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
-                          int8_t* __restrict__ sign, ForwardGradients<T> g, acc_t<T>* partials,
-                          unsigned int* ticket, T* out, double divisor) {
+    forward_reduce_kernel(Operands ops, Span s, Loss loss, int8_t* __restrict__ sign,
+                          ForwardGradients<T> g, acc_t<T>* partials, unsigned int* ticket, T* out,
+                          double divisor) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
   A acc = A(0);
   for_each_owned_pair<T, kUnroll>(
-      s, x, y,
+      s, ops,
       [&](int64_t i, const Pack<T>& a, const Pack<T>& b) {
         SignPack<P> sp;
         Pack<T> gip, gtp;
@@ -338,7 +448,8 @@ __global__ void __launch_bounds__(kThreads)
         }
       },
       [&](int64_t i) {
-        const A xi = to_acc(x[i]), yi = to_acc(y[i]);
+        A xi, yi;
+        ops.one(i, xi, yi);
         const A d = xi - yi;
         acc += loss.value(d);
         if (kSign) sign[i] = math::Prim<A>::int8_sign(d);
@@ -351,17 +462,17 @@ __global__ void __launch_bounds__(kThreads)
   finish_sum<T>(acc, partials, ticket, out, [divisor](double v) { return A(v / divisor); });
 }
 
-template <class T, class Loss, bool kSign>
+template <class T, class Loss, bool kSign, class Operands>
 __global__ void __launch_bounds__(kThreads)
-    forward_pointwise_kernel(const T* __restrict__ x, const T* __restrict__ y, Span s, Loss loss,
-                             T* __restrict__ out, int8_t* __restrict__ sign) {
+    forward_pointwise_kernel(Operands ops, Span s, Loss loss, T* __restrict__ out,
+                             int8_t* __restrict__ sign) {
   using A = acc_t<T>;
   constexpr int P = Pack<T>::kSize;
   for_each_owned<T>(
       s,
       [&](int64_t i) {
-        const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
-        const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+        Pack<T> a, b;
+        ops.template pair<P>(i, a, b);
         Pack<T> o;
         SignPack<P> sp;
 #pragma unroll
@@ -374,7 +485,9 @@ __global__ void __launch_bounds__(kThreads)
         if (kSign) store_signs<P>(sign, i, sp, s);
       },
       [&](int64_t i) {
-        const A d = to_acc(x[i]) - to_acc(y[i]);
+        A xi, yi;
+        ops.one(i, xi, yi);
+        const A d = xi - yi;
         out[i] = from_acc<T>(loss.value(d));
         if (kSign) sign[i] = math::Prim<A>::int8_sign(d);
       });
@@ -386,15 +499,14 @@ __global__ void __launch_bounds__(kThreads)
 // for the one element i (a scalar head or tail, an element rescale_kept recomputes). (Computed
 // element by element, the target's only where called: no arrays of them held in registers, and
 // x, y and the input's gradient read and computed once for both.)
-template <class T, class Loss>
+template <class T, class Loss, class Operands = DenseOperands<T>>
 struct FromResidual {
-  const T* __restrict__ x;
-  const T* __restrict__ y;
+  Operands ops;
   Loss loss;
   template <int P, class F>
   __device__ __forceinline__ void pack(int64_t i, const Span&, F&& f) const {
-    const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + i);
-    const Pack<T> b = *reinterpret_cast<const Pack<T>*>(y + i);
+    Pack<T> a, b;
+    ops.template pair<P>(i, a, b);
 #pragma unroll
     for (int k = 0; k < P; ++k) {
       element(to_acc(a.v[k]), to_acc(b.v[k]),
@@ -403,7 +515,9 @@ struct FromResidual {
   }
   template <class F>
   __device__ __forceinline__ void one(int64_t i, F&& f) const {
-    element(to_acc(x[i]), to_acc(y[i]), f);
+    acc_t<T> xi, yi;
+    ops.one(i, xi, yi);
+    element(xi, yi, f);
   }
   template <class F>
   __device__ __forceinline__ void element(acc_t<T> xi, acc_t<T> yi, F&& f) const {
@@ -644,12 +758,13 @@ inline size_t reduce_workspace_bytes(int64_t n) {
 // its ticket (the first 4 bytes) zero, as every launch leaves it (finish_sum).
 // sign (L1's int8 signs), gi, gt (the gradients for an incoming gradient of one): null where not
 // wanted. kUnroll: for_each_owned_pair (the experiment's knob; the library uses the default).
-template <class T, int kUnroll = kReduceUnroll, class Loss>
-cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, double divisor,
+template <class T, int kUnroll = kReduceUnroll, class Operands, class Loss>
+cudaError_t forward_reduce(const Operands& ops, int64_t n, const Loss& loss, double divisor,
                            T* out, int8_t* sign, T* gi, T* gt, void* workspace,
                            cudaStream_t stream) {
   if (sign && (gi || gt)) return cudaErrorInvalidValue;  // one or the other: no caller needs both
-  const Span s = with_sign(make_span<T>(n, {x, y}), sign);
+  const void* x = operand_or_copy(ops, 0);
+  const Span s = with_sign(make_span<T>(n, {x, operand_or_copy(ops, 1)}), sign);
   int blocks = 1;
   unsigned int* ticket = nullptr;
   acc_t<T>* partials = nullptr;
@@ -659,37 +774,39 @@ cudaError_t forward_reduce(const T* x, const T* y, int64_t n, const Loss& loss, 
     partials = reinterpret_cast<acc_t<T>*>(static_cast<char*>(workspace) + 16);
   }
   const uintptr_t x_offset = reinterpret_cast<uintptr_t>(x) % 16;
-  const auto at_x_offset = [x_offset](const T* p) {
+  const auto at_x_offset = [x_offset](const void* p) {
     return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == x_offset;
   };
   const ForwardGradients<T> g{gi, gt, acc_t<T>(1.0 / divisor), at_x_offset(gi) && at_x_offset(gt)};
   if (gi || gt) {
-    forward_reduce_kernel<T, Loss, false, true, kUnroll>
-        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
+    forward_reduce_kernel<T, Loss, false, true, kUnroll, Operands>
+        <<<blocks, kThreads, 0, stream>>>(ops, s, loss, sign, g, partials, ticket, out, divisor);
   } else if (sign) {
     if constexpr (!kSavesSign<Loss>) return cudaErrorInvalidValue;
     else
-      forward_reduce_kernel<T, Loss, true, false, kUnroll>
-          <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
+      forward_reduce_kernel<T, Loss, true, false, kUnroll, Operands>
+          <<<blocks, kThreads, 0, stream>>>(ops, s, loss, sign, g, partials, ticket, out, divisor);
   } else {
-    forward_reduce_kernel<T, Loss, false, false, kUnroll>
-        <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, sign, g, partials, ticket, out, divisor);
+    forward_reduce_kernel<T, Loss, false, false, kUnroll, Operands>
+        <<<blocks, kThreads, 0, stream>>>(ops, s, loss, sign, g, partials, ticket, out, divisor);
   }
   return cudaGetLastError();
 }
 
-template <class T, class Loss>
-cudaError_t forward_pointwise(const T* x, const T* y, int64_t n, const Loss& loss, T* out,
+template <class T, class Operands, class Loss>
+cudaError_t forward_pointwise(const Operands& ops, int64_t n, const Loss& loss, T* out,
                               int8_t* sign, cudaStream_t stream) {
-  const Span s = with_sign(make_span<T>(n, {x, y, out}), sign);
+  const Span s = with_sign(
+      make_span<T>(n, {out, operand_or_copy(ops, 0), operand_or_copy(ops, 1)}), sign);
   const int blocks = blocks_for(s.packs + (n - s.packs * Pack<T>::kSize), kMaxPointwiseBlocks);
   if (sign) {
     if constexpr (!kSavesSign<Loss>) return cudaErrorInvalidValue;
     else
-      forward_pointwise_kernel<T, Loss, true>
-          <<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, sign);
+      forward_pointwise_kernel<T, Loss, true, Operands>
+          <<<blocks, kThreads, 0, stream>>>(ops, s, loss, out, sign);
   } else {
-    forward_pointwise_kernel<T, Loss, false><<<blocks, kThreads, 0, stream>>>(x, y, s, loss, out, nullptr);
+    forward_pointwise_kernel<T, Loss, false, Operands>
+        <<<blocks, kThreads, 0, stream>>>(ops, s, loss, out, nullptr);
   }
   return cudaGetLastError();
 }
@@ -714,14 +831,14 @@ cudaError_t launch_backward(const Source& src, std::initializer_list<const void*
 // Backward recomputing the subgradient from x and y. go: n elements (per_element) or one (null:
 // one of value 1). unless_one (one go, not null): gi / gt hold the gradients for an incoming
 // gradient of one and are rewritten only where go is not one (see backward_kernel).
-template <class T, class Loss>
-cudaError_t backward(const T* x, const T* y, const T* go, bool per_element, double divisor,
+template <class T, class Operands, class Loss>
+cudaError_t backward(const Operands& ops, const T* go, bool per_element, double divisor,
                      int64_t n, const Loss& loss, T* gi, T* gt, cudaStream_t stream,
                      bool unless_one = false) {
-  const FromResidual<T, Loss> src{x, y, loss};
-  return launch_backward<T>(src, {x, y, per_element ? go : nullptr, gi, gt}, nullptr, go,
-                            per_element, divisor, n, gi, gt, unless_one && go && !per_element,
-                            stream);
+  const FromResidual<T, Loss, Operands> src{ops, loss};
+  return launch_backward<T>(
+      src, {operand_or_copy(ops, 0), operand_or_copy(ops, 1), per_element ? go : nullptr, gi, gt},
+      nullptr, go, per_element, divisor, n, gi, gt, unless_one && go && !per_element, stream);
 }
 
 // L1 backward from the int8 sign of the forward.

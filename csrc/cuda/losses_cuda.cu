@@ -7,10 +7,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/dispatch.cuh"
 #include "cuda/launch.h"
+#include "cuda/strided.h"
 #include "cuda/workspace.h"
 #include "glue.h"
 #include "kept_backward.h"
@@ -27,6 +30,53 @@ struct CudaBackend {
     dispatch_elem(t, name, [](auto) {});
   }
 
+  // Every call reads operands where they lie (glue::read_in_place), through a StridedGeometry.
+  static bool serves_in_place(int64_t /*reduction*/, bool /*gradients*/) { return true; }
+
+  // x and y as the kernels reach them for outputs in kernel_layout's layout: where they lie,
+  // through a geometry (strided.h), where glue::read_in_place and at most kMaxStridedDims
+  // dimensions remain; else in kernel_layout (a copy where one is not in it).
+  struct Reach {
+    Tensor x, y;
+    bool strided = false;
+    StridedGeometry g{};
+    const StridedGeometry* geometry() const { return strided ? &g : nullptr; }
+  };
+  static Reach reach(const Tensor& input, const Tensor& target) {
+    Reach r;
+    if (read_in_place<CudaBackend>(input, target)) {
+      const std::array<bool, 2> as_is = used_as_is(input, target);
+      std::vector<int64_t> layout(input.strides().begin(), input.strides().end());
+      if (!input.is_non_overlapping_and_dense()) {
+        const auto contiguous = c10::contiguous_strides(input.sizes());
+        layout.assign(contiguous.begin(), contiguous.end());
+      }
+      r.strided = make_strided_geometry(int(input.dim()), input.sizes().data(), layout.data(),
+                                        input.strides().data(), target.strides().data(),
+                                        as_is[0], as_is[1], r.g);
+      if (r.strided) {
+        r.x = input;
+        r.y = target;
+        return r;
+      }
+    }
+    const Operands ops = kernel_layout(input, target);
+    r.x = ops.x;
+    r.y = ops.y;
+    return r;
+  }
+
+  static void forward_in_place(LossKind kind, const Tensor& x, const Tensor& y, int64_t reduction,
+                               double param, double divisor, Tensor& out, Tensor* sign, Tensor* gi,
+                               Tensor* gt) {
+    const Reach r = reach(x, y);
+    if (reduction == kNone) {
+      launch_pointwise(kind, r.x, r.y, r.geometry(), param, out, sign, gi, gt);
+    } else {
+      launch_reduce(kind, r.x, r.y, r.geometry(), param, divisor, out, sign, gi, gt);
+    }
+  }
+
   static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
                            const at::TensorOptions& options) {
     return at::empty_strided(sizes, strides, options);
@@ -34,6 +84,11 @@ struct CudaBackend {
 
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {
+    launch_reduce(kind, x, y, nullptr, param, divisor, out, sign, gi, gt);
+  }
+  static void launch_reduce(LossKind kind, const Tensor& x, const Tensor& y,
+                            const StridedGeometry* g, double param, double divisor, Tensor& out,
+                            Tensor* sign, Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
@@ -42,7 +97,7 @@ struct CudaBackend {
       Tensor holder;
       void* workspace =
           reduce_workspace(x, Launch<T>::reduce_workspace_bytes(n), stream, holder);
-      C10_CUDA_CHECK(Launch<T>::reduce(kind, in<T>(x), in<T>(y), n, param, divisor,
+      C10_CUDA_CHECK(Launch<T>::reduce(kind, in<T>(x), in<T>(y), g, n, param, divisor,
                                        out_or_null<T>(&out), sign_or_null(sign),
                                        out_or_null<T>(gi), out_or_null<T>(gt), workspace,
                                        stream));
@@ -51,11 +106,16 @@ struct CudaBackend {
 
   static void pointwise(LossKind kind, const Tensor& x, const Tensor& y, double param, Tensor& out,
                         Tensor* sign, Tensor* gi, Tensor* gt) {
+    launch_pointwise(kind, x, y, nullptr, param, out, sign, gi, gt);
+  }
+  static void launch_pointwise(LossKind kind, const Tensor& x, const Tensor& y,
+                               const StridedGeometry* g, double param, Tensor& out, Tensor* sign,
+                               Tensor* gi, Tensor* gt) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
       using T = decltype(tag);
-      C10_CUDA_CHECK(Launch<T>::pointwise(kind, in<T>(x), in<T>(y), x.numel(), param,
+      C10_CUDA_CHECK(Launch<T>::pointwise(kind, in<T>(x), in<T>(y), g, x.numel(), param,
                                           out_or_null<T>(&out), sign_or_null(sign),
                                           out_or_null<T>(gi), out_or_null<T>(gt), stream));
     });
@@ -63,27 +123,44 @@ struct CudaBackend {
 
   static void backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                        bool per_element, double divisor, double param, Tensor* gi, Tensor* gt) {
-    launch_backward(kind, x, y, go, per_element, divisor, param, gi, gt, /*unless_one=*/false);
+    launch_backward(kind, x, y, nullptr, go, per_element, divisor, param, gi, gt,
+                    /*unless_one=*/false);
   }
 
-  // One launch: it reads go on the device and returns at once where go is exactly one.
+  // x and y where they lie (glue::read_in_place); a per-element go of any strides, read in the
+  // gradients' layout (a copy where it is not in it).
+  static void backward_strided(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
+                               bool per_element, double divisor, double param, Tensor* gi,
+                               Tensor* gt) {
+    const Reach r = reach(x, y);
+    const Tensor& like = gi ? *gi : *gt;
+    const Tensor g = per_element ? grad_in_layout(go, like, x.scalar_type()) : go;
+    launch_backward(kind, r.x, r.y, r.geometry(), g, per_element, divisor, param, gi, gt,
+                    /*unless_one=*/false);
+  }
+
+  // One launch: it reads go on the device and returns at once where go is exactly one. x and y
+  // in kernel layout, or where they lie (glue::read_in_place): no copy of them for that launch.
   static void backward_into_kept(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                                  double divisor, double param, Tensor* gi, Tensor* gt) {
-    launch_backward(kind, x, y, go, /*per_element=*/false, divisor, param, gi, gt,
-                    /*unless_one=*/true);
+    const Reach r = reach(x, y);
+    launch_backward(kind, r.x, r.y, r.geometry(), go, /*per_element=*/false, divisor, param, gi,
+                    gt, /*unless_one=*/true);
   }
 
-  static void launch_backward(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
-                              bool per_element, double divisor, double param, Tensor* gi,
-                              Tensor* gt, bool unless_one) {
+  static void launch_backward(LossKind kind, const Tensor& x, const Tensor& y,
+                              const StridedGeometry* geometry, const Tensor& go, bool per_element,
+                              double divisor, double param, Tensor* gi, Tensor* gt,
+                              bool unless_one) {
     const c10::cuda::CUDAGuard guard(x.device());
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
       using T = decltype(tag);
       const Tensor g = in_dtype(go, x.scalar_type());
-      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), in<T>(g), per_element,
-                                         divisor, x.numel(), param, out_or_null<T>(gi),
-                                         out_or_null<T>(gt), unless_one, stream));
+      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), geometry, in<T>(g),
+                                         per_element, divisor, x.numel(), param,
+                                         out_or_null<T>(gi), out_or_null<T>(gt), unless_one,
+                                         stream));
     });
   }
 

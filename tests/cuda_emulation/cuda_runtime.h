@@ -375,6 +375,10 @@ inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
   return old;
 }
 
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+  return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32);
+}
+
 template <class V>
 inline V __ldcg(const V* p) {
   return *p;

@@ -128,6 +128,29 @@ int with_weighted(int dtype, int kind, const void* x, const void* y, const void*
   });
 }
 
+// The geometry of operands read through strides (ndim >= 0; as_is: bit 0 x, bit 1 y in the
+// kernel layout; index64: the 64-bit index path even where 32 bits serve), else null (ndim < 0:
+// x and y in the kernel layout). ok: false where make_strided_geometry refuses it.
+const StridedGeometry* geometry_or_null(int ndim, const int64_t* sizes, const int64_t* out,
+                                        const int64_t* xs, const int64_t* ys, int as_is,
+                                        int index64, StridedGeometry& g, bool& ok) {
+  ok = true;
+  if (ndim < 0) return nullptr;
+  ok = make_strided_geometry(ndim, sizes, out, xs, ys, (as_is & 1) != 0, (as_is & 2) != 0, g);
+  if (index64) g.index32 = false;
+  return &g;
+}
+
+#define L1EXT_EMU_GEOMETRY_ARGS                                                              \
+  int ndim, const int64_t *sizes, const int64_t *out_strides, const int64_t *x_strides,     \
+      const int64_t *y_strides, int as_is, int index64
+#define L1EXT_EMU_GEOMETRY(g)                                                                \
+  StridedGeometry g##_storage;                                                              \
+  bool g##_ok = true;                                                                       \
+  const StridedGeometry* g = geometry_or_null(ndim, sizes, out_strides, x_strides, y_strides, \
+                                              as_is, index64, g##_storage, g##_ok);         \
+  if (!g##_ok) return int(cudaErrorInvalidValue)
+
 // Kernels for the emulator's own test: what it must run, and what it must report.
 __global__ void block_sum_kernel(float* out) {
   __shared__ float scratch[kWarps];
@@ -201,22 +224,26 @@ size_t emu_weighted_workspace_bytes(int dtype, int64_t n) {
 }
 
 // unroll: the launcher's kUnroll (1, 2 or 4); 0: the library's launch (Launch<T>::reduce).
+// The geometry arguments (L1EXT_EMU_GEOMETRY_ARGS, last): see geometry_or_null; unroll other than
+// 0 takes x and y in the kernel layout.
 int emu_forward_reduce(int dtype, int kind, double param, const void* x, const void* y, int64_t n,
                        double divisor, void* out, void* sign, void* gi, void* gt, void* workspace,
-                       int unroll) {
+                       int unroll, L1EXT_EMU_GEOMETRY_ARGS) {
+  L1EXT_EMU_GEOMETRY(g);
   if (unroll == 0) {
     return with_launch(dtype, [&](auto tag) {
       using T = decltype(tag);
-      return Launch<T>::reduce(LossKind(kind), c<T>(x), c<T>(y), n, param, divisor, m<T>(out),
+      return Launch<T>::reduce(LossKind(kind), c<T>(x), c<T>(y), g, n, param, divisor, m<T>(out),
                                m<int8_t>(sign), m<T>(gi), m<T>(gt), workspace, nullptr);
     });
   }
+  if (g) return int(cudaErrorInvalidValue);
   return with_loss(dtype, kind, param, [&](auto tag, const auto& loss) {
     using T = decltype(tag);
     const auto launch = [&](auto u) {
-      return forward_reduce<T, decltype(u)::value>(c<T>(x), c<T>(y), n, loss, divisor, m<T>(out),
-                                                   m<int8_t>(sign), m<T>(gi), m<T>(gt),
-                                                   workspace, nullptr);
+      return forward_reduce<T, decltype(u)::value>(DenseOperands<T>{c<T>(x), c<T>(y)}, n, loss,
+                                                   divisor, m<T>(out), m<int8_t>(sign), m<T>(gi),
+                                                   m<T>(gt), workspace, nullptr);
     };
     switch (unroll) {
       case 1: return launch(std::integral_constant<int, 1>{});
@@ -228,21 +255,43 @@ int emu_forward_reduce(int dtype, int kind, double param, const void* x, const v
 }
 
 int emu_forward_pointwise(int dtype, int kind, double param, const void* x, const void* y,
-                          int64_t n, void* out, void* sign) {
+                          int64_t n, void* out, void* sign, void* gi, void* gt,
+                          L1EXT_EMU_GEOMETRY_ARGS) {
+  L1EXT_EMU_GEOMETRY(g);
   return with_launch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return Launch<T>::pointwise(LossKind(kind), c<T>(x), c<T>(y), n, param, m<T>(out),
-                                m<int8_t>(sign), nullptr, nullptr, nullptr);
+    return Launch<T>::pointwise(LossKind(kind), c<T>(x), c<T>(y), g, n, param, m<T>(out),
+                                m<int8_t>(sign), m<T>(gi), m<T>(gt), nullptr);
   });
 }
 
 int emu_backward(int dtype, int kind, double param, const void* x, const void* y, const void* go,
-                 int per_element, double divisor, int64_t n, void* gi, void* gt, int unless_one) {
+                 int per_element, double divisor, int64_t n, void* gi, void* gt, int unless_one,
+                 L1EXT_EMU_GEOMETRY_ARGS) {
+  L1EXT_EMU_GEOMETRY(g);
   return with_launch(dtype, [&](auto tag) {
     using T = decltype(tag);
-    return Launch<T>::backward(LossKind(kind), c<T>(x), c<T>(y), c<T>(go), per_element != 0,
+    return Launch<T>::backward(LossKind(kind), c<T>(x), c<T>(y), g, c<T>(go), per_element != 0,
                                divisor, n, param, m<T>(gi), m<T>(gt), unless_one != 0, nullptr);
   });
+}
+
+// Mismatches of Divider32 (strided.h) against integer division by d over edge and spread
+// numerators below 2^31.
+int emu_divider_mismatches(uint32_t d) {
+  const Divider32 v = make_divider32(d);
+  const auto quotient = [&](uint32_t r) { return divide(v, r); };
+  int bad = 0;
+  const uint32_t top = 0x7fffffffu;
+  const uint32_t edges[] = {0u, 1u, d - 1, d, d + 1, 2 * d - 1, 2 * d, top, top - 1,
+                            top - top % d, top - top % d - 1};
+  for (uint32_t r : edges) {
+    if (r <= top && quotient(r) != r / d) ++bad;
+  }
+  for (uint64_t r = 0; r <= top; r += 104729 + d % 977) {
+    if (quotient(uint32_t(r)) != uint32_t(r) / d) ++bad;
+  }
+  return bad;
 }
 
 int emu_backward_from_sign(int dtype, const void* sign, const void* go, int per_element,
