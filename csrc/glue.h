@@ -78,7 +78,9 @@ inline void check_operands(const char* name, const Tensor& input, const Tensor& 
 // copied into that layout (torch's TensorIterator answers in the input's layout too, and a dense
 // leaf's .grad must have its layout, else AccumulateGrad copies it once more). Any other input
 // (a slice, a broadcast view) makes both operands contiguous (a copy only where one is not), and
-// the outputs contiguous. l1ext/_meta.py mirrors this rule.
+// the outputs contiguous. l1ext/_meta.py mirrors this rule. (Where a backend reads an operand
+// that is no dense tensor in place, read_in_place below, the outputs keep this layout and only the
+// copy goes.)
 struct Operands {
   Tensor x, y;
 };

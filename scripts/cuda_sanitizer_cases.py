@@ -85,5 +85,28 @@ for dtype in (torch.bfloat16, torch.float32):
                     out = LF.quantile_loss(q, y, tau, reduction=reduction, weight=weight)
                     out.backward(torch.full_like(out, 1.0 if reduction == "none" else 0.5))
                     count += 1
+# Operands read where they lie (StridedOperands): a broadcast row or column target, an expanded
+# input, sliced operands, a misaligned input against a broadcast target; one and several blocks;
+# reduced losses with incoming gradients of one, a power of two and another value (the kept
+# gradients in place), 'none' with the gradient of loss.sum() (one number) and per element.
+for dtype in (torch.float16, torch.float32, torch.float64):
+    for rows in (3, 300, 3000 if not SMALL else 600):
+        big = torch.randn(rows, 2 * 130 + 1, device="cuda").to(dtype)
+        row, col = big[:1, :130], big[:, :1]
+        cases = [(big[:, 1:131], row.expand(rows, 130)), (big[:, 1:131], col.expand(rows, 130)),
+                 (row.expand(rows, 130), big[:, 1:131]), (big[:, :260:2], big[:, 1:261:2])]
+        for xv, yv in cases:
+            for fn in (LF.l1_loss, LF.smooth_l1_loss, LF.huber_loss):
+                for reduction in ("none", "mean", "sum"):
+                    for scale in ((1.0, 2.0, 2.5) if reduction != "none" else (1.0, None)):
+                        x = xv.detach().requires_grad_()
+                        y = yv.detach().requires_grad_()
+                        out = fn(x, y, reduction=reduction)
+                        if scale is None:
+                            out.backward(torch.randn_like(out))
+                        else:
+                            out.backward(torch.full_like(out, scale) if reduction != "none"
+                                         else torch.tensor(scale, dtype=dtype, device="cuda").expand_as(out))
+                        count += 1
 torch.cuda.synchronize()
 print(f"sanitizer cases: {count} forward+backward calls")

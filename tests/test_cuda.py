@@ -204,6 +204,37 @@ def test_channels_last_and_broadcast_on_cuda(loss):
         assert_close(p, q)
 
 
+def _kernel_names(fn):
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_broadcast_and_sliced_operands_are_read_where_they_lie_on_cuda(loss, reduction):
+    """A broadcast row or column target, an expanded input and sliced operands (several blocks)
+    are read where they lie: a fwd+bwd launches no copy kernel, and gives the bits of the same
+    values in contiguous operands (the loss, its sum, both gradients; an incoming gradient of
+    2.5, and for 'none' the gradient of loss.sum())."""
+    _, ours, _, _ = loss
+    big = torch.randn(600, 261, device="cuda")
+    row, col = big[:1, :130], big[:, :1]
+    cases = [(big[:, 1:131], row.expand(600, 130)), (big[:, 1:131], col.expand(600, 130)),
+             (row.expand(600, 130), big[:, 1:131]), (big[:, :260:2], big[:, 1:261:2])]
+    for xv, yv in cases:
+        def step(xv, yv):
+            x, y = xv.detach().requires_grad_(), yv.detach().requires_grad_()
+            out = ours(x, y, reduction=reduction)
+            (out.sum() if reduction == "none" else out * 2.5).backward()
+            return out.detach(), x.grad, y.grad
+
+        got, want = step(xv, yv), step(xv.contiguous(), yv.contiguous())
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), (xv.stride(), yv.stride())
+        names = _kernel_names(lambda: step(xv, yv))
+        assert not [n for n in names if "copy" in n.lower()], names
 @pytest.mark.slow
 def test_more_than_2_31_elements():
     n = (1 << 31) + 4099
