@@ -111,9 +111,19 @@ __device__ __forceinline__ void store_pack(T* p, const Pack<T>& v) {
   __stwb(reinterpret_cast<uint4*>(p), bits);
 }
 
+// Loads of x and y, which no launch writes, through the read-only path (ld.global.nc): nvcc
+// picks it by itself for const __restrict__ kernel parameters, not for pointers held in a struct
+// (DenseOperands, StridedOperands), where __restrict__ is not taken into account.
 template <class T>
 __device__ __forceinline__ Pack<T> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T>*>(p);
+  const uint4 bits = __ldg(reinterpret_cast<const uint4*>(p));
+  Pack<T> v;
+  memcpy(&v, &bits, sizeof(v));
+  return v;
+}
+template <class T>
+__device__ __forceinline__ acc_t<T> load_one(const T* p) {
+  return to_acc(__ldg(p));
 }
 
 // ---- where a kernel reads x and y -------------------------------------------------------------
@@ -131,8 +141,8 @@ struct DenseOperands {
     b = load_pack(y + i);
   }
   __device__ __forceinline__ void one(int64_t i, acc_t<T>& xi, acc_t<T>& yi) const {
-    xi = to_acc(x[i]);
-    yi = to_acc(y[i]);
+    xi = load_one(x + i);
+    yi = load_one(y + i);
   }
 };
 
@@ -186,23 +196,23 @@ struct StridedOperands {
     if (inner + P <= g.size[0]) {
 #pragma unroll
       for (int k = 0; k < P; ++k) {
-        if (!g.in_layout[0]) a.v[k] = x[o[0] + k * g.stride[0][0]];
-        if (!g.in_layout[1]) b.v[k] = y[o[1] + k * g.stride[1][0]];
+        if (!g.in_layout[0]) a.v[k] = __ldg(x + o[0] + k * g.stride[0][0]);
+        if (!g.in_layout[1]) b.v[k] = __ldg(y + o[1] + k * g.stride[1][0]);
       }
       return;
     }
 #pragma unroll
     for (int k = 0; k < P; ++k) {
       if (k > 0) offsets(i + k, o, inner);
-      if (!g.in_layout[0]) a.v[k] = x[o[0]];
-      if (!g.in_layout[1]) b.v[k] = y[o[1]];
+      if (!g.in_layout[0]) a.v[k] = __ldg(x + o[0]);
+      if (!g.in_layout[1]) b.v[k] = __ldg(y + o[1]);
     }
   }
   __device__ __forceinline__ void one(int64_t i, acc_t<T>& xi, acc_t<T>& yi) const {
     int64_t o[2], inner;
     offsets(i, o, inner);
-    xi = to_acc(x[o[0]]);
-    yi = to_acc(y[o[1]]);
+    xi = load_one(x + o[0]);
+    yi = load_one(y + o[1]);
   }
 };
 

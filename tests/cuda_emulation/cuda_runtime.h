@@ -380,6 +380,18 @@ inline unsigned int __umulhi(unsigned int a, unsigned int b) {
 }
 
 template <class V>
+inline V __ldg(const V* p) {
+  return *p;
+}
+// A 16-byte load, which on a GPU faults unless its address is a multiple of 16.
+inline uint4 __ldg(const uint4* p) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) l1ext_emu::fail("__ldg: misaligned address");
+  uint4 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <class V>
 inline V __ldcg(const V* p) {
   return *p;
 }
