@@ -27,6 +27,7 @@
 // gradient for an incoming gradient of one, as backward with go = 1 would write it.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/ExpandUtils.h>
 #include <c10/util/strides.h>
 
 #include <algorithm>
@@ -95,6 +96,12 @@ template <class Backend>
 Tensor new_strided_like(const Tensor& dense, const at::TensorOptions& options) {
   return Backend::new_output(dense.sizes(), dense.strides(), options);
 }
+// The strides kernel_layout gives the outputs: `input`'s where it is dense, else contiguous.
+inline std::vector<int64_t> kernel_layout_strides(const Tensor& input) {
+  if (input.is_non_overlapping_and_dense()) return input.strides().vec();
+  const auto contiguous = c10::contiguous_strides(input.sizes());
+  return std::vector<int64_t>(contiguous.begin(), contiguous.end());
+}
 // A new output of `input`'s size in the layout kernel_layout gives the outputs: `input`'s where
 // it is dense, else contiguous.
 template <class Backend>
@@ -103,20 +110,78 @@ Tensor new_in_kernel_layout(const Tensor& input, const at::TensorOptions& option
                                               : new_contiguous<Backend>(input.sizes(), options);
 }
 
-// t copied into the layout of the dense tensor `like`: through the permutation that makes `like`
-// contiguous, so that copy_ writes a contiguous tensor (into a permuted destination it walked
+// The strides of a 'none' loss (and of L1's int8 sign beside it): torch's. A dense input's own
+// (kernel_layout's); for any other input, as torch lays out its output: Smooth L1 and L1 (a
+// subtraction) by TensorIterator's order of the dimensions over input and target, Huber by
+// empty_like(input) (infer_dense_strides over the input alone). Dense either way.
+inline std::vector<int64_t> elementwise_output_strides(const Tensor& x, const Tensor& y) {
+  // TensorIteratorBase::reorder_dimensions over the two operands (the output is undefined), then
+  // compatible_stride: innermost first, a dimension goes inside another where the first operand
+  // with two non-zero strides there has the smaller stride, or equal strides and the smaller size.
+  const int64_t nd = x.dim();
+  std::vector<int64_t> perm(nd);
+  for (int64_t i = 0; i < nd; ++i) perm[i] = nd - 1 - i;
+  const auto should_swap = [&](int64_t d0, int64_t d1) {
+    for (const Tensor* t : {&x, &y}) {
+      const int64_t s0 = t->stride(d0), s1 = t->stride(d1);
+      if (s0 == 0 || s1 == 0) continue;
+      if (s0 < s1) return -1;
+      if (s0 > s1) return 1;
+      if (x.size(d0) > x.size(d1)) return 1;
+    }
+    return 0;
+  };
+  for (int64_t i = 1; i < nd; ++i) {
+    int64_t d1 = i;
+    for (int64_t d0 = i - 1; d0 >= 0; --d0) {
+      const int c = should_swap(perm[d0], perm[d1]);
+      if (c > 0) {
+        std::swap(perm[d0], perm[d1]);
+        d1 = d0;
+      } else if (c < 0) {
+        break;
+      }
+    }
+  }
+  std::vector<int64_t> strides(nd);
+  int64_t next = 1;
+  for (int64_t i = 0; i < nd; ++i) {
+    strides[perm[i]] = next;
+    next *= x.size(perm[i]);
+  }
+  return strides;
+}
+inline std::vector<int64_t> none_loss_strides(LossKind kind, const Tensor& input,
+                                              const Tensor& target) {
+  if (input.is_non_overlapping_and_dense()) return input.strides().vec();
+  if (kind == LossKind::Huber) return at::infer_dense_strides(input.sizes(), input.strides());
+  return elementwise_output_strides(input, target);
+}
+
+// t copied into the dense layout of these strides: through the permutation that makes that
+// layout contiguous, so that copy_ writes a contiguous tensor (into a permuted destination it walked
 // the source in the destination's order: a float32 4096 x 256 target into a transposed input's
 // layout took 1.63 ms that way, 0.46 ms this way, one thread).
-inline Tensor in_layout_of(const Tensor& like, const Tensor& t) {
-  const int64_t nd = like.dim();
+inline Tensor in_layout(const Tensor& t, at::IntArrayRef strides) {
+  const int64_t nd = t.dim();
   std::vector<int64_t> perm(nd), inverse(nd);
   std::iota(perm.begin(), perm.end(), int64_t(0));
   std::stable_sort(perm.begin(), perm.end(),
-                   [&](int64_t a, int64_t b) { return like.stride(a) > like.stride(b); });
+                   [&](int64_t a, int64_t b) { return strides[a] > strides[b]; });
   for (int64_t i = 0; i < nd; ++i) inverse[perm[i]] = i;
   Tensor copy = t.permute(perm).contiguous().permute(inverse);
-  if (copy.strides() == like.strides()) return copy;
-  return at::empty_strided(like.sizes(), like.strides(), t.options()).copy_(t);
+  if (copy.strides() == strides) return copy;
+  return at::empty_strided(t.sizes(), strides, t.options()).copy_(t);
+}
+
+// Whether t, dense, walks its memory in the order of a dense tensor of these strides (its own
+// strides there, whatever those of its size-1 dimensions).
+inline bool has_layout(const Tensor& t, at::IntArrayRef strides) {
+  if (!t.is_non_overlapping_and_dense()) return false;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1 && t.stride(d) != strides[d]) return false;
+  }
+  return true;
 }
 
 // Which of input and target kernel_layout uses as they are (the others it copies into the
@@ -131,7 +196,7 @@ inline std::array<bool, 2> used_as_is(const Tensor& input, const Tensor& target)
 
 inline Operands kernel_layout(const Tensor& input, const Tensor& target) {
   const std::array<bool, 2> as_is = used_as_is(input, target);
-  if (as_is[0]) return {input, as_is[1] ? target : in_layout_of(input, target)};
+  if (as_is[0]) return {input, as_is[1] ? target : in_layout(target, input.strides())};
   return {input.contiguous(), target.contiguous()};
 }
 
@@ -310,11 +375,18 @@ Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const
   const auto output = [&](at::ScalarType dtype) {
     return new_in_kernel_layout<Backend>(input, options.dtype(dtype));
   };
+  // A 'none' loss and its sign in torch's layout (none_loss_strides); a reduction's sign and the
+  // gradients in kernel_layout's.
+  const auto none_output = [&](at::ScalarType dtype) {
+    return Backend::new_output(input.sizes(), none_loss_strides(kind, input, target),
+                               options.dtype(dtype));
+  };
   Forward f;
-  f.sign = save_sign ? output(at::kChar) : empty_output(options.dtype(at::kChar));
+  f.sign = !save_sign ? empty_output(options.dtype(at::kChar))
+           : reduction == kNone ? none_output(at::kChar) : output(at::kChar);
   f.grad_input = grad_mask[0] ? output(input.scalar_type()) : empty_output(options);
   f.grad_target = grad_mask[1] ? output(input.scalar_type()) : empty_output(options);
-  f.loss = reduction == kNone ? output(input.scalar_type()) : at::empty({}, options);
+  f.loss = reduction == kNone ? none_output(input.scalar_type()) : at::empty({}, options);
   if (reduction == kNone && n == 0) return f;
   // ('mean' of nothing is 0 / 0 = nan, as torch.)
   Tensor* sign = save_sign && n > 0 ? &f.sign : nullptr;

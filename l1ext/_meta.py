@@ -1,7 +1,8 @@
 """Fake (meta) implementations of the l1ext operators, for torch.compile, torch.export and
 torch.library.opcheck. They mirror the output metadata of the C++ kernels exactly: see
-kernel_layout() in csrc/glue.h for the layout rule."""
+kernel_layout() and none_loss_strides() in csrc/glue.h for the layout rules."""
 import torch
+from torch._prims_common import compute_elementwise_output_strides
 from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
 
 _NONE = 0
@@ -32,9 +33,20 @@ def _like_operands(input, target, dtype=None):
     return input.new_empty(input.shape, dtype=dtype)
 
 
-def _loss(input, target, reduction):
+def _none_loss(input, target, huber, dtype=None):
+    # A 'none' loss (and L1's sign) in torch's layout (glue.h none_loss_strides): a dense input's;
+    # for another input, Huber's empty_like(input), L1's and Smooth L1's TensorIterator order over
+    # input and target.
+    dtype = input.dtype if dtype is None else dtype
+    if is_non_overlapping_and_dense(input) or huber:
+        return torch.empty_like(input, dtype=dtype)
+    return input.new_empty_strided(input.shape, compute_elementwise_output_strides(input, target),
+                                   dtype=dtype)
+
+
+def _loss(input, target, reduction, huber=False):
     if reduction == _NONE:
-        return _like_operands(input, target)
+        return _none_loss(input, target, huber)
     return input.new_empty(())
 
 
@@ -54,7 +66,9 @@ def _l1_loss(input, target, reduction=1):
 @torch.library.register_fake("l1ext::l1_loss_forward")
 def _l1_loss_forward(input, target, reduction):
     _check("l1_loss", input, target, reduction)
-    return _loss(input, target, reduction), _like_operands(input, target, torch.int8)
+    sign = (_none_loss(input, target, False, torch.int8) if reduction == _NONE
+            else _like_operands(input, target, torch.int8))
+    return _loss(input, target, reduction), sign
 
 
 @torch.library.register_fake("l1ext::l1_loss_backward")
@@ -72,7 +86,7 @@ def _smooth_l1_loss(input, target, reduction=1, beta=1.0):
 @torch.library.register_fake("l1ext::huber_loss")
 def _huber_loss(input, target, reduction=1, delta=1.0):
     _check("huber_loss", input, target, reduction, "delta", delta)
-    return _loss(input, target, reduction)
+    return _loss(input, target, reduction, huber=True)
 
 
 @torch.library.register_fake("l1ext::smooth_l1_loss_forward")
@@ -85,7 +99,7 @@ def _smooth_l1_loss_forward(input, target, reduction, beta, output_mask):
 @torch.library.register_fake("l1ext::huber_loss_forward")
 def _huber_loss_forward(input, target, reduction, delta, output_mask):
     _check("huber_loss", input, target, reduction, "delta", delta)
-    return (_loss(input, target, reduction),
+    return (_loss(input, target, reduction, huber=True),
             *_grads(_like_operands(input, target), output_mask, input.dtype))
 
 

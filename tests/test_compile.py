@@ -190,22 +190,24 @@ def _opcheck_cases(requires_grad):
     x = torch.randn(5, 3, requires_grad=requires_grad)
     y = torch.randn(5, 3, requires_grad=requires_grad)
     xt = torch.randn(3, 5).t().requires_grad_(requires_grad)  # non-contiguous operand
+    xs = torch.randn(3, 10)[:, ::2].t().requires_grad_(requires_grad)  # no dense tensor
+    yb = torch.randn(1, 3).expand(5, 3)  # broadcast
     for red in (0, 1, 2):
         go = torch.randn(5, 3) if red == 0 else torch.tensor(1.5)
         go = go.requires_grad_(requires_grad)
         sign = ops.l1_loss_forward(x.detach(), y.detach(), red)[1]
-        for a in (x, xt):
-            yield ops.l1_loss.default, (a, y, red)
-            yield ops.l1_loss_forward.default, (a, y, red)
-            yield ops.smooth_l1_loss.default, (a, y, red, 0.5)
-            yield ops.smooth_l1_loss.default, (a, y, red, 0.0)
-            yield ops.huber_loss.default, (a, y, red, 0.5)
+        for a, b in ((x, y), (xt, y), (xs, y), (x, yb)):
+            yield ops.l1_loss.default, (a, b, red)
+            yield ops.l1_loss_forward.default, (a, b, red)
+            yield ops.smooth_l1_loss.default, (a, b, red, 0.5)
+            yield ops.smooth_l1_loss.default, (a, b, red, 0.0)
+            yield ops.huber_loss.default, (a, b, red, 0.5)
             for mask in ([True, True], [False, True]):
-                yield ops.smooth_l1_loss_forward.default, (a, y, red, 0.5, mask)
-                yield ops.huber_loss_forward.default, (a, y, red, 2.0, mask)
+                yield ops.smooth_l1_loss_forward.default, (a, b, red, 0.5, mask)
+                yield ops.huber_loss_forward.default, (a, b, red, 2.0, mask)
             for mask in ([True, True], [True, False], [False, True]):
-                yield ops.smooth_l1_loss_backward.default, (go, a, y, red, 0.5, mask)
-                yield ops.huber_loss_backward.default, (go, a, y, red, 2.0, mask)
+                yield ops.smooth_l1_loss_backward.default, (go, a, b, red, 0.5, mask)
+                yield ops.huber_loss_backward.default, (go, a, b, red, 2.0, mask)
         for mask in ([True, True], [False, True]):
             yield ops.l1_loss_backward.default, (go, sign, red, torch.float32, mask)
 
@@ -216,4 +218,4 @@ def test_opcheck_every_operator(requires_grad):
     for op, args in _opcheck_cases(requires_grad):
         opcheck(op, args)
         count += 1
-    assert count == 3 * (2 * (5 + 4 + 6) + 2)
+    assert count == 3 * (4 * (5 + 4 + 6) + 2)

@@ -95,8 +95,8 @@ def test_layouts_give_the_contiguous_bits(dtype, device):
     """Every layout gives the bits of the same values in contiguous operands, for each loss and
     reduction, L1's saved sign and the backwards too: operands read where they lie (a broadcast
     row or column, slices, an expanded input; the CPU's strided 'none' forward and backwards) or
-    copied into the input's layout (transposed, channels-last), and the outputs in the input's
-    layout where it is dense."""
+    copied into the input's layout (transposed, channels-last), and a 'none' loss in torch's
+    layout."""
     ops = torch.ops.l1ext
     big = torch.randn(40, 70, dtype=torch.float64, device=device).to(dtype)
     row = torch.randn(1, 70, dtype=torch.float64, device=device).to(dtype)
@@ -113,14 +113,56 @@ def test_layouts_give_the_contiguous_bits(dtype, device):
         # the incoming gradient: per element in another layout ('none'), else one number
         go = ((lambda a: (a.t().contiguous().t() * 0.5 + 0.25)) if reduction == 0
               else (lambda a: torch.tensor(0.7, dtype=dtype, device=device)))
+        # torch's 'none' loss of each forward above, whose layout a 'none' forward has
+        twins = [TF.l1_loss, TF.smooth_l1_loss, TF.smooth_l1_loss, TF.huber_loss, TF.l1_loss]
         for x, y in cases:
-            for call in calls:
+            for i, call in enumerate(calls):
                 got, want = call(x, y), call(x.contiguous(), y.contiguous())
                 assert got.dtype == want.dtype and torch.equal(got.contiguous(), want), (x.stride(), y.stride())
-                if reduction == 0 and got.shape == x.shape:  # (a forward's; 2-d: dense is
-                    # contiguous or transposed contiguous)
-                    dense = x.is_contiguous() or x.t().is_contiguous()
-                    assert got.stride() == (x.stride() if dense else got.contiguous().stride())
+                if reduction == 0 and i < len(twins):
+                    assert got.stride() == twins[i](x, y, reduction="none").stride()
+
+
+def _non_dense_layouts(device):
+    """(input, target) pairs whose input is no dense tensor, with each loss's 'none' layout rule
+    telling them apart."""
+    r = lambda *shape: torch.randn(*shape, device=device)  # noqa: E731
+    return [
+        (r(6, 4)[::2].t(), r(4, 3)),
+        (r(2, 3, 1, 1).expand(2, 3, 4, 5), r(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)),
+        (r(4, 1).expand(4, 3), r(3, 4).t()),
+        (r(1, 70).expand(40, 70), r(70, 40).t()),
+        (r(40, 140)[:, ::2], r(40, 70)),
+        (r(5, 1, 7)[:, :, ::2], r(5, 1, 4)),
+        (r(3, 8, 5).permute(2, 0, 1)[:, :, ::2], r(5, 3, 4)),
+        (r(8, 6, 2)[::2, :, :1].transpose(0, 1), r(1, 4, 1).expand(6, 4, 1)),
+        (r(9)[::3], r(3)),
+        (r(2, 1, 6)[..., 1:], r(2, 1, 1).expand(2, 1, 5)),
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
+def test_none_output_has_torchs_layout(loss, device):
+    """A 'none' loss has torch's strides whatever the operands: a dense input's layout (other
+    tests), and for an input that is no dense tensor (a slice, a broadcast or expanded view) the
+    rule of torch's loss: Huber's empty_like(input), L1's and Smooth L1's TensorIterator order
+    over input and target. With and without gradients, L1's sign beside it, and the fake (meta)
+    output too; the values are torch's."""
+    name, ours, theirs, param = loss
+    kws = [{}] + ([{param: 0.0}] if name == "smooth_l1" else [])
+    for x, y in _non_dense_layouts(device):
+        for kw in kws:
+            for grad in (False, True):
+                xg = x.detach().requires_grad_(grad)
+                a, b = ours(xg, y, reduction="none", **kw), theirs(xg, y, reduction="none", **kw)
+                assert a.stride() == b.stride(), (x.shape, x.stride(), y.stride(), kw, grad)
+                assert_close(a, b)
+            on_meta = [torch.empty_strided(t.shape, t.stride(), device="meta") for t in (x, y)]
+            meta = ours(*on_meta, reduction="none", **kw)
+            assert meta.stride() == b.stride(), (x.shape, x.stride(), y.stride(), kw, "meta")
+        if name == "l1":
+            assert torch.ops.l1ext.l1_loss_forward(x, y, 0)[1].stride() == b.stride()
 
 
 @pytest.mark.parametrize("device", DEVICES)

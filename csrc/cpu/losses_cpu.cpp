@@ -157,21 +157,22 @@ struct CpuBackend {
        sign_or_null(sign), data_or_null(gi), data_or_null(gt), 1.0);
   }
 
-  // Operands read where they lie (glue::read_in_place): the 'none' forward that writes no
-  // gradient (a reduction's blocked sum and the forwards that write gradients want the
-  // contiguous kernels), and the backwards.
-  static bool serves_in_place(int64_t reduction, bool gradients) {
-    return reduction == glue::kNone && !gradients;
+  // Operands read where they lie (glue::read_in_place): the 'none' forwards (a reduction's
+  // blocked sum wants the contiguous kernels) and the backwards.
+  static bool serves_in_place(int64_t reduction, bool /*gradients*/) {
+    return reduction == glue::kNone;
   }
 
   // The 'none' forward (loss, and L1's sign where asked) over operands of any strides, into
-  // outputs of their size; rows contiguous in every operand (a broadcast target row of the
-  // input's length) take the vectorized kernel, others the strided one. Elementwise, so the bits
-  // are those of the contiguous kernel.
+  // outputs of their size and any strides; rows contiguous in every operand (a broadcast target
+  // row of the input's length) take the vectorized kernel, others the strided one. Elementwise,
+  // so the bits are those of the contiguous kernel. Gradients asked of it: a second pass, the
+  // backward's for an incoming gradient of one.
   static void forward_in_place(LossKind kind, const Tensor& x, const Tensor& y, int64_t reduction,
                                double param, double /*divisor*/, Tensor& out, Tensor* sign,
                                Tensor* gi, Tensor* gt) {
     TORCH_INTERNAL_ASSERT(serves_in_place(reduction, gi || gt));
+    if (gi || gt) strided_gradients(kind, x, y, nullptr, 1.0, param, gi, gt);
     const int e = int(elem_of(x.scalar_type(), ""));
     const ForwardFn flat = kernels().forward[int(kind)][e];
     const ForwardStridedFn strided = kernels().forward_strided[int(kind)][e];
@@ -190,11 +191,17 @@ struct CpuBackend {
   static void backward_strided(LossKind kind, const Tensor& x, const Tensor& y, const Tensor& go,
                                bool per_element, double divisor, double param, Tensor* gi,
                                Tensor* gt) {
+    strided_gradients(kind, x, y, per_element ? &go : nullptr,
+                      per_element ? 1.0 : glue::host_scalar_value(go) / divisor, param, gi, gt);
+  }
+  // gi / gt = the subgradients times go (per element, or null) times scale, over operands of any
+  // strides.
+  static void strided_gradients(LossKind kind, const Tensor& x, const Tensor& y, const Tensor* go,
+                                double scale, double param, Tensor* gi, Tensor* gt) {
     const int e = int(elem_of(x.scalar_type(), ""));
     const BackwardFn flat = kernels().backward[int(kind)][e];
     const BackwardStridedFn strided = kernels().backward_strided[int(kind)][e];
-    const double scale = per_element ? 1.0 : glue::host_scalar_value(go) / divisor;
-    for_each_row({gi, gt}, {&x, &y, per_element ? &go : nullptr}, [&](const Row& r) {
+    for_each_row({gi, gt}, {&x, &y, go}, [&](const Row& r) {
       if (r.contiguous) {
         flat(r.p[2], r.p[3], r.p[4], scale, r.n, param, r.p[0], r.p[1]);
       } else {

@@ -33,53 +33,57 @@ struct CudaBackend {
   // Every call reads operands where they lie (glue::read_in_place), through a StridedGeometry.
   static bool serves_in_place(int64_t /*reduction*/, bool /*gradients*/) { return true; }
 
-  // x and y as the kernels reach them for outputs in kernel_layout's layout: where they lie,
+  // x and y as the kernels reach them for outputs of the dense layout `strides`: where they lie,
   // through a geometry (strided.h), where glue::read_in_place and at most kMaxStridedDims
-  // dimensions remain; else in kernel_layout (a copy where one is not in it).
+  // dimensions remain; else copied into that layout where not in it. as_is: which of them are in
+  // it (an operand read through strides counts as such a copy: at offset 0, see kFreshCopy). For
+  // kernel_layout's layout, kernel_layout's operands (the bits of its copies).
   struct Reach {
     Tensor x, y;
     bool strided = false;
     StridedGeometry g{};
     const StridedGeometry* geometry() const { return strided ? &g : nullptr; }
   };
-  static Reach reach(const Tensor& input, const Tensor& target) {
+  static Reach reach(const Tensor& input, const Tensor& target, at::IntArrayRef strides,
+                     std::array<bool, 2> as_is) {
     Reach r;
+    r.x = input;
+    r.y = target;
     if (read_in_place<CudaBackend>(input, target)) {
-      const std::array<bool, 2> as_is = used_as_is(input, target);
-      std::vector<int64_t> layout(input.strides().begin(), input.strides().end());
-      if (!input.is_non_overlapping_and_dense()) {
-        const auto contiguous = c10::contiguous_strides(input.sizes());
-        layout.assign(contiguous.begin(), contiguous.end());
-      }
-      r.strided = make_strided_geometry(int(input.dim()), input.sizes().data(), layout.data(),
+      r.strided = make_strided_geometry(int(input.dim()), input.sizes().data(), strides.data(),
                                         input.strides().data(), target.strides().data(),
                                         as_is[0], as_is[1], r.g);
-      if (r.strided) {
-        r.x = input;
-        r.y = target;
-        return r;
-      }
+      if (r.strided) return r;
     }
-    const Operands ops = kernel_layout(input, target);
-    r.x = ops.x;
-    r.y = ops.y;
+    if (!as_is[0]) r.x = in_layout(input, strides);
+    if (!as_is[1]) r.y = in_layout(target, strides);
     return r;
   }
+  static Reach reach(const Tensor& input, const Tensor& target) {
+    return reach(input, target, kernel_layout_strides(input), used_as_is(input, target));
+  }
+  static Reach reach_for(const Tensor& input, const Tensor& target, const Tensor& out) {
+    return reach(input, target, out.strides(),
+                 {has_layout(input, out.strides()), has_layout(target, out.strides())});
+  }
 
+  // A 'none' loss (and L1's sign) in torch's layout (glue::none_loss_strides), its gradients
+  // (a second launch) in kernel_layout's; a reduction with its sign or gradients in one launch.
   static void forward_in_place(LossKind kind, const Tensor& x, const Tensor& y, int64_t reduction,
                                double param, double divisor, Tensor& out, Tensor* sign, Tensor* gi,
                                Tensor* gt) {
-    const Reach r = reach(x, y);
     if (reduction == kNone) {
-      launch_pointwise(kind, r.x, r.y, r.geometry(), param, out, sign, gi, gt);
+      const Reach r = reach_for(x, y, out);
+      launch_pointwise(kind, r.x, r.y, r.geometry(), param, out, sign, nullptr, nullptr);
+      if (gi || gt) {
+        const Reach g = reach(x, y);
+        launch_backward(kind, g.x, g.y, g.geometry(), Tensor(), /*per_element=*/false, 1.0,
+                        param, gi, gt, /*unless_one=*/false);
+      }
     } else {
+      const Reach r = reach(x, y);
       launch_reduce(kind, r.x, r.y, r.geometry(), param, divisor, out, sign, gi, gt);
     }
-  }
-
-  static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
-                           const at::TensorOptions& options) {
-    return at::empty_strided(sizes, strides, options);
   }
 
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
@@ -156,11 +160,12 @@ struct CudaBackend {
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     dispatch_elem(x.scalar_type(), "", [&](auto tag) {
       using T = decltype(tag);
-      const Tensor g = in_dtype(go, x.scalar_type());
-      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), geometry, in<T>(g),
-                                         per_element, divisor, x.numel(), param,
-                                         out_or_null<T>(gi), out_or_null<T>(gt), unless_one,
-                                         stream));
+      // (go undefined: an incoming gradient of one, not per element)
+      const Tensor g = go.defined() ? in_dtype(go, x.scalar_type()) : Tensor();
+      C10_CUDA_CHECK(Launch<T>::backward(kind, in<T>(x), in<T>(y), geometry,
+                                         g.defined() ? in<T>(g) : nullptr, per_element, divisor,
+                                         x.numel(), param, out_or_null<T>(gi), out_or_null<T>(gt),
+                                         unless_one, stream));
     });
   }
 
