@@ -86,6 +86,11 @@ struct CudaBackend {
     }
   }
 
+  static Tensor new_output(at::IntArrayRef sizes, at::IntArrayRef strides,
+                           const at::TensorOptions& options) {
+    return at::empty_strided(sizes, strides, options);
+  }
+
   static void reduce(LossKind kind, const Tensor& x, const Tensor& y, double param, double divisor,
                      Tensor& out, Tensor* sign, Tensor* gi, Tensor* gt) {
     launch_reduce(kind, x, y, nullptr, param, divisor, out, sign, gi, gt);
