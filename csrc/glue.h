@@ -79,9 +79,9 @@ inline void check_operands(const char* name, const Tensor& input, const Tensor& 
 // copied into that layout (torch's TensorIterator answers in the input's layout too, and a dense
 // leaf's .grad must have its layout, else AccumulateGrad copies it once more). Any other input
 // (a slice, a broadcast view) makes both operands contiguous (a copy only where one is not), and
-// the outputs contiguous. l1ext/_meta.py mirrors this rule. (Where a backend reads an operand
-// that is no dense tensor in place, read_in_place below, the outputs keep this layout and only the
-// copy goes.)
+// the outputs contiguous, but for a 'none' loss, which has torch's layout (none_loss_strides).
+// l1ext/_meta.py mirrors these rules. (Where a backend reads an operand that is no dense tensor
+// in place, read_in_place below, the outputs keep these layouts and only the copy goes.)
 struct Operands {
   Tensor x, y;
 };
@@ -331,10 +331,9 @@ void check_call(LossKind& kind, const char* name, const Tensor& input, const Ten
 //                                Tensor* gi, Tensor* gt);
 //   static void backward_strided(...);  // as backward, x and y where they lie, go of any strides
 //   backward_into_kept with x and y where they lie
-// with outputs in kernel_layout's layout (new_in_kernel_layout of the input; l1ext/_meta.py's
-// rule) and the bits of the same values in contiguous operands. The CPU serves the 'none'
-// forward without gradients and the backwards (TensorIterator rows); a GPU every call (the
-// kernels' StridedOperands). Two dense operands of two layouts (a transposed input) keep
+// with the outputs forward_impl and backward_impl make (l1ext/_meta.py's rule) and the bits of
+// the same values in contiguous operands. The CPU serves the 'none' forwards and the backwards
+// (TensorIterator rows); a GPU every call (the kernels' StridedOperands). Two dense operands of two layouts (a transposed input) keep
 // kernel_layout's copy into the input's layout: on the CPU the strided loop over them was slower
 // than the copy and the vectorized kernel (1.0x to 1.15x eager's time for Smooth L1, against
 // 0.6x to 0.95x), and on a GPU a transposed read is not coalesced.
@@ -361,10 +360,11 @@ bool forward_in_place(const Tensor& input, const Tensor& target, int64_t reducti
   return false;
 }
 
-// The outputs of every forward take kernel_layout's layout; the operands are read where they lie
-// (forward_in_place: a broadcast float32 target then moves 12 B/elem instead of 16, its copy
-// written and read back; Smooth L1 'none' of 4096 x 256 against a (1, 256) target on one CPU
-// thread, 234 -> 96 us, eager torch 92 us) or in kernel_layout.
+// A 'none' loss and its sign take torch's layout (none_loss_strides), a reduction's sign and the
+// gradients kernel_layout's; the operands are read where they lie (forward_in_place: a broadcast
+// float32 target then moves 12 B/elem instead of 16, its copy written and read back; Smooth L1
+// 'none' of 4096 x 256 against a (1, 256) target on one CPU thread, 234 -> 96 us, eager torch
+// 92 us) or in kernel_layout.
 template <class Backend>
 Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const Tensor& target,
                      int64_t reduction, double param, bool save_sign,
@@ -375,8 +375,6 @@ Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const
   const auto output = [&](at::ScalarType dtype) {
     return new_in_kernel_layout<Backend>(input, options.dtype(dtype));
   };
-  // A 'none' loss and its sign in torch's layout (none_loss_strides); a reduction's sign and the
-  // gradients in kernel_layout's.
   const auto none_output = [&](at::ScalarType dtype) {
     return Backend::new_output(input.sizes(), none_loss_strides(kind, input, target),
                                options.dtype(dtype));
@@ -400,6 +398,9 @@ Forward forward_impl(LossKind kind, const char* name, const Tensor& input, const
       return f;
     }
   }
+  // (A 'none' loss of an input that is no dense tensor has another layout than kernel_layout's:
+  // every backend serves it in place.)
+  TORCH_INTERNAL_ASSERT(reduction != kNone || input.is_non_overlapping_and_dense());
   const Operands ops = kernel_layout(input, target);
   if (reduction == kNone) {
     Backend::pointwise(kind, ops.x, ops.y, param, f.loss, sign, gi, gt);

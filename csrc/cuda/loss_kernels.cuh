@@ -14,7 +14,8 @@
 //
 // Loads and stores are 16-byte packs (float4, 8 x half) between a scalar head and tail, when every
 // pointer of the launch sits at the same offset from 16-byte alignment; otherwise one element at a
-// time. Sums: each thread in a fixed order, a fixed warp-shuffle and shared-memory tree per block,
+// time. An operand that is no dense tensor (a broadcast view, a slice) is read where it lies,
+// element by element through its strides (StridedOperands), the outputs still in packs. Sums: each thread in a fixed order, a fixed warp-shuffle and shared-memory tree per block,
 // then the last block to finish (atomic ticket) adds the block partials in a fixed order in
 // double. The grid depends only on the element count, and which thread sums which element on it
 // and on the pointers' offset from 16-byte alignment (the scalar head), so a loss has the same
