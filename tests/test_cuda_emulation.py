@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as TF
+from torch._prims_common import is_non_overlapping_and_dense_or_false as is_non_overlapping_and_dense
 
 import l1ext.functional as LF
 
@@ -844,18 +845,8 @@ def _strided_cases(dtype, big=False):
     ]
 
 
-def _dense(t):
-    """t covers its storage densely in some order of its dimensions (no overlap, no gap)."""
-    expected = 1
-    for d in sorted((d for d in range(t.dim()) if t.size(d) != 1), key=t.stride):
-        if t.stride(d) != expected:
-            return False
-        expected *= t.size(d)
-    return True
-
-
 def _geometry(x, y, index64=False):
-    dense = _dense(x)
+    dense = is_non_overlapping_and_dense(x)
     out = x.stride() if dense else torch.empty(x.shape).stride()
     as_is = (dense, (y.stride() == x.stride() or (x.is_contiguous() and y.is_contiguous())) if dense
              else y.is_contiguous())
